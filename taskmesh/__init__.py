@@ -1,0 +1,57 @@
+"""taskmesh: a Python job queue on Redis. Fast, fenced, at-least-once, pleasant to use."""
+
+from .client import Client, default_client, set_default_client
+from .dispatch import Worker, WorkerStats
+from .errors import (
+    ConfigurationError,
+    DuplicateTaskError,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    LeaseLost,
+    PayloadError,
+    RedisUnavailable,
+    Retry,
+    TaskmeshError,
+    UnknownTaskError,
+    Unrecoverable,
+)
+from .events import Event
+from .job import Call, Job, JobHandle, JobState, JobStatus
+from .plugins import hookimpl
+from .registry import Registry
+from .settings import Settings
+from .task import Backoff, Task, TaskCall, task
+
+__all__ = [
+    "Backoff",
+    "Call",
+    "Client",
+    "ConfigurationError",
+    "DuplicateTaskError",
+    "Event",
+    "Job",
+    "JobFailed",
+    "JobHandle",
+    "JobNotFound",
+    "JobState",
+    "JobStatus",
+    "JobTimeout",
+    "LeaseLost",
+    "PayloadError",
+    "RedisUnavailable",
+    "Registry",
+    "Retry",
+    "Settings",
+    "Task",
+    "TaskCall",
+    "TaskmeshError",
+    "UnknownTaskError",
+    "Unrecoverable",
+    "Worker",
+    "WorkerStats",
+    "default_client",
+    "hookimpl",
+    "set_default_client",
+    "task",
+]

@@ -1,0 +1,423 @@
+"""One worker process: a dispatcher loop plus upkeep timers, on one asyncio loop.
+
+Hot path: the dispatcher sends every pending update (results, progress) and
+leases as many jobs as there are free slots in one ``step`` script call per
+queue, so finishing a batch and fetching the next costs one round trip.
+Upkeep (lease renewal, stalled-job sweep, the wake-up listener) runs beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aredis
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from ..errors import PayloadError, Retry, UnknownTaskError, Unrecoverable
+from ..job import Job
+from ..registry import Registry
+from ..plugins import plugin_manager
+from ..runners.base import Runner, RunnerRegistry
+from ..settings import Settings
+from ..store import scripts
+from ..store.keys import QueueKeys, queues_key, workers_key
+from ..store.scripts import Leased, Update
+from ..task import Task
+
+log = logging.getLogger("taskmesh.worker")
+T = TypeVar("T")
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    leased: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    released: int = 0
+    refused: int = 0
+    recovered: int = 0
+
+
+@dataclass(slots=True)
+class _Queue:
+    keys: QueueKeys
+    updates: list[Update] = field(default_factory=list)
+    ready: bool = True  # a lease may find jobs
+    next_due: float | None = None
+
+
+@dataclass(slots=True)
+class _Running:
+    queue: _Queue
+    job: Job
+    task: asyncio.Task[None] | None = None
+
+
+class Worker:
+    """Leases jobs from ``settings.queues`` and runs them with the registered runners.
+
+    ``burst=True`` runs everything due, then returns. Otherwise ``run()``
+    returns after :meth:`stop` (SIGTERM/SIGINT in the CLI): leasing stops,
+    running jobs get ``grace_period`` seconds, the rest are handed back.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings,
+        runners: Mapping[str, Runner],
+        *,
+        burst: bool = False,
+        worker_id: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.runners = runners
+        self.burst = burst
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stats = WorkerStats()
+        self._queues = [_Queue(QueueKeys.of(settings.prefix, q)) for q in settings.queues]
+        self._running: dict[str, _Running] = {}
+        self._stopping = False
+        self._releasing = False
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._need_wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._redis: aredis.Redis | None = None
+        self._blocking: aredis.Redis | None = None
+        self.started = asyncio.Event()
+
+    @classmethod
+    def create(
+        cls,
+        registry: Registry,
+        settings: Settings,
+        *,
+        burst: bool = False,
+        plugins: Iterable[object] = (),
+        entry_points: bool = True,
+    ) -> Worker:
+        """Load plugins, configure them and build the runners every task needs (errors here, not at the first job)."""
+        pm = plugin_manager(plugins, entry_points=entry_points)
+        pm.hook.taskmesh_configure(settings=settings)
+        register = RunnerRegistry()
+        pm.hook.taskmesh_register_runners(register=register)
+        runners = register.build(settings, {task.runner for task in registry} | {"inline"})
+        return cls(registry, settings, runners, burst=burst)
+
+    # -- public --------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop leasing; running jobs get the grace period. Safe to call from any thread."""
+        if self._loop is not None and threading.get_ident() != self._loop_thread:
+            self._loop.call_soon_threadsafe(self.stop)
+            return
+        if not self._stopping:
+            log.info("worker %s stopping: %d job(s) running", self.id, len(self._running))
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> WorkerStats:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        url = self.settings.redis_url
+        self._redis = aredis.Redis.from_url(url, decode_responses=True)
+        block_timeout = self.settings.idle_timeout + 5
+        self._blocking = aredis.Redis.from_url(url, decode_responses=True, socket_timeout=block_timeout)
+        await self._retrying(lambda: self._register())
+        upkeep = [
+            asyncio.create_task(self._heartbeat_loop(), name="taskmesh-heartbeat"),
+            asyncio.create_task(self._sweep_loop(), name="taskmesh-sweep"),
+            asyncio.create_task(self._waker_loop(), name="taskmesh-waker"),
+        ]
+        self.started.set()
+        log.info("worker %s ready: queues %s, concurrency %d", self.id, ",".join(self.settings.queues),
+                 self.settings.concurrency)
+        try:
+            await self._dispatch()
+        finally:
+            self._closing = True
+            self._need_wakeup.set()
+            for task in upkeep:
+                task.cancel()
+            # A cancel that lands inside a redis-py read can be swallowed; never wait forever for it.
+            await asyncio.wait(upkeep, timeout=1.0)
+            await self._unregister()
+            await self._redis.aclose()
+            await self._blocking.aclose()
+            for runner in self.runners.values():
+                await runner.close()
+        return self.stats
+
+    # -- dispatcher ------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        grace: asyncio.TimerHandle | None = None
+        while True:
+            worked = False
+            for queue in self._queues:
+                want = 0 if self._stopping else self.settings.concurrency - len(self._running)
+                if queue.updates or (want > 0 and queue.ready):
+                    await self._step(queue, want)
+                    worked = True
+            if worked:
+                continue
+            if self._stopping:
+                if not self._running:
+                    return
+                if grace is None:
+                    grace = asyncio.get_running_loop().call_later(self.settings.grace_period, self._hand_back)
+            elif self.burst and not self._running and not self._due_now():
+                return
+            elif len(self._running) < self.settings.concurrency:
+                self._need_wakeup.set()
+            self._wake.clear()
+            if not any(q.updates for q in self._queues) and not self._ready_to_lease():
+                await self._wake.wait()
+
+    def _ready_to_lease(self) -> bool:
+        return not self._stopping and len(self._running) < self.settings.concurrency and any(
+            q.ready for q in self._queues
+        )
+
+    def _due_now(self) -> bool:
+        return any(q.next_due == 0 for q in self._queues)
+
+    async def _step(self, queue: _Queue, want: int) -> None:
+        updates, queue.updates = queue.updates, []
+        args = scripts.step_args(self.settings, self.id, want, updates)
+        assert self._redis is not None
+        conn = self._redis
+        result = await self._retrying(lambda: scripts.acall(conn, "step", queue.keys.all, args))
+        accepted, leased, next_due = scripts.parse_step(result)
+        for update, ok in zip(updates, accepted, strict=True):
+            self._account(queue, update, ok)
+        queue.ready = want > 0 and len(leased) == want
+        queue.next_due = next_due
+        if next_due == 0:
+            queue.ready = True
+        for job in leased:
+            self._start(queue, job)
+
+    def _account(self, queue: _Queue, update: Update, ok: bool) -> None:
+        stats = self.stats
+        if not ok:
+            stats.refused += 1
+            running = self._running.get(update.id)
+            if running is not None:
+                running.job.lease_lost = True
+            if update.kind in "cf":
+                log.warning("job %s: result refused, the lease was lost to another holder", update.id)
+        elif update.kind == "c":
+            stats.completed += 1
+        elif update.kind == "f":
+            stats.failed += 1
+        elif update.kind == "r":
+            stats.released += 1
+
+    def _start(self, queue: _Queue, leased: Leased) -> None:
+        self.stats.leased += 1
+        job = Job(leased.id, queue.keys.queue, leased.task, leased.attempt, leased.token, self._report)
+        running = self._running[leased.id] = _Running(queue, job)
+        try:
+            task, args, kwargs = self._decode(leased)
+        except (PayloadError, UnknownTaskError) as exc:
+            self._finish(running, Update("f", job.id, job.token, _error_json(exc, tb=False), -1))
+            return
+        running.task = asyncio.create_task(self._execute(running, task, args, kwargs))
+
+    def _decode(self, leased: Leased) -> tuple[Task[Any, Any], list[Any], dict[str, Any]]:
+        try:
+            payload = json.loads(leased.payload)
+            name, args, kwargs = payload["t"], payload["a"], payload["k"]
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise TypeError("'a' must be a list and 'k' an object")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise PayloadError(f"malformed payload for job {leased.id}: {exc!r}") from None
+        task = self.registry.get(name)
+        if task is None:
+            known = ", ".join(t.name for t in self.registry) or "none"
+            raise UnknownTaskError(f"no task named {name!r} is registered in this worker (known: {known})")
+        return task, args, kwargs
+
+    async def _execute(self, running: _Running, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+        job = running.job
+        try:
+            call = self.runners[task.runner].run(task, job, [job, *args] if task.takes_job else args, kwargs)
+            if task.timeout is None:
+                result = await call
+            else:
+                deadline = asyncio.timeout(task.timeout)
+                try:
+                    async with deadline:
+                        result = await call
+                except TimeoutError:
+                    if deadline.expired():
+                        raise JobTimeoutError(f"timeout: the task ran longer than {task.timeout}s") from None
+                    raise
+            update = Update("c", job.id, job.token, _result_json(result))
+        except asyncio.CancelledError:
+            if not self._releasing:
+                raise
+            update = Update("r", job.id, job.token)
+        except Unrecoverable as exc:
+            update = Update("f", job.id, job.token, _error_json(exc), -1)
+        except Retry as exc:
+            delay = task.backoff.delay(job.attempt) if exc.delay is None else exc.delay
+            update = self._failure(task, job, exc, delay)
+        except Exception as exc:
+            update = self._failure(task, job, exc, task.backoff.delay(job.attempt))
+        self._finish(running, update)
+
+    def _failure(self, task: Task[Any, Any], job: Job, exc: BaseException, delay: float) -> Update:
+        if job.attempt <= task.retries:
+            self.stats.retried += 1
+        return Update("f", job.id, job.token, _error_json(exc), int(delay * 1000), task.retries + 1)
+
+    def _finish(self, running: _Running, update: Update) -> None:
+        del self._running[running.job.id]
+        running.queue.updates.append(update)
+        self._wake.set()
+
+    def _report(self, kind: str, job_id: str, value: str) -> None:
+        """Called by ``Job.progress``/``Job.log``, from the loop or a task thread."""
+        if threading.get_ident() != self._loop_thread:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._report, kind, job_id, value)
+            return
+        running = self._running.get(job_id)
+        if running is not None:
+            running.queue.updates.append(Update(kind, job_id, running.job.token, value))
+            self._wake.set()
+
+    def _hand_back(self) -> None:
+        """Grace period over: cancel what still runs; each cancelled job is released, attempt unspent."""
+        self._releasing = True
+        for running in list(self._running.values()):
+            if running.task is not None:
+                running.task.cancel()
+
+    # -- upkeep ----------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.renew_interval)
+            await self._retrying(self._renew)
+
+    async def _renew(self) -> None:
+        assert self._redis is not None
+        for queue in self._queues:
+            held = [(r.job.id, r.job.token) for r in self._running.values() if r.queue is queue]
+            if held:
+                lost = await scripts.acall(self._redis, "renew", queue.keys.all, scripts.renew_args(self.settings, held))
+                for job_id in lost:
+                    running = self._running.get(job_id)
+                    if running is not None and not running.job.lease_lost:
+                        running.job.lease_lost = True
+                        log.warning("job %s: lease lost to another holder; its result will be refused", job_id)
+        await self._register()
+
+    async def _register(self) -> None:
+        assert self._redis is not None
+        expires = (await self._redis_time()) + self.settings.renew_interval * 3000
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(workers_key(self.settings.prefix), {self.id: expires})
+            pipe.sadd(queues_key(self.settings.prefix), *self.settings.queues)
+            await pipe.execute()
+
+    async def _unregister(self) -> None:
+        assert self._redis is not None
+        try:
+            await self._redis.zrem(workers_key(self.settings.prefix), self.id)
+        except REDIS_ERRORS:
+            pass
+
+    async def _redis_time(self) -> float:
+        assert self._redis is not None
+        seconds, micros = await self._redis.time()
+        return seconds * 1000 + micros / 1000
+
+    async def _sweep_loop(self) -> None:
+        assert self._redis is not None
+        conn = self._redis
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval * random.uniform(0.8, 1.2))
+            for queue in self._queues:
+                result = await self._retrying(
+                    lambda q=queue: scripts.acall(conn, "sweep", q.keys.all, scripts.sweep_args(self.settings))  # type: ignore[misc]
+                )
+                recovered, lost = result
+                if recovered or lost:
+                    self.stats.recovered += len(recovered)
+                    log.warning("queue %s: %d stalled job(s) back to waiting, %d failed as lost",
+                                queue.keys.queue, len(recovered), len(lost))
+                    queue.ready = True
+                    self._wake.set()
+
+    async def _waker_loop(self) -> None:
+        """Block on the queues' wake-up lists while the dispatcher is idle, instead of polling."""
+        assert self._blocking is not None
+        keys = [q.keys.wakeup for q in self._queues]
+        while not self._closing:
+            await self._need_wakeup.wait()
+            self._need_wakeup.clear()
+            if self._closing:
+                return
+            dues = [q.next_due for q in self._queues if q.next_due is not None]
+            timeout = min([self.settings.idle_timeout, *dues])
+            try:
+                await self._blocking.blpop(keys, timeout=max(timeout, 0.001))
+            except REDIS_ERRORS as exc:
+                if self._closing:
+                    return
+                log.warning("wake-up listener: %s; retrying", exc)
+                await asyncio.sleep(0.5)
+            for queue in self._queues:
+                queue.ready = True
+            self._wake.set()
+
+    async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn``, retrying with backoff while Redis is unreachable (until the worker stops)."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(REDIS_ERRORS),
+            wait=wait_exponential_jitter(multiplier=0.05, max=5.0),
+            before_sleep=lambda state: log.warning(
+                "redis unreachable (%s); retrying", state.outcome.exception() if state.outcome else "?"
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                return await fn()
+        raise AssertionError("unreachable")
+
+
+class JobTimeoutError(TimeoutError):
+    """The task ran past its ``timeout``."""
+
+
+def _result_json(result: Any) -> str:
+    try:
+        return json.dumps(result, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"the task's result is not JSON-serializable: {exc}") from None
+
+
+def _error_json(exc: BaseException, tb: bool = True) -> str:
+    text = "".join(traceback.format_exception(exc)) if tb else ""
+    return json.dumps({"type": type(exc).__name__, "message": str(exc), "traceback": text})

@@ -1,0 +1,68 @@
+"""Typed errors. Each says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskmeshError(Exception):
+    """Base class of every error taskmesh raises."""
+
+
+class ConfigurationError(TaskmeshError):
+    """Settings, tasks or plugins are inconsistent; raised at start-up."""
+
+
+class DuplicateTaskError(ConfigurationError):
+    """Two tasks were registered under one name."""
+
+
+class UnknownTaskError(TaskmeshError):
+    """A job names a task that is not registered in this process."""
+
+
+class PayloadError(TaskmeshError, ValueError):
+    """A payload is too large, or a stored payload cannot be decoded."""
+
+
+class RedisUnavailable(TaskmeshError):
+    """Redis could not be reached at the configured URL."""
+
+
+class JobNotFound(TaskmeshError, LookupError):
+    """No job with this id exists (it may have been removed by retention)."""
+
+
+class JobTimeout(TaskmeshError, TimeoutError):
+    """Waiting for a job's result took longer than the given timeout."""
+
+
+class JobFailed(TaskmeshError):
+    """The job ended in ``failed`` or ``cancelled``; ``error`` holds type, message and traceback."""
+
+    def __init__(self, job_id: str, state: str, error: dict[str, Any] | None) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.error = error or {}
+        detail = f"{self.error.get('type', 'Error')}: {self.error.get('message', '')}"
+        super().__init__(f"job {job_id} {state}: {detail}")
+
+
+class LeaseLost(TaskmeshError):
+    """This worker no longer holds the job: another holder took it over after the lease expired."""
+
+
+class Retry(Exception):
+    """Raise from a task to ask for another attempt after ``delay`` seconds.
+
+    The attempt counts towards the task's ``retries``; when none are left the
+    job fails with this error.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        self.delay = delay
+        super().__init__(reason)
+
+
+class Unrecoverable(Exception):
+    """Raise from a task to fail the job at once, without retrying."""

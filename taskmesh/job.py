@@ -1,0 +1,223 @@
+"""Jobs: the running-job context (``Job``), descriptions (``Call``), status and handles."""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .errors import JobFailed, JobNotFound, JobTimeout, LeaseLost
+
+if TYPE_CHECKING:
+    from .client import Client
+
+R = TypeVar("R")
+
+
+class JobState(enum.StrEnum):
+    WAITING = "waiting"
+    DELAYED = "delayed"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One job to enqueue: a task name, its JSON arguments and enqueue options."""
+
+    task: str
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    job_id: str | None = None
+    delay: float | None = None
+    run_at: datetime | None = None
+    priority: int = 0
+
+
+def encode_payload(call: Call, limit: int) -> str:
+    """JSON-encode a call's arguments; a value JSON cannot hold is a TypeError naming the argument."""
+    try:
+        payload = json.dumps({"t": call.task, "a": list(call.args), "k": dict(call.kwargs)}, separators=(",", ":"))
+    except (TypeError, ValueError):
+        for where, value in [*((f"argument {i}", v) for i, v in enumerate(call.args)), *call.kwargs.items()]:
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"{call.task}: {where} ({type(value).__name__}) is not JSON-serializable: {exc}"
+                ) from None
+        raise
+    if len(payload) > limit:
+        from .errors import PayloadError
+
+        raise PayloadError(
+            f"{call.task}: payload is {len(payload)} bytes, over the {limit}-byte limit "
+            "(store large data elsewhere and pass a reference, or raise max_payload_bytes)"
+        )
+    return payload
+
+
+def _ms(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value / 1000, UTC)
+
+
+def _json(raw: str | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """A snapshot of one job as stored in Redis."""
+
+    id: str
+    queue: str
+    task: str
+    state: JobState
+    attempts: int
+    stalls: int
+    priority: int
+    progress: Any
+    result: Any
+    error: dict[str, Any] | None
+    logs: list[str]
+    created_at: datetime | None
+    due_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+
+    @classmethod
+    def from_record(cls, job_id: str, queue: str, raw: str | bytes) -> JobStatus:
+        rec = json.loads(raw)
+        return cls(
+            id=job_id,
+            queue=queue,
+            task=rec["task"],
+            state=JobState(rec["state"]),
+            attempts=rec.get("attempt", 0),
+            stalls=rec.get("stalls", 0),
+            priority=rec.get("prio", 0),
+            progress=_json(rec.get("progress")),
+            result=_json(rec.get("result")),
+            error=_json(rec.get("error")),
+            logs=list(rec.get("logs") or []),
+            created_at=_ms(rec.get("created")),
+            due_at=_ms(rec.get("due")),
+            started_at=_ms(rec.get("started")),
+            finished_at=_ms(rec.get("finished")),
+            worker=rec.get("worker"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+class JobHandle(Generic[R]):
+    """A queued job: ask for its status or wait for its result (sync or async)."""
+
+    __slots__ = ("id", "queue", "created", "client")
+
+    def __init__(self, client: Client, job_id: str, queue: str, created: bool = True) -> None:
+        self.client = client
+        self.id = job_id
+        self.queue = queue
+        #: False when enqueueing found an existing job with this id and returned it instead.
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id} queue={self.queue} created={self.created}>"
+
+    def status(self) -> JobStatus:
+        status = self.client.status(self.id, self.queue)
+        if status is None:
+            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
+        return status
+
+    async def astatus(self) -> JobStatus:
+        status = await self.client.astatus(self.id, self.queue)
+        if status is None:
+            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
+        return status
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait for the job to finish and return its result; raise :class:`JobFailed` if it failed."""
+        return _outcome(self.client.wait(self.id, self.queue, timeout))  # type: ignore[no-any-return]
+
+    async def aresult(self, timeout: float | None = None) -> R:
+        return _outcome(await self.client.await_(self.id, self.queue, timeout))  # type: ignore[no-any-return]
+
+
+def _outcome(status: JobStatus | None) -> Any:
+    if status is None:
+        raise JobTimeout("timed out waiting for the job to finish")
+    if status.state is JobState.COMPLETED:
+        return status.result
+    raise JobFailed(status.id, status.state.value, status.error)
+
+
+class Job:
+    """The running job, passed to a task whose first parameter is annotated ``Job``.
+
+    ``id``, ``attempt`` and ``token`` let a task make its side effects
+    idempotent: the same attempt can run again after a worker is lost, but
+    each run holds a different fencing token, and only the current holder's
+    progress and result are recorded.
+    """
+
+    __slots__ = ("id", "queue", "task", "attempt", "token", "_report", "lease_lost", "started")
+
+    def __init__(
+        self,
+        job_id: str,
+        queue: str,
+        task: str,
+        attempt: int,
+        token: int,
+        report: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.id = job_id
+        self.queue = queue
+        self.task = task
+        self.attempt = attempt
+        self.token = token
+        self._report = report
+        #: Set when the worker learns another holder has this job; the result will be refused.
+        self.lease_lost = False
+        self.started = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} task={self.task} attempt={self.attempt}>"
+
+    def progress(self, value: float | Mapping[str, Any]) -> None:
+        """Report progress: a number 0..100 or a JSON object. Non-blocking; sent in the next batch."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not 0 <= value <= 100:
+                raise ValueError(f"progress must be between 0 and 100, not {value}")
+        elif not isinstance(value, Mapping):
+            raise TypeError(f"progress must be a number 0..100 or a JSON object, not {type(value).__name__}")
+        self._send("p", json.dumps(value, separators=(",", ":")))
+
+    def log(self, message: str) -> None:
+        """Append a line to the job's log (the last 100 lines are kept) and emit a ``log`` event."""
+        self._send("l", str(message)[:2000])
+
+    def _send(self, kind: str, value: str) -> None:
+        if self.lease_lost:
+            raise LeaseLost(f"job {self.id}: this worker's lease was taken over; stop working on it")
+        if self._report is not None:
+            self._report(kind, self.id, value)

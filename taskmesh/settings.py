@@ -1,0 +1,114 @@
+"""One frozen Settings object, fed by defaults < ``[tool.taskmesh]`` < ``TASKMESH_*`` env < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+from .store.keys import check_name
+
+ENV_PREFIX = "TASKMESH_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of a client or worker. Times are seconds."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    prefix: str = "taskmesh"
+    #: Task modules to import (``taskmesh run`` arguments; empty: the ``taskmesh.tasks`` entry points).
+    modules: tuple[str, ...] = ()
+    #: Queues a worker leases from, in order of preference.
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 10
+    #: A lease not renewed for this long is stalled and the job goes to another worker.
+    lease_seconds: float = 6.0
+    #: How often a worker renews all its leases (one call).
+    renew_interval: float = 2.0
+    #: How often each worker looks for stalled jobs.
+    sweep_interval: float = 2.0
+    #: A job whose lease expired more often than this fails as "worker lost".
+    max_stalls: int = 2
+    #: On SIGTERM/SIGINT, running jobs get this long to finish before they are handed back.
+    grace_period: float = 10.0
+    max_payload_bytes: int = 512 * 1024
+    #: Retention of finished jobs: keep at most N (-1: no limit) and none older than the age (-1: forever).
+    completed_keep: int = 10_000
+    completed_age: float = 24 * 3600
+    failed_keep: int = 100_000
+    failed_age: float = 7 * 24 * 3600
+    #: Approximate length the per-queue event stream is trimmed to.
+    events_maxlen: int = 10_000
+    #: Longest an idle worker blocks before looking again (a safety net; enqueue wakes it at once).
+    idle_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_name("prefix", self.prefix)
+        for queue in self.queues:
+            check_name("queue name", queue)
+        if not self.queues:
+            raise ConfigurationError("at least one queue is needed")
+        if self.concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, not {self.concurrency}")
+        if not 0 < self.renew_interval < self.lease_seconds:
+            raise ConfigurationError(
+                f"renew_interval ({self.renew_interval}s) must be shorter than lease_seconds ({self.lease_seconds}s)"
+            )
+        for name in ("sweep_interval", "grace_period", "idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be > 0")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        pyproject: Path | None = Path("pyproject.toml"),
+    ) -> Settings:
+        """Build settings from (lowest first) defaults, ``[tool.taskmesh]``, ``TASKMESH_*`` and ``overrides``.
+
+        ``None`` values in ``overrides`` are ignored, so unset CLI flags fall through.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if pyproject is not None and pyproject.is_file():
+            with pyproject.open("rb") as fh:
+                table = tomllib.load(fh).get("tool", {}).get("taskmesh", {})
+            values.update({k.replace("-", "_"): v for k, v in table.items()})
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = raw
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ConfigurationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        typed = {name: _coerce(name, known[name].type, value) for name, value in values.items()}
+        return cls(**typed)
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    kind = str(kind)
+    try:
+        if kind.startswith("tuple"):
+            if isinstance(value, str):
+                return tuple(part.strip() for part in value.split(",") if part.strip())
+            return tuple(str(v) for v in value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"setting {name}: cannot read {value!r} as {kind}") from None

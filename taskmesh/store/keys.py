@@ -1,0 +1,81 @@
+"""Every Redis key name taskmesh uses, in one place.
+
+All keys of one queue share the hash tag ``{<prefix>:<queue>}``, so every
+script touches a single Cluster slot and receives all its keys through KEYS.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+JOB_ID_RE = re.compile(r"^[^\x00-\x20{}\x7f]{1,200}$")
+
+# The order is the KEYS layout documented in lua/lib.lua.
+QUEUE_KEY_NAMES = (
+    "jobs",
+    "payloads",
+    "waiting",
+    "delayed",
+    "active",
+    "completed",
+    "failed",
+    "cancelled",
+    "events",
+    "seq",
+    "wakeup",
+)
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a valid queue, task or prefix name, else raise ValueError."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(
+            f"invalid {kind} {value!r}: use 1-100 characters from letters, digits and _ . : -"
+        )
+    return value
+
+
+def check_job_id(value: str) -> str:
+    """Return ``value`` if it is a valid job id, else raise ValueError."""
+    if not isinstance(value, str) or not JOB_ID_RE.match(value):
+        raise ValueError(
+            f"invalid job id {value!r}: use 1-200 printable characters without spaces, '{{' or '}}'"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue; ``all`` is the KEYS list every script expects."""
+
+    queue: str
+    jobs: str
+    payloads: str
+    waiting: str
+    delayed: str
+    active: str
+    completed: str
+    failed: str
+    cancelled: str
+    events: str
+    seq: str
+    wakeup: str
+    all: tuple[str, ...]
+
+    @classmethod
+    def of(cls, prefix: str, queue: str) -> QueueKeys:
+        tag = f"{{{prefix}:{queue}}}"
+        names = tuple(f"{tag}:{name}" for name in QUEUE_KEY_NAMES)
+        return cls(queue, *names, all=names)
+
+
+def queues_key(prefix: str) -> str:
+    """Set of queue names that producers and workers have used under ``prefix``."""
+    return f"{{{prefix}}}:queues"
+
+
+def workers_key(prefix: str) -> str:
+    """Sorted set of live worker ids, scored by the time their heartbeat expires."""
+    return f"{{{prefix}}}:workers"

@@ -1,0 +1,108 @@
+-- One worker round trip: apply a batch of updates from fenced holders, then
+-- promote due delayed jobs and lease up to `want` waiting ones.
+-- ARGV: [2] lease_ms, [3] want, [4] worker id, [5] promote limit,
+--   [6] completed keep, [7] completed age ms, [8] failed keep, [9] failed age ms,
+--   [10] update count, then per update 6 values: kind, id, token, value, delay_ms, max_attempts
+--   kind: p = progress (value: JSON), l = log line, c = complete (value: result JSON),
+--         f = fail (value: error JSON; delay_ms >= 0 retries while attempts remain, -1 never),
+--         r = release (hand back without spending an attempt).
+-- Returns {accepted flags per update, leased {id, token, attempt, task, payload}..., next due ms or -1}
+local lease_ms, want, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local completed_keep, completed_age = tonumber(ARGV[6]), tonumber(ARGV[7])
+local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
+local accepted = {}
+local n_updates = tonumber(ARGV[10])
+local trimmed_completed, trimmed_failed = false, false
+for i = 0, n_updates - 1 do
+  local b = 11 + i * 6
+  local kind, id, token, value = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
+  local rec = load(id)
+  if not rec or rec.state ~= 'active' or rec.token ~= token then
+    accepted[i + 1] = 0
+  else
+    accepted[i + 1] = 1
+    if kind == 'p' then
+      rec.progress = value
+      emit('progress', id, 'progress', value)
+    elseif kind == 'l' then
+      local logs = rec.logs or {}
+      logs[#logs + 1] = value
+      if #logs > 100 then table.remove(logs, 1) end
+      rec.logs = logs
+      emit('log', id, 'message', value)
+    elseif kind == 'c' then
+      rec.result = value
+      finish(id, rec, 'completed', K_COMPLETED)
+      emit('completed', id)
+      trimmed_completed = true
+    elseif kind == 'f' then
+      local delay, max_attempts = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+      rec.error = value
+      if delay >= 0 and rec.attempt < max_attempts then
+        redis.call('ZREM', K_ACTIVE, id)
+        rec.token = nil
+        if delay == 0 then
+          push_waiting(id, rec)
+        else
+          rec.state = 'delayed'
+          rec.due = now + delay
+          redis.call('ZADD', K_DELAYED, rec.due, id)
+        end
+        emit('retrying', id, 'attempt', rec.attempt, 'delay', delay)
+      else
+        finish(id, rec, 'failed', K_FAILED)
+        emit('failed', id, 'attempt', rec.attempt)
+        trimmed_failed = true
+      end
+    elseif kind == 'r' then
+      redis.call('ZREM', K_ACTIVE, id)
+      rec.token = nil
+      rec.attempt = rec.attempt - 1
+      push_waiting(id, rec)
+      emit('released', id)
+    end
+    save(id, rec)
+  end
+end
+if trimmed_completed then trim(K_COMPLETED, completed_keep, completed_age) end
+if trimmed_failed then trim(K_FAILED, failed_keep, failed_age) end
+
+local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+for _, id in ipairs(due) do
+  redis.call('ZREM', K_DELAYED, id)
+  local rec = load(id)
+  if rec then
+    push_waiting(id, rec)
+    save(id, rec)
+    emit('waiting', id)
+  end
+end
+
+local leased = {}
+if want > 0 then
+  local popped = redis.call('ZPOPMIN', K_WAITING, want)
+  local token = redis.call('INCRBY', K_SEQ, #popped / 2) - #popped / 2
+  for i = 1, #popped, 2 do
+    local id = popped[i]
+    local rec = load(id)
+    token = token + 1
+    if rec then
+      rec.state = 'active'
+      rec.attempt = rec.attempt + 1
+      rec.token = token
+      rec.started = now
+      rec.worker = worker
+      save(id, rec)
+      redis.call('ZADD', K_ACTIVE, now + lease_ms, id)
+      emit('active', id, 'attempt', rec.attempt)
+      leased[#leased + 1] = {id, token, rec.attempt, rec.task, redis.call('HGET', K_PAYLOADS, id) or ''}
+    end
+  end
+  -- More is runnable than this worker took: pass the wake-up on to another idle worker.
+  if #leased == want and redis.call('ZCARD', K_WAITING) > 0 then wake(1) end
+end
+
+local next_due = -1
+local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+if #first > 0 then next_due = math.max(0, tonumber(first[2]) - now) end
+return {accepted, leased, next_due}

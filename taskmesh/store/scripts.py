@@ -1,0 +1,159 @@
+"""The Lua scripts (one per transition) and how their arguments are packed.
+
+Both the sync client and the async worker call scripts through these
+helpers, so argument layout and result parsing exist once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from ..settings import Settings
+
+SCRIPT_NAMES = ("enqueue", "step", "renew", "sweep")
+
+
+@cache
+def source(name: str) -> str:
+    """The full text of script ``name``: the shared prelude plus the script body."""
+    lua = files("taskmesh.store") / "lua"
+    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+@cache
+def sha(name: str) -> str:
+    return hashlib.sha1(source(name).encode()).hexdigest()
+
+
+def call(conn: redis.Redis, name: str, keys: tuple[str, ...], args: list[Any]) -> Any:
+    """Run script ``name`` by its SHA, loading it first if this Redis has not seen it."""
+    try:
+        return conn.evalsha(sha(name), len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        conn.script_load(source(name))
+        return conn.evalsha(sha(name), len(keys), *keys, *args)
+
+
+async def acall(conn: aredis.Redis, name: str, keys: tuple[str, ...], args: list[Any]) -> Any:
+    try:
+        return await conn.evalsha(sha(name), len(keys), *keys, *args)  # type: ignore[misc]
+    except redis.exceptions.NoScriptError:
+        await conn.script_load(source(name))
+        return await conn.evalsha(sha(name), len(keys), *keys, *args)  # type: ignore[misc]
+
+
+def run_pipeline(conn: redis.Redis, pipe: Any) -> list[Any]:
+    """Execute a pipeline holding EVALSHA calls, loading the scripts once if Redis lacks them."""
+    commands = list(pipe.command_stack)
+    try:
+        return list(pipe.execute())
+    except redis.exceptions.NoScriptError:
+        for name in SCRIPT_NAMES:
+            conn.script_load(source(name))
+        pipe.command_stack = commands
+        return list(pipe.execute())
+
+
+async def arun_pipeline(conn: aredis.Redis, pipe: Any) -> list[Any]:
+    commands = list(pipe.command_stack)
+    try:
+        return list(await pipe.execute())
+    except redis.exceptions.NoScriptError:
+        for name in SCRIPT_NAMES:
+            await conn.script_load(source(name))
+        pipe.command_stack = commands
+        return list(await pipe.execute())
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    id: str
+    task: str
+    payload: str
+    priority: int
+    delay_ms: int
+    run_at_ms: int
+
+
+def enqueue_args(settings: Settings, jobs: list[NewJob]) -> list[Any]:
+    args: list[Any] = [settings.events_maxlen, len(jobs)]
+    for job in jobs:
+        args += (job.id, job.task, job.payload, job.priority, job.delay_ms, job.run_at_ms)
+    return args
+
+
+def parse_enqueue(result: list[Any]) -> list[tuple[bool, str]]:
+    """Per job: (created, state)."""
+    return [(bool(int(result[i])), str(result[i + 1])) for i in range(0, len(result), 2)]
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """A fenced change to one active job, sent in the next ``step`` call.
+
+    kind: ``p`` progress, ``l`` log, ``c`` complete, ``f`` fail, ``r`` release.
+    """
+
+    kind: str
+    id: str
+    token: int
+    value: str = ""
+    delay_ms: int = -1
+    max_attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    id: str
+    token: int
+    attempt: int
+    task: str
+    payload: str
+
+
+def step_args(settings: Settings, worker: str, want: int, updates: list[Update]) -> list[Any]:
+    args: list[Any] = [
+        settings.events_maxlen,
+        int(settings.lease_seconds * 1000),
+        want,
+        worker,
+        max(100, want),
+        settings.completed_keep,
+        _age_ms(settings.completed_age),
+        settings.failed_keep,
+        _age_ms(settings.failed_age),
+        len(updates),
+    ]
+    for u in updates:
+        args += (u.kind, u.id, u.token, u.value, u.delay_ms, u.max_attempts)
+    return args
+
+
+def parse_step(result: list[Any]) -> tuple[list[bool], list[Leased], float | None]:
+    """(accepted flag per update, leased jobs, seconds until the next delayed job is due or None)."""
+    accepted = [bool(int(flag)) for flag in result[0]]
+    leased = [Leased(str(i), int(t), int(a), str(n), str(p)) for i, t, a, n, p in result[1]]
+    next_due = int(result[2])
+    return accepted, leased, None if next_due < 0 else next_due / 1000
+
+
+def renew_args(settings: Settings, held: list[tuple[str, int]]) -> list[Any]:
+    args: list[Any] = [settings.events_maxlen, int(settings.lease_seconds * 1000)]
+    for job_id, token in held:
+        args += (job_id, token)
+    return args
+
+
+def sweep_args(settings: Settings, limit: int = 500) -> list[Any]:
+    return [settings.events_maxlen, settings.max_stalls, limit, settings.failed_keep, _age_ms(settings.failed_age)]
+
+
+def _age_ms(seconds: float) -> int:
+    return -1 if seconds < 0 else int(seconds * 1000)

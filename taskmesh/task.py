@@ -1,0 +1,261 @@
+"""``@task``: turn a plain function into a :class:`Task`. Decorating changes no global state."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+from .store.keys import check_job_id, check_name
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .job import Call, Job, JobHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PRIORITY_RANGE = range(-1000, 1001)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delay before a retry: ``base * factor ** (attempt - 1)``, capped, minus up to ``jitter`` of it."""
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 300.0
+    jitter: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.factor < 1 or self.cap < 0 or not 0 <= self.jitter <= 1:
+            raise ValueError(f"invalid backoff {self}: need base >= 0, factor >= 1, cap >= 0, 0 <= jitter <= 1")
+
+    @classmethod
+    def fixed(cls, seconds: float) -> Backoff:
+        return cls(base=seconds, factor=1.0, cap=seconds, jitter=0.0)
+
+    @classmethod
+    def exponential(cls, base: float = 1.0, *, cap: float = 300.0, jitter: float = 0.25, factor: float = 2.0) -> Backoff:
+        return cls(base=base, factor=factor, cap=cap, jitter=jitter)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        return raw * (1 - self.jitter * random.random())
+
+
+def _as_backoff(value: float | Backoff | None) -> Backoff:
+    if value is None:
+        return Backoff()
+    if isinstance(value, Backoff):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Backoff.fixed(float(value))
+    raise TypeError(f"backoff must be seconds or a taskmesh.Backoff, not {value!r}")
+
+
+def _takes_job(fn: Callable[..., Any]) -> bool:
+    from .job import Job
+
+    params = list(inspect.signature(fn).parameters.values())
+    if not params:
+        return False
+    try:
+        hints = inspect.get_annotations(fn, eval_str=True)
+    except Exception:  # an unresolvable annotation elsewhere must not hide a Job parameter
+        hints = getattr(fn, "__annotations__", {})
+    annotation = hints.get(params[0].name)
+    return annotation is Job or annotation == "Job"
+
+
+class Task(Generic[P, R]):
+    """A registered unit of work: the function plus its options.
+
+    Calling the task calls the function. ``enqueue`` queues a job instead;
+    ``P`` are the enqueued arguments (without a leading ``Job``), ``R`` the result.
+    """
+
+    __slots__ = ("fn", "name", "queue", "retries", "backoff", "timeout", "priority", "runner", "takes_job", "is_async")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 0,
+        backoff: float | Backoff | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        runner: str = "inline",
+    ) -> None:
+        self.fn = fn
+        self.name = check_name("task name", name or f"{fn.__module__}.{fn.__qualname__}")
+        self.queue = check_name("queue name", queue)
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"task {self.name}: retries must be an int >= 0, not {retries!r}")
+        self.retries = retries
+        self.backoff = _as_backoff(backoff)
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"task {self.name}: timeout must be > 0 seconds, not {timeout!r}")
+        self.timeout = timeout
+        self.priority = check_priority(priority)
+        self.runner = check_name("runner name", runner)
+        self.takes_job = _takes_job(fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue} runner={self.runner}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def location(self) -> str:
+        """Where the function is defined, ``module:qualname``; used in error messages."""
+        return f"{self.fn.__module__}:{self.fn.__qualname__}"
+
+    def options(
+        self,
+        *,
+        job_id: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        client: Client | None = None,
+    ) -> TaskCall[P, R]:
+        """Enqueue options for one call: ``task.options(job_id="x", delay=5).enqueue(...)``."""
+        return TaskCall(self, job_id=job_id, delay=delay, run_at=run_at, priority=priority, queue=queue, client=client)
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
+        """Describe one job without enqueueing it (for ``Client.enqueue_many``)."""
+        return TaskCall(self).call(*args, **kwargs)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Queue a job on the default client; returns its handle at once."""
+        return TaskCall(self).enqueue(*args, **kwargs)
+
+    async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Async twin of :meth:`enqueue`."""
+        return await TaskCall(self).aenqueue(*args, **kwargs)
+
+
+def check_priority(priority: int) -> int:
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITY_RANGE:
+        raise ValueError(f"priority must be an int from -1000 to 1000 (higher runs first), not {priority!r}")
+    return priority
+
+
+class TaskCall(Generic[P, R]):
+    """A task with per-call enqueue options."""
+
+    __slots__ = ("task", "job_id", "delay", "run_at", "priority", "queue", "client")
+
+    def __init__(
+        self,
+        task: Task[P, R],
+        *,
+        job_id: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        client: Client | None = None,
+    ) -> None:
+        self.task = task
+        self.job_id = None if job_id is None else check_job_id(job_id)
+        if delay is not None and run_at is not None:
+            raise ValueError("give delay or run_at, not both")
+        self.delay = delay
+        self.run_at = run_at
+        self.priority = task.priority if priority is None else check_priority(priority)
+        self.queue = task.queue if queue is None else check_name("queue name", queue)
+        self.client = client
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
+        from .job import Call
+
+        return Call(
+            task=self.task.name,
+            args=args,
+            kwargs=kwargs,
+            queue=self.queue,
+            job_id=self.job_id,
+            delay=self.delay,
+            run_at=self.run_at,
+            priority=self.priority,
+        )
+
+    def _client(self) -> Client:
+        from .client import default_client
+
+        return self.client or default_client()
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        return self._client().submit(self.call(*args, **kwargs))
+
+    async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        return await self._client().asubmit(self.call(*args, **kwargs))
+
+
+_OPTIONS = frozenset({"name", "queue", "retries", "backoff", "timeout", "priority", "runner"})
+
+
+@overload
+def task(fn: Callable[Concatenate[Job, P], Awaitable[R]], /) -> Task[P, R]: ...
+@overload
+def task(fn: Callable[Concatenate[Job, P], R], /) -> Task[P, R]: ...
+@overload
+def task(fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str = "default",
+    retries: int = 0,
+    backoff: float | Backoff | None = None,
+    timeout: float | None = None,
+    priority: int = 0,
+    runner: str = "inline",
+) -> _Decorator: ...
+def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Mark a function as a task: ``@task`` or ``@task(name=..., queue=..., retries=...)``.
+
+    Options: ``name`` (default ``module.function``), ``queue`` ("default"),
+    ``retries`` (extra attempts after the first), ``backoff`` (seconds or
+    :class:`Backoff`), ``timeout`` (seconds), ``priority`` (-1000..1000,
+    higher first), ``runner`` ("inline"). Unknown options raise ``TypeError``.
+    """
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise TypeError(f"@task got unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
+    if fn is not None:
+        return Task(fn, **options)
+    return _Decorator(options)
+
+
+class _Decorator:
+    __slots__ = ("options",)
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Job, P], Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Job, P], R], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[..., Any], /) -> Any:
+        return Task(fn, **self.options)
