@@ -31,9 +31,7 @@ class Client:
 
     def __init__(self, url: str | None = None, *, prefix: str | None = None, settings: Settings | None = None) -> None:
         base = settings or Settings.load(pyproject=None)
-        self.settings = base.replace(
-            **{k: v for k, v in {"redis_url": url, "prefix": prefix}.items() if v is not None}
-        )
+        self.settings = base.replace(**{k: v for k, v in {"redis_url": url, "prefix": prefix}.items() if v is not None})
         self._redis: redis.Redis | None = None
         self._aredis: aredis.Redis | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
@@ -98,20 +96,28 @@ class Client:
         with self.redis.pipeline(transaction=False) as pipe:
             self._register_queues(pipe, batches)
             for queue, jobs in batches.items():
-                pipe.evalsha(scripts.sha("enqueue"), len(self.keys(queue).all), *self.keys(queue).all,
-                             *scripts.enqueue_args(self.settings, jobs))
+                pipe.evalsha(
+                    scripts.sha("enqueue"),
+                    len(self.keys(queue).all),
+                    *self.keys(queue).all,
+                    *scripts.enqueue_args(self.settings, jobs),
+                )
             results = scripts.run_pipeline(self.redis, pipe)
-        return self._handles(batches, order, results[-len(batches):])
+        return self._handles(batches, order, results[-len(batches) :])
 
     async def aenqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         batches, order = self._prepare(calls)
         async with self.aredis.pipeline(transaction=False) as pipe:
             self._register_queues(pipe, batches)
             for queue, jobs in batches.items():
-                pipe.evalsha(scripts.sha("enqueue"), len(self.keys(queue).all), *self.keys(queue).all,
-                             *scripts.enqueue_args(self.settings, jobs))
+                pipe.evalsha(
+                    scripts.sha("enqueue"),
+                    len(self.keys(queue).all),
+                    *self.keys(queue).all,
+                    *scripts.enqueue_args(self.settings, jobs),
+                )
             results = await scripts.arun_pipeline(self.aredis, pipe)
-        return self._handles(batches, order, results[-len(batches):])
+        return self._handles(batches, order, results[-len(batches) :])
 
     def _prepare(self, calls: Iterable[Call]) -> tuple[dict[str, list[scripts.NewJob]], list[tuple[str, int]]]:
         batches: dict[str, list[scripts.NewJob]] = {}
@@ -125,8 +131,14 @@ class Client:
             if call.run_at is not None:
                 run_at_ms = max(1, int(call.run_at.timestamp() * 1000)) if call.run_at.timestamp() > now else 0
             delay_ms = 0 if call.delay is None else max(0, int(call.delay * 1000))
-            job = scripts.NewJob(job_id, call.task, encode_payload(call, self.settings.max_payload_bytes),
-                                 check_priority(call.priority), delay_ms, run_at_ms)
+            job = scripts.NewJob(
+                job_id,
+                call.task,
+                encode_payload(call, self.settings.max_payload_bytes),
+                check_priority(call.priority),
+                delay_ms,
+                run_at_ms,
+            )
             batch = batches.setdefault(call.queue, [])
             order.append((call.queue, len(batch)))
             batch.append(job)
@@ -138,8 +150,9 @@ class Client:
             pipe.sadd(queues_key(self.settings.prefix), *new)
             self._known_queues |= new
 
-    def _handles(self, batches: dict[str, list[scripts.NewJob]], order: list[tuple[str, int]],
-                 results: list[Any]) -> list[JobHandle[Any]]:
+    def _handles(
+        self, batches: dict[str, list[scripts.NewJob]], order: list[tuple[str, int]], results: list[Any]
+    ) -> list[JobHandle[Any]]:
         parsed = {queue: scripts.parse_enqueue(res) for queue, res in zip(batches, results, strict=True)}
         return [JobHandle(self, batches[q][i].id, q, parsed[q][i][0]) for q, i in order]
 
@@ -179,20 +192,20 @@ class Client:
 
     def queues(self) -> list[str]:
         """Queue names used under this prefix (by producers or workers)."""
-        return sorted(self.redis.smembers(queues_key(self.settings.prefix)))
+        return sorted(str(q) for q in self.redis.smembers(queues_key(self.settings.prefix)))
 
     def workers(self) -> list[str]:
         """Ids of workers whose heartbeat is current."""
         key = workers_key(self.settings.prefix)
-        return list(self.redis.zrangebyscore(key, time.time() * 1000, "+inf"))
+        return [str(w) for w in self.redis.zrangebyscore(key, time.time() * 1000, "+inf")]
 
     # -- waiting and events ----------------------------------------------------
 
     def wait(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Block until the job is finished (None on timeout). Follows the event stream; no polling loop."""
-        keys = self.keys(queue)
+        stream = self.keys(queue).events
         deadline = None if timeout is None else time.monotonic() + timeout
-        cursor = _last_id(self.redis.xrevrange(keys.events, count=1))
+        cursor = _last_id(self.redis.xrevrange(stream, count=1))
         while True:
             status = self.status(job_id, queue)
             if status is None or status.state.finished:
@@ -201,18 +214,16 @@ class Client:
                 block = _block_ms(deadline)
                 if block is None:
                     return None
-                found = self.redis.xread({keys.events: cursor}, count=1000, block=block)
-                entries = found[0][1] if found else []
-                if entries:
-                    cursor = entries[-1][0]
-                if any(f.get("job") == job_id and f.get("event") in FINAL_EVENTS for _, f in entries):
+                entries = _entries(self.redis.xread({stream: cursor}, count=1000, block=block))
+                cursor = entries[-1][1] if entries else cursor
+                if _finished_in(job_id, entries):
                     break
 
     async def await_(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Async twin of :meth:`wait`."""
-        keys = self.keys(queue)
+        stream = self.keys(queue).events
         deadline = None if timeout is None else time.monotonic() + timeout
-        cursor = _last_id(await self.aredis.xrevrange(keys.events, count=1))
+        cursor = _last_id(await self.aredis.xrevrange(stream, count=1))
         while True:
             status = await self.astatus(job_id, queue)
             if status is None or status.state.finished:
@@ -221,43 +232,44 @@ class Client:
                 block = _block_ms(deadline)
                 if block is None:
                     return None
-                found = await self.aredis.xread({keys.events: cursor}, count=1000, block=block)
-                entries = found[0][1] if found else []
-                if entries:
-                    cursor = entries[-1][0]
-                if any(f.get("job") == job_id and f.get("event") in FINAL_EVENTS for _, f in entries):
+                entries = _entries(await self.aredis.xread({stream: cursor}, count=1000, block=block))
+                cursor = entries[-1][1] if entries else cursor
+                if _finished_in(job_id, entries):
                     break
 
-    def events(self, queues: Sequence[str] = ("default",), since: str = "$",
-               timeout: float | None = None) -> Iterator[Event]:
+    def events(
+        self, queues: Sequence[str] = ("default",), since: str = "$", timeout: float | None = None
+    ) -> Iterator[Event]:
         """Follow events live. ``since``: ``"$"`` (from now), ``"0"`` (from the start) or an event id.
 
         Ends after ``timeout`` seconds without a new event (None: never).
         """
-        streams = {self.keys(q).events: since for q in queues}
-        names = {self.keys(q).events: q for q in queues}
+        streams: dict[Any, Any] = {self.keys(q).events: since for q in queues}
+        block = _BLOCK_MS if timeout is None else int(timeout * 1000)
         while True:
-            found = self.redis.xread(streams, count=500, block=_BLOCK_MS if timeout is None else int(timeout * 1000))
-            if not found and timeout is not None:
+            entries = _entries(self.redis.xread(streams, count=500, block=block))
+            if not entries and timeout is not None:
                 return
-            for stream, entries in found or []:
-                for entry_id, fields in entries:
-                    streams[stream] = entry_id
-                    yield Event.from_entry(names[stream], entry_id, fields)
+            for stream, entry_id, fields in entries:
+                streams[stream] = entry_id
+                yield Event.from_entry(self._queue_of(stream), entry_id, fields)
 
-    async def aevents(self, queues: Sequence[str] = ("default",), since: str = "$",
-                      timeout: float | None = None) -> AsyncIterator[Event]:
-        streams = {self.keys(q).events: since for q in queues}
-        names = {self.keys(q).events: q for q in queues}
+    async def aevents(
+        self, queues: Sequence[str] = ("default",), since: str = "$", timeout: float | None = None
+    ) -> AsyncIterator[Event]:
+        """Async twin of :meth:`events`."""
+        streams: dict[Any, Any] = {self.keys(q).events: since for q in queues}
+        block = _BLOCK_MS if timeout is None else int(timeout * 1000)
         while True:
-            found = await self.aredis.xread(streams, count=500,
-                                            block=_BLOCK_MS if timeout is None else int(timeout * 1000))
-            if not found and timeout is not None:
+            entries = _entries(await self.aredis.xread(streams, count=500, block=block))
+            if not entries and timeout is not None:
                 return
-            for stream, entries in found or []:
-                for entry_id, fields in entries:
-                    streams[stream] = entry_id
-                    yield Event.from_entry(names[stream], entry_id, fields)
+            for stream, entry_id, fields in entries:
+                streams[stream] = entry_id
+                yield Event.from_entry(self._queue_of(stream), entry_id, fields)
+
+    def _queue_of(self, stream: str) -> str:
+        return next(q for q, keys in self._keys.items() if keys.events == stream)
 
 
 def _call(task: Task[Any, Any] | str, args: Sequence[Any], kwargs: dict[str, Any]) -> Call:
@@ -266,8 +278,17 @@ def _call(task: Task[Any, Any] | str, args: Sequence[Any], kwargs: dict[str, Any
     return Call(task, tuple(args), kwargs)
 
 
-def _last_id(entries: list[Any]) -> str:
+def _last_id(entries: Any) -> str:
     return str(entries[0][0]) if entries else "0-0"
+
+
+def _entries(found: Any) -> list[tuple[str, str, dict[str, str]]]:
+    """Flatten an XREAD reply into (stream, entry id, fields)."""
+    return [(stream, entry_id, fields) for stream, entries in found or [] for entry_id, fields in entries]
+
+
+def _finished_in(job_id: str, entries: list[tuple[str, str, dict[str, str]]]) -> bool:
+    return any(f.get("job") == job_id and f.get("event") in FINAL_EVENTS for _, _, f in entries)
 
 
 def _block_ms(deadline: float | None) -> int | None:

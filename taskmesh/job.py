@@ -130,7 +130,7 @@ class JobStatus:
 class JobHandle(Generic[R]):
     """A queued job: ask for its status or wait for its result (sync or async)."""
 
-    __slots__ = ("id", "queue", "created", "client")
+    __slots__ = ("client", "created", "id", "queue")
 
     def __init__(self, client: Client, job_id: str, queue: str, created: bool = True) -> None:
         self.client = client
@@ -179,7 +179,7 @@ class Job:
     progress and result are recorded.
     """
 
-    __slots__ = ("id", "queue", "task", "attempt", "token", "_report", "lease_lost", "started")
+    __slots__ = ("_report", "attempt", "id", "lease_lost", "queue", "started", "task", "token")
 
     def __init__(
         self,

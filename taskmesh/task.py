@@ -39,7 +39,9 @@ class Backoff:
         return cls(base=seconds, factor=1.0, cap=seconds, jitter=0.0)
 
     @classmethod
-    def exponential(cls, base: float = 1.0, *, cap: float = 300.0, jitter: float = 0.25, factor: float = 2.0) -> Backoff:
+    def exponential(
+        cls, base: float = 1.0, *, cap: float = 300.0, jitter: float = 0.25, factor: float = 2.0
+    ) -> Backoff:
         return cls(base=base, factor=factor, cap=cap, jitter=jitter)
 
     def delay(self, attempt: int) -> float:
@@ -79,7 +81,7 @@ class Task(Generic[P, R]):
     ``P`` are the enqueued arguments (without a leading ``Job``), ``R`` the result.
     """
 
-    __slots__ = ("fn", "name", "queue", "retries", "backoff", "timeout", "priority", "runner", "takes_job", "is_async")
+    __slots__ = ("backoff", "fn", "is_async", "name", "priority", "queue", "retries", "runner", "takes_job", "timeout")
 
     def __init__(
         self,
@@ -154,7 +156,7 @@ def check_priority(priority: int) -> int:
 class TaskCall(Generic[P, R]):
     """A task with per-call enqueue options."""
 
-    __slots__ = ("task", "job_id", "delay", "run_at", "priority", "queue", "client")
+    __slots__ = ("client", "delay", "job_id", "priority", "queue", "run_at", "task")
 
     def __init__(
         self,
@@ -237,7 +239,8 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """
     unknown = set(options) - _OPTIONS
     if unknown:
-        raise TypeError(f"@task got unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
+        names, known = ", ".join(sorted(unknown)), ", ".join(sorted(_OPTIONS))
+        raise TypeError(f"@task got unknown option(s) {names}; known: {known}")
     if fn is not None:
         return Task(fn, **options)
     return _Decorator(options)

@@ -9,6 +9,7 @@ Upkeep (lease renewal, stalled-job sweep, the wake-up listener) runs beside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,12 +24,12 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
 from ..errors import PayloadError, Retry, UnknownTaskError, Unrecoverable
 from ..job import Job
-from ..registry import Registry
 from ..plugins import plugin_manager
+from ..registry import Registry
 from ..runners.base import Runner, RunnerRegistry
 from ..settings import Settings
 from ..store import scripts
@@ -147,8 +148,12 @@ class Worker:
             asyncio.create_task(self._waker_loop(), name="taskmesh-waker"),
         ]
         self.started.set()
-        log.info("worker %s ready: queues %s, concurrency %d", self.id, ",".join(self.settings.queues),
-                 self.settings.concurrency)
+        log.info(
+            "worker %s ready: queues %s, concurrency %d",
+            self.id,
+            ",".join(self.settings.queues),
+            self.settings.concurrency,
+        )
         try:
             await self._dispatch()
         finally:
@@ -192,8 +197,8 @@ class Worker:
                 await self._wake.wait()
 
     def _ready_to_lease(self) -> bool:
-        return not self._stopping and len(self._running) < self.settings.concurrency and any(
-            q.ready for q in self._queues
+        return (
+            not self._stopping and len(self._running) < self.settings.concurrency and any(q.ready for q in self._queues)
         )
 
     def _due_now(self) -> bool:
@@ -325,7 +330,8 @@ class Worker:
         for queue in self._queues:
             held = [(r.job.id, r.job.token) for r in self._running.values() if r.queue is queue]
             if held:
-                lost = await scripts.acall(self._redis, "renew", queue.keys.all, scripts.renew_args(self.settings, held))
+                args = scripts.renew_args(self.settings, held)
+                lost = await scripts.acall(self._redis, "renew", queue.keys.all, args)
                 for job_id in lost:
                     running = self._running.get(job_id)
                     if running is not None and not running.job.lease_lost:
@@ -343,10 +349,8 @@ class Worker:
 
     async def _unregister(self) -> None:
         assert self._redis is not None
-        try:
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._redis.zrem(workers_key(self.settings.prefix), self.id)
-        except REDIS_ERRORS:
-            pass
 
     async def _redis_time(self) -> float:
         assert self._redis is not None
@@ -365,8 +369,12 @@ class Worker:
                 recovered, lost = result
                 if recovered or lost:
                     self.stats.recovered += len(recovered)
-                    log.warning("queue %s: %d stalled job(s) back to waiting, %d failed as lost",
-                                queue.keys.queue, len(recovered), len(lost))
+                    log.warning(
+                        "queue %s: %d stalled job(s) back to waiting, %d failed as lost",
+                        queue.keys.queue,
+                        len(recovered),
+                        len(lost),
+                    )
                     queue.ready = True
                     self._wake.set()
 
@@ -396,7 +404,7 @@ class Worker:
         """Run ``fn``, retrying with backoff while Redis is unreachable (until the worker stops)."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(REDIS_ERRORS),
-            wait=wait_exponential_jitter(multiplier=0.05, max=5.0),
+            wait=wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05),
             before_sleep=lambda state: log.warning(
                 "redis unreachable (%s); retrying", state.outcome.exception() if state.outcome else "?"
             ),

@@ -31,18 +31,14 @@ QUEUE_KEY_NAMES = (
 def check_name(kind: str, value: str) -> str:
     """Return ``value`` if it is a valid queue, task or prefix name, else raise ValueError."""
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ValueError(
-            f"invalid {kind} {value!r}: use 1-100 characters from letters, digits and _ . : -"
-        )
+        raise ValueError(f"invalid {kind} {value!r}: use 1-100 characters from letters, digits and _ . : -")
     return value
 
 
 def check_job_id(value: str) -> str:
     """Return ``value`` if it is a valid job id, else raise ValueError."""
     if not isinstance(value, str) or not JOB_ID_RE.match(value):
-        raise ValueError(
-            f"invalid job id {value!r}: use 1-200 printable characters without spaces, '{{' or '}}'"
-        )
+        raise ValueError(f"invalid job id {value!r}: use 1-200 printable characters without spaces, '{{' or '}}'")
     return value
 
 
@@ -67,8 +63,8 @@ class QueueKeys:
     @classmethod
     def of(cls, prefix: str, queue: str) -> QueueKeys:
         tag = f"{{{prefix}:{queue}}}"
-        names = tuple(f"{tag}:{name}" for name in QUEUE_KEY_NAMES)
-        return cls(queue, *names, all=names)
+        names = dict(zip(QUEUE_KEY_NAMES, (f"{tag}:{name}" for name in QUEUE_KEY_NAMES), strict=True))
+        return cls(queue=queue, all=tuple(names.values()), **names)
 
 
 def queues_key(prefix: str) -> str:

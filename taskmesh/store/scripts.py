@@ -43,10 +43,10 @@ def call(conn: redis.Redis, name: str, keys: tuple[str, ...], args: list[Any]) -
 
 async def acall(conn: aredis.Redis, name: str, keys: tuple[str, ...], args: list[Any]) -> Any:
     try:
-        return await conn.evalsha(sha(name), len(keys), *keys, *args)  # type: ignore[misc]
+        return await conn.evalsha(sha(name), len(keys), *keys, *args)
     except redis.exceptions.NoScriptError:
         await conn.script_load(source(name))
-        return await conn.evalsha(sha(name), len(keys), *keys, *args)  # type: ignore[misc]
+        return await conn.evalsha(sha(name), len(keys), *keys, *args)
 
 
 def run_pipeline(conn: redis.Redis, pipe: Any) -> list[Any]:

@@ -22,8 +22,15 @@ def _registry(tasks: Registry | Iterable[Task[Any, Any]]) -> Registry:
     return tasks if isinstance(tasks, Registry) else Registry(tasks)
 
 
-def drain(client: Client, tasks: Registry | Iterable[Task[Any, Any]], *, queues: Iterable[str] | None = None,
-          raise_errors: bool = True, timeout: float = 30.0, **settings: Any) -> WorkerStats:
+def drain(
+    client: Client,
+    tasks: Registry | Iterable[Task[Any, Any]],
+    *,
+    queues: Iterable[str] | None = None,
+    raise_errors: bool = True,
+    timeout: float = 30.0,
+    **settings: Any,
+) -> WorkerStats:
     """Run every job that is due (in-process, burst mode) and return the worker's stats.
 
     With ``raise_errors`` a job that failed during the drain re-raises as :class:`JobFailed`.
@@ -31,17 +38,21 @@ def drain(client: Client, tasks: Registry | Iterable[Task[Any, Any]], *, queues:
     registry = _registry(tasks)
     queue_names = tuple(queues or registry.queues or ("default",))
     cfg = client.settings.replace(queues=queue_names, **settings)
-    failed_before = {q: set(client.redis.zrange(client.keys(q).failed, 0, -1)) for q in queue_names}
+    failed_before = {q: _failed_ids(client, q) for q in queue_names}
     worker = Worker.create(registry, cfg, burst=True, entry_points=False)
     stats = asyncio.run(asyncio.wait_for(worker.run(), timeout))
     if raise_errors:
         for q in queue_names:
-            new = set(client.redis.zrange(client.keys(q).failed, 0, -1)) - failed_before[q]
+            new = _failed_ids(client, q) - failed_before[q]
             for job_id in sorted(new):
                 status = client.status(job_id, q)
                 if status is not None and status.state is JobState.FAILED:
                     raise JobFailed(job_id, "failed", status.error)
     return stats
+
+
+def _failed_ids(client: Client, queue: str) -> set[str]:
+    return {str(job_id) for job_id in client.redis.zrange(client.keys(queue).failed, 0, -1)}
 
 
 class RunningWorker:
@@ -88,8 +99,9 @@ class RunningWorker:
 
 
 @contextmanager
-def running_worker(client: Client, tasks: Registry | Iterable[Task[Any, Any]], *,
-                   queues: Iterable[str] | None = None, **settings: Any) -> Iterator[RunningWorker]:
+def running_worker(
+    client: Client, tasks: Registry | Iterable[Task[Any, Any]], *, queues: Iterable[str] | None = None, **settings: Any
+) -> Iterator[RunningWorker]:
     """Run a worker in a background thread for the duration of the ``with`` block."""
     registry = _registry(tasks)
     cfg = client.settings.replace(queues=tuple(queues or registry.queues or ("default",)), **settings)
@@ -100,8 +112,9 @@ def running_worker(client: Client, tasks: Registry | Iterable[Task[Any, Any]], *
         running.stop()
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, message: str = "condition"
+) -> Any:
     """Wait until ``predicate()`` is truthy (bounded); return its value. For state with no event to await."""
     deadline = time.monotonic() + timeout
     while True:
@@ -113,4 +126,4 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         time.sleep(interval)
 
 
-__all__ = ["RunningWorker", "drain", "running_worker", "wait_until", "Settings"]
+__all__ = ["RunningWorker", "Settings", "drain", "running_worker", "wait_until"]
