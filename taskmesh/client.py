@@ -7,8 +7,8 @@ web handler never blocks.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -85,10 +85,22 @@ class Client:
 
     def submit(self, call: Call) -> JobHandle[Any]:
         """Queue one described job (options included). An existing job id returns that job, ``created=False``."""
-        return self.enqueue_many([call])[0]
+        job = self._new_job(call)
+        if call.queue not in self._known_queues:
+            self.redis.sadd(queues_key(self.settings.prefix), call.queue)
+            self._known_queues.add(call.queue)
+        keys = self.keys(call.queue).all
+        result = scripts.call(self.redis, "enqueue", keys, scripts.enqueue_args(self.settings, [job]))
+        return JobHandle(self, job.id, call.queue, scripts.parse_enqueue(result)[0][0])
 
     async def asubmit(self, call: Call) -> JobHandle[Any]:
-        return (await self.aenqueue_many([call]))[0]
+        job = self._new_job(call)
+        if call.queue not in self._known_queues:
+            await self.aredis.sadd(queues_key(self.settings.prefix), call.queue)
+            self._known_queues.add(call.queue)
+        keys = self.keys(call.queue).all
+        result = await scripts.acall(self.aredis, "enqueue", keys, scripts.enqueue_args(self.settings, [job]))
+        return JobHandle(self, job.id, call.queue, scripts.parse_enqueue(result)[0][0])
 
     def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         """Queue many jobs in one round trip (one script call per queue). Nothing is written if one is invalid."""
@@ -122,27 +134,24 @@ class Client:
     def _prepare(self, calls: Iterable[Call]) -> tuple[dict[str, list[scripts.NewJob]], list[tuple[str, int]]]:
         batches: dict[str, list[scripts.NewJob]] = {}
         order: list[tuple[str, int]] = []
-        now = time.time()
         for call in calls:
-            check_name("task name", call.task)
-            self.keys(call.queue)
-            job_id = uuid.uuid4().hex if call.job_id is None else check_job_id(call.job_id)
-            run_at_ms = 0
-            if call.run_at is not None:
-                run_at_ms = max(1, int(call.run_at.timestamp() * 1000)) if call.run_at.timestamp() > now else 0
-            delay_ms = 0 if call.delay is None else max(0, int(call.delay * 1000))
-            job = scripts.NewJob(
-                job_id,
-                call.task,
-                encode_payload(call, self.settings.max_payload_bytes),
-                check_priority(call.priority),
-                delay_ms,
-                run_at_ms,
-            )
+            job = self._new_job(call)
             batch = batches.setdefault(call.queue, [])
             order.append((call.queue, len(batch)))
             batch.append(job)
         return batches, order
+
+    def _new_job(self, call: Call) -> scripts.NewJob:
+        """Validate and encode one call; raises before anything is written."""
+        check_name("task name", call.task)
+        self.keys(call.queue)
+        job_id = os.urandom(16).hex() if call.job_id is None else check_job_id(call.job_id)
+        run_at_ms = 0
+        if call.run_at is not None and call.run_at.timestamp() > time.time():
+            run_at_ms = int(call.run_at.timestamp() * 1000)
+        delay_ms = 0 if call.delay is None else max(0, int(call.delay * 1000))
+        payload = encode_payload(call, self.settings.max_payload_bytes)
+        return scripts.NewJob(job_id, call.task, payload, check_priority(call.priority), delay_ms, run_at_ms)
 
     def _register_queues(self, pipe: Any, batches: dict[str, list[scripts.NewJob]]) -> None:
         new = set(batches) - self._known_queues
