@@ -20,7 +20,7 @@ from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .settings import Settings
 from .store import scripts
 from .store.keys import QueueKeys, check_job_id, check_name, queues_key, workers_key
-from .task import Task, check_priority
+from .task import Task, check_delay, check_priority
 
 STATES = tuple(state.value for state in JobState)
 _BLOCK_MS = 5000
@@ -76,11 +76,11 @@ class Client:
 
     # -- enqueue -------------------------------------------------------------
 
-    def enqueue(self, task: Task[Any, Any] | str, *args: Any, **kwargs: Any) -> JobHandle[Any]:
+    def enqueue(self, task: Task[Any, Any] | str, /, *args: Any, **kwargs: Any) -> JobHandle[Any]:
         """Queue ``task`` (a Task or a task name) with JSON arguments; returns the handle at once."""
         return self.submit(_call(task, args, kwargs))
 
-    async def aenqueue(self, task: Task[Any, Any] | str, *args: Any, **kwargs: Any) -> JobHandle[Any]:
+    async def aenqueue(self, task: Task[Any, Any] | str, /, *args: Any, **kwargs: Any) -> JobHandle[Any]:
         return await self.asubmit(_call(task, args, kwargs))
 
     def submit(self, call: Call) -> JobHandle[Any]:
@@ -106,7 +106,7 @@ class Client:
         """Queue many jobs in one round trip (one script call per queue). Nothing is written if one is invalid."""
         batches, order = self._prepare(calls)
         with self.redis.pipeline(transaction=False) as pipe:
-            self._register_queues(pipe, batches)
+            new_queues = self._register_queues(pipe, batches)
             for queue, jobs in batches.items():
                 pipe.evalsha(
                     scripts.sha("enqueue"),
@@ -115,12 +115,13 @@ class Client:
                     *scripts.enqueue_args(self.settings, jobs),
                 )
             results = scripts.run_pipeline(self.redis, pipe)
+        self._known_queues |= new_queues
         return self._handles(batches, order, results[-len(batches) :])
 
     async def aenqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         batches, order = self._prepare(calls)
         async with self.aredis.pipeline(transaction=False) as pipe:
-            self._register_queues(pipe, batches)
+            new_queues = self._register_queues(pipe, batches)
             for queue, jobs in batches.items():
                 pipe.evalsha(
                     scripts.sha("enqueue"),
@@ -129,6 +130,7 @@ class Client:
                     *scripts.enqueue_args(self.settings, jobs),
                 )
             results = await scripts.arun_pipeline(self.aredis, pipe)
+        self._known_queues |= new_queues
         return self._handles(batches, order, results[-len(batches) :])
 
     def _prepare(self, calls: Iterable[Call]) -> tuple[dict[str, list[scripts.NewJob]], list[tuple[str, int]]]:
@@ -149,15 +151,17 @@ class Client:
         run_at_ms = 0
         if call.run_at is not None and call.run_at.timestamp() > time.time():
             run_at_ms = int(call.run_at.timestamp() * 1000)
-        delay_ms = 0 if call.delay is None else max(0, int(call.delay * 1000))
+        delay = check_delay(call.delay)
+        delay_ms = 0 if delay is None else max(0, int(delay * 1000))
         payload = encode_payload(call, self.settings.max_payload_bytes)
         return scripts.NewJob(job_id, call.task, payload, check_priority(call.priority), delay_ms, run_at_ms)
 
-    def _register_queues(self, pipe: Any, batches: dict[str, list[scripts.NewJob]]) -> None:
+    def _register_queues(self, pipe: Any, batches: dict[str, list[scripts.NewJob]]) -> set[str]:
+        """Queue the SADD of queues not yet registered; the caller records them once the pipeline ran."""
         new = set(batches) - self._known_queues
         if new:
             pipe.sadd(queues_key(self.settings.prefix), *new)
-            self._known_queues |= new
+        return new
 
     def _handles(
         self, batches: dict[str, list[scripts.NewJob]], order: list[tuple[str, int]], results: list[Any]
@@ -251,10 +255,20 @@ class Client:
     ) -> Iterator[Event]:
         """Follow events live. ``since``: ``"$"`` (from now), ``"0"`` (from the start) or an event id.
 
-        Ends after ``timeout`` seconds without a new event (None: never).
+        ``"$"`` is resolved by this call, so an event appended after it returns is never missed.
+        Ends after ``timeout`` seconds without a new event (None: never; 0: return what is there).
         """
+        queues = (queues,) if isinstance(queues, str) else queues
         streams: dict[Any, Any] = {self.keys(q).events: since for q in queues}
-        block = _BLOCK_MS if timeout is None else int(timeout * 1000)
+        if since == "$":
+            with self.redis.pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    pipe.xrevrange(stream, count=1)
+                streams = {s: _last_id(last) for s, last in zip(streams, pipe.execute(), strict=True)}
+        return self._follow(streams, timeout)
+
+    def _follow(self, streams: dict[Any, Any], timeout: float | None) -> Iterator[Event]:
+        block = _events_block(timeout)
         while True:
             entries = _entries(self.redis.xread(streams, count=500, block=block))
             if not entries and timeout is not None:
@@ -266,9 +280,15 @@ class Client:
     async def aevents(
         self, queues: Sequence[str] = ("default",), since: str = "$", timeout: float | None = None
     ) -> AsyncIterator[Event]:
-        """Async twin of :meth:`events`."""
+        """Async twin of :meth:`events`; here ``"$"`` is resolved when iteration starts."""
+        queues = (queues,) if isinstance(queues, str) else queues
         streams: dict[Any, Any] = {self.keys(q).events: since for q in queues}
-        block = _BLOCK_MS if timeout is None else int(timeout * 1000)
+        if since == "$":
+            async with self.aredis.pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    pipe.xrevrange(stream, count=1)
+                streams = {s: _last_id(last) for s, last in zip(streams, await pipe.execute(), strict=True)}
+        block = _events_block(timeout)
         while True:
             entries = _entries(await self.aredis.xread(streams, count=500, block=block))
             if not entries and timeout is not None:
@@ -298,6 +318,13 @@ def _entries(found: Any) -> list[tuple[str, str, dict[str, str]]]:
 
 def _finished_in(job_id: str, entries: list[tuple[str, str, dict[str, str]]]) -> bool:
     return any(f.get("job") == job_id and f.get("event") in FINAL_EVENTS for _, _, f in entries)
+
+
+def _events_block(timeout: float | None) -> int | None:
+    """XREAD's BLOCK for following events: None (do not block) for a zero timeout, never 0 (forever)."""
+    if timeout is None:
+        return _BLOCK_MS
+    return None if timeout <= 0 else max(1, int(timeout * 1000))
 
 
 def _block_ms(deadline: float | None) -> int | None:

@@ -155,16 +155,27 @@ class JobHandle(Generic[R]):
         return status
 
     def result(self, timeout: float | None = None) -> R:
-        """Wait for the job to finish and return its result; raise :class:`JobFailed` if it failed."""
-        return _outcome(self.client.wait(self.id, self.queue, timeout))  # type: ignore[no-any-return]
+        """Wait for the job to finish and return its result.
+
+        Raises :class:`JobFailed` if it failed or was cancelled, :class:`JobTimeout` if it did not
+        finish within ``timeout`` seconds and :class:`JobNotFound` if there is no such job.
+        """
+        status = self.client.wait(self.id, self.queue, timeout)
+        if status is None and self.client.status(self.id, self.queue) is None:
+            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
+        return _outcome(self.id, status, timeout)  # type: ignore[no-any-return]
 
     async def aresult(self, timeout: float | None = None) -> R:
-        return _outcome(await self.client.await_(self.id, self.queue, timeout))  # type: ignore[no-any-return]
+        """Async twin of :meth:`result`."""
+        status = await self.client.await_(self.id, self.queue, timeout)
+        if status is None and await self.client.astatus(self.id, self.queue) is None:
+            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
+        return _outcome(self.id, status, timeout)  # type: ignore[no-any-return]
 
 
-def _outcome(status: JobStatus | None) -> Any:
+def _outcome(job_id: str, status: JobStatus | None, timeout: float | None) -> Any:
     if status is None:
-        raise JobTimeout("timed out waiting for the job to finish")
+        raise JobTimeout(f"job {job_id} did not finish within {timeout}s")
     if status.state is JobState.COMPLETED:
         return status.result
     raise JobFailed(status.id, status.state.value, status.error)

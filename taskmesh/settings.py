@@ -49,9 +49,12 @@ class Settings:
     idle_timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        check_name("prefix", self.prefix)
-        for queue in self.queues:
-            check_name("queue name", queue)
+        try:
+            check_name("prefix", self.prefix)
+            for queue in self.queues:
+                check_name("queue name", queue)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         if not self.queues:
             raise ConfigurationError("at least one queue is needed")
         if self.concurrency < 1:
@@ -63,6 +66,11 @@ class Settings:
         for name in ("sweep_interval", "grace_period", "idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0")
+        for name in ("max_payload_bytes", "events_maxlen"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be >= 1")
+        if self.max_stalls < 0:
+            raise ConfigurationError(f"max_stalls must be >= 0, not {self.max_stalls}")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -82,8 +90,13 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         if pyproject is not None and pyproject.is_file():
-            with pyproject.open("rb") as fh:
-                table = tomllib.load(fh).get("tool", {}).get("taskmesh", {})
+            try:
+                with pyproject.open("rb") as fh:
+                    table = tomllib.load(fh).get("tool", {}).get("taskmesh", {})
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigurationError(f"{pyproject}: invalid TOML: {exc}") from None
+            if not isinstance(table, dict):
+                raise ConfigurationError(f"{pyproject}: [tool.taskmesh] must be a table")
             values.update({k.replace("-", "_"): v for k, v in table.items()})
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
@@ -105,10 +118,14 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             if isinstance(value, str):
                 return tuple(part.strip() for part in value.split(",") if part.strip())
             return tuple(str(v) for v in value)
+        if kind in ("int", "float") and isinstance(value, bool):
+            raise TypeError("a boolean is not a number")
         if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("not a whole number")
             return int(value)
         if kind == "float":
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigurationError(f"setting {name}: cannot read {value!r} as {kind}") from None

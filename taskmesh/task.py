@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ class Backoff:
     jitter: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.base < 0 or self.factor < 1 or self.cap < 0 or not 0 <= self.jitter <= 1:
+        finite = all(math.isfinite(v) for v in (self.base, self.factor, self.cap, self.jitter))
+        if not finite or self.base < 0 or self.factor < 1 or self.cap < 0 or not 0 <= self.jitter <= 1:
             raise ValueError(f"invalid backoff {self}: need base >= 0, factor >= 1, cap >= 0, 0 <= jitter <= 1")
 
     @classmethod
@@ -46,8 +48,15 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        try:
+            raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        except OverflowError:  # a task with many retries: the growth passed the cap long ago
+            raw = self.cap if self.base > 0 else 0.0
         return raw * (1 - self.jitter * random.random())
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _as_backoff(value: float | Backoff | None) -> Backoff:
@@ -55,9 +64,18 @@ def _as_backoff(value: float | Backoff | None) -> Backoff:
         return Backoff()
     if isinstance(value, Backoff):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _is_number(value):
         return Backoff.fixed(float(value))
     raise TypeError(f"backoff must be seconds or a taskmesh.Backoff, not {value!r}")
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname``; a function defined inside another drops the ``<locals>`` marker."""
+    name = f"{fn.__module__}.{fn.__qualname__}".replace(".<locals>", "")
+    try:
+        return check_name("task name", name)
+    except ValueError:
+        raise ValueError(f"{name!r} cannot be a task name; give the task one with @task(name=...)") from None
 
 
 def _takes_job(fn: Callable[..., Any]) -> bool:
@@ -96,13 +114,13 @@ class Task(Generic[P, R]):
         runner: str = "inline",
     ) -> None:
         self.fn = fn
-        self.name = check_name("task name", name or f"{fn.__module__}.{fn.__qualname__}")
+        self.name = check_name("task name", name or _default_name(fn))
         self.queue = check_name("queue name", queue)
-        if not isinstance(retries, int) or retries < 0:
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError(f"task {self.name}: retries must be an int >= 0, not {retries!r}")
         self.retries = retries
         self.backoff = _as_backoff(backoff)
-        if timeout is not None and timeout <= 0:
+        if timeout is not None and not (_is_number(timeout) and 0 < timeout < math.inf):
             raise ValueError(f"task {self.name}: timeout must be > 0 seconds, not {timeout!r}")
         self.timeout = timeout
         self.priority = check_priority(priority)
@@ -147,6 +165,13 @@ class Task(Generic[P, R]):
         return await TaskCall(self).aenqueue(*args, **kwargs)
 
 
+def check_delay(delay: float | None) -> float | None:
+    """A delay in seconds (a past due time, i.e. a negative delay, means now)."""
+    if delay is not None and not (_is_number(delay) and math.isfinite(delay)):
+        raise ValueError(f"delay must be a number of seconds, not {delay!r}")
+    return delay
+
+
 def check_priority(priority: int) -> int:
     if not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITY_RANGE:
         raise ValueError(f"priority must be an int from -1000 to 1000 (higher runs first), not {priority!r}")
@@ -173,7 +198,7 @@ class TaskCall(Generic[P, R]):
         self.job_id = None if job_id is None else check_job_id(job_id)
         if delay is not None and run_at is not None:
             raise ValueError("give delay or run_at, not both")
-        self.delay = delay
+        self.delay = check_delay(delay)
         self.run_at = run_at
         self.priority = task.priority if priority is None else check_priority(priority)
         self.queue = task.queue if queue is None else check_name("queue name", queue)

@@ -1,0 +1,102 @@
+"""Following lifecycle events: sync and async iterators, from the start, from an event id, or from now."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from taskmesh import Client, Event, Job, WorkerStats, task
+
+Drain = Callable[..., WorkerStats]
+
+
+@task(name="events.report")
+def report(job: Job, n: int) -> int:
+    job.progress(50)
+    return n
+
+
+@task(name="events.fail", queue="other")
+def fail() -> None:
+    raise RuntimeError("no")
+
+
+def names(events: list[Event], job_id: str) -> list[str]:
+    return [e.name for e in events if e.job_id == job_id]
+
+
+def test_events_from_the_start_follow_a_job_in_order(taskmesh_client: Client, taskmesh_drain: Drain) -> None:
+    handle = report.enqueue(3)
+    taskmesh_drain([report])
+    events = list(taskmesh_client.events(since="0", timeout=0.1))
+    assert names(events, handle.id) == ["enqueued", "active", "progress", "completed"]
+    assert all(e.queue == "default" for e in events)
+    active, progress = events[1], events[2]
+    assert active.data == {"attempt": "1"}
+    assert progress.data == {"progress": "50"}
+    assert progress.to_dict() == {
+        "id": progress.id,
+        "queue": "default",
+        "event": "progress",
+        "job": handle.id,
+        "progress": "50",
+    }
+
+
+def test_async_events_follow_a_job_in_order(taskmesh_client: Client, taskmesh_drain: Drain) -> None:
+    handle = report.enqueue(3)
+    taskmesh_drain([report])
+
+    async def follow() -> list[Event]:
+        try:
+            return [event async for event in taskmesh_client.aevents(since="0", timeout=0.1)]
+        finally:
+            await taskmesh_client.aclose()
+
+    assert names(asyncio.run(follow()), handle.id) == ["enqueued", "active", "progress", "completed"]
+
+
+def test_events_resume_after_a_given_event_id(taskmesh_client: Client, taskmesh_drain: Drain) -> None:
+    handle = report.enqueue(3)
+    taskmesh_drain([report])
+    first, second, *_ = taskmesh_client.events(since="0", timeout=0)
+    resumed = list(taskmesh_client.events(since=second.id, timeout=0))
+    assert names(resumed, handle.id) == ["progress", "completed"]
+    assert first.id < second.id < resumed[0].id
+
+
+def test_events_from_now_yield_only_new_events(taskmesh_client: Client) -> None:
+    old = report.enqueue(1)
+    follower = taskmesh_client.events(since="$", timeout=0.2)
+    new = report.enqueue(2)
+    delayed = report.options(delay=60).enqueue(3)
+    seen = [(e.name, e.job_id) for e in follower]
+    assert seen == [("enqueued", new.id), ("delayed", delayed.id)]
+    assert old.id not in {job for _, job in seen}
+
+
+def test_events_follow_several_queues_without_missing_any(taskmesh_client: Client, taskmesh_drain: Drain) -> None:
+    follower = taskmesh_client.events(["default", "other"], since="$", timeout=0.2)
+    a = report.enqueue(1)
+    first = next(follower)
+    b = fail.enqueue()  # appended to the other queue between two reads
+    rest = list(follower)
+    assert (first.name, first.job_id, first.queue) == ("enqueued", a.id, "default")
+    assert [(e.name, e.job_id, e.queue) for e in rest] == [("enqueued", b.id, "other")]
+    taskmesh_drain([fail], raise_errors=False)
+    tail = list(taskmesh_client.events(["other"], since=rest[-1].id, timeout=0))
+    assert names(tail, b.id) == ["active", "failed"]
+
+
+def test_zero_timeout_returns_at_once_when_nothing_is_new(taskmesh_client: Client) -> None:
+    started = time.monotonic()
+    assert list(taskmesh_client.events(timeout=0)) == []
+    assert list(taskmesh_client.events(since="0", timeout=0)) == []
+    assert time.monotonic() - started < 1
+
+
+def test_a_single_queue_name_may_be_given_as_a_string(taskmesh_client: Client) -> None:
+    handle = fail.enqueue()
+    [event] = taskmesh_client.events("other", since="0", timeout=0)
+    assert (event.queue, event.name, event.job_id) == ("other", "enqueued", handle.id)
