@@ -48,11 +48,13 @@ class Call:
 def encode_payload(call: Call, limit: int) -> str:
     """JSON-encode a call's arguments; a value JSON cannot hold is a TypeError naming the argument."""
     try:
-        payload = json.dumps({"t": call.task, "a": list(call.args), "k": dict(call.kwargs)}, separators=(",", ":"))
+        payload = json.dumps(
+            {"t": call.task, "a": list(call.args), "k": dict(call.kwargs)}, separators=(",", ":"), allow_nan=False
+        )
     except (TypeError, ValueError):
         for where, value in [*((f"argument {i}", v) for i, v in enumerate(call.args)), *call.kwargs.items()]:
             try:
-                json.dumps(value)
+                json.dumps(value, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise TypeError(
                     f"{call.task}: {where} ({type(value).__name__}) is not JSON-serializable: {exc}"
@@ -221,7 +223,7 @@ class Job:
                 raise ValueError(f"progress must be between 0 and 100, not {value}")
         elif not isinstance(value, Mapping):
             raise TypeError(f"progress must be a number 0..100 or a JSON object, not {type(value).__name__}")
-        self._send("p", json.dumps(value, separators=(",", ":")))
+        self._send("p", json.dumps(value, separators=(",", ":"), allow_nan=False))
 
     def log(self, message: str) -> None:
         """Append a line to the job's log (the last 100 lines are kept) and emit a ``log`` event."""

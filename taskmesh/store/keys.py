@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
-JOB_ID_RE = re.compile(r"^[^\x00-\x20{}\x7f]{1,200}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")
+JOB_ID_RE = re.compile(r"[^\x00-\x20{}\x7f]{1,200}")
 
 # The order is the KEYS layout documented in lua/lib.lua.
 QUEUE_KEY_NAMES = (
@@ -30,14 +30,14 @@ QUEUE_KEY_NAMES = (
 
 def check_name(kind: str, value: str) -> str:
     """Return ``value`` if it is a valid queue, task or prefix name, else raise ValueError."""
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise ValueError(f"invalid {kind} {value!r}: use 1-100 characters from letters, digits and _ . : -")
     return value
 
 
 def check_job_id(value: str) -> str:
     """Return ``value`` if it is a valid job id, else raise ValueError."""
-    if not isinstance(value, str) or not JOB_ID_RE.match(value):
+    if not isinstance(value, str) or not JOB_ID_RE.fullmatch(value):
         raise ValueError(f"invalid job id {value!r}: use 1-200 printable characters without spaces, '{{' or '}}'")
     return value
 
