@@ -96,6 +96,7 @@ class Worker:
         self._stopping = False
         self._releasing = False
         self._closing = False
+        self._waker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._need_wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,11 +128,15 @@ class Worker:
     def stop(self) -> None:
         """Stop leasing; running jobs get the grace period. Safe to call from any thread."""
         if self._loop is not None and threading.get_ident() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self.stop)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker has already stopped
+                self._loop.call_soon_threadsafe(self.stop)
             return
         if not self._stopping:
             log.info("worker %s stopping: %d job(s) running", self.id, len(self._running))
         self._stopping = True
+        if self._waker is not None:
+            # Stop listening for wake-ups now, so the ones sent while this worker winds down go to others.
+            self._waker.cancel()
         self._wake.set()
 
     async def run(self) -> WorkerStats:
@@ -142,10 +147,11 @@ class Worker:
         block_timeout = self.settings.idle_timeout + 5
         self._blocking = aredis.Redis.from_url(url, decode_responses=True, socket_timeout=block_timeout)
         await self._retrying(lambda: self._register())
+        self._waker = asyncio.create_task(self._waker_loop(), name="taskmesh-waker")
         upkeep = [
             asyncio.create_task(self._heartbeat_loop(), name="taskmesh-heartbeat"),
             asyncio.create_task(self._sweep_loop(), name="taskmesh-sweep"),
-            asyncio.create_task(self._waker_loop(), name="taskmesh-waker"),
+            self._waker,
         ]
         self.started.set()
         log.info(
@@ -389,13 +395,20 @@ class Worker:
                 return
             dues = [q.next_due for q in self._queues if q.next_due is not None]
             timeout = min([self.settings.idle_timeout, *dues])
+            popped = None
             try:
-                await self._blocking.blpop(keys, timeout=max(timeout, 0.001))
+                popped = await self._blocking.blpop(keys, timeout=max(timeout, 0.001))
             except REDIS_ERRORS as exc:
                 if self._closing:
                     return
                 log.warning("wake-up listener: %s; retrying", exc)
                 await asyncio.sleep(0.5)
+            if self._stopping:
+                # A stopping worker leases nothing: pass on a wake-up it took before the cancel landed.
+                if popped:
+                    with contextlib.suppress(*REDIS_ERRORS):
+                        await self._blocking.lpush(popped[0], popped[1])
+                return
             for queue in self._queues:
                 queue.ready = True
             self._wake.set()

@@ -13,6 +13,7 @@ local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
 local accepted = {}
 local n_updates = tonumber(ARGV[10])
 local trimmed_completed, trimmed_failed = false, false
+local requeued, delayed_retry = 0, false
 for i = 0, n_updates - 1 do
   local b = 11 + i * 6
   local kind, id, token, value = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
@@ -43,10 +44,12 @@ for i = 0, n_updates - 1 do
         rec.token = nil
         if delay == 0 then
           push_waiting(id, rec)
+          requeued = requeued + 1
         else
           rec.state = 'delayed'
           rec.due = now + delay
           redis.call('ZADD', K_DELAYED, rec.due, id)
+          delayed_retry = true
         end
         emit('retrying', id, 'attempt', rec.attempt, 'delay', delay)
       else
@@ -59,6 +62,7 @@ for i = 0, n_updates - 1 do
       rec.token = nil
       rec.attempt = rec.attempt - 1
       push_waiting(id, rec)
+      requeued = requeued + 1
       emit('released', id)
     end
     save(id, rec)
@@ -101,6 +105,12 @@ if want > 0 then
   -- More is runnable than this worker took: pass the wake-up on to another idle worker.
   if #leased == want and redis.call('ZCARD', K_WAITING) > 0 then wake(1) end
 end
+-- A worker that leases nothing (stopping) leaves what it put back to others, and a
+-- backed-off retry may be due before idle workers would look again (as in enqueue): wake them.
+local others = 0
+if want == 0 then others = requeued end
+if delayed_retry then others = others + 1 end
+wake(others)
 
 local next_due = -1
 local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
