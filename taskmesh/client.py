@@ -23,7 +23,8 @@ from .store.keys import QueueKeys, check_job_id, check_name, queues_key, workers
 from .task import Task, check_delay, check_priority
 
 STATES = tuple(state.value for state in JobState)
-_BLOCK_MS = 5000
+# Blocking reads stay well under the connection socket timeout (redis-py defaults to 5 s).
+_BLOCK_MS = 1000
 
 
 class Client:
