@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -250,3 +250,20 @@ def test_idle_worker_is_woken_by_enqueue(taskmesh_client: Client, taskmesh_worke
     started = time.monotonic()
     assert echo.enqueue("wake").result(timeout=4) == "wake"
     assert time.monotonic() - started < 1.0
+
+
+@task(name="worker.chatty")
+async def chatty(job: Job, n: int) -> int:
+    for step in range(3):
+        job.progress(step * 30)
+        await asyncio.sleep(0)
+    return n
+
+
+def test_burst_drain_runs_every_job_when_progress_flushes_interleave(
+    taskmesh_client: Client, taskmesh_drain: Any
+) -> None:
+    handles = taskmesh_client.enqueue_many([chatty.call(i) for i in range(300)])
+    stats = taskmesh_drain([chatty], concurrency=4)
+    assert stats.completed == 300
+    assert [h.result(timeout=1) for h in handles] == list(range(300))

@@ -18,6 +18,7 @@ import socket
 import threading
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -39,6 +40,8 @@ from ..task import Task
 
 log = logging.getLogger("taskmesh.worker")
 T = TypeVar("T")
+#: A worker leases one batch ahead only while its jobs take less than this on average.
+PREFETCH_BELOW = 0.005
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -63,9 +66,13 @@ class _Queue:
 
 @dataclass(slots=True)
 class _Running:
+    """A job this worker holds: leased and buffered (``leased`` set) or started (``task`` set)."""
+
     queue: _Queue
     job: Job
+    leased: Leased | None = None
     task: asyncio.Task[None] | None = None
+    started: float = 0.0
 
 
 class Worker:
@@ -93,6 +100,11 @@ class Worker:
         self.stats = WorkerStats()
         self._queues = [_Queue(QueueKeys.of(settings.prefix, q)) for q in settings.queues]
         self._running: dict[str, _Running] = {}
+        self._buffer: deque[_Running] = deque()
+        self._stepping: asyncio.Task[None] | None = None
+        self._step_error: BaseException | None = None
+        # Running average of job durations (seconds); starts high so nothing is leased ahead at first.
+        self._job_seconds = 1.0
         self._stopping = False
         self._releasing = False
         self._closing = False
@@ -181,31 +193,63 @@ class Worker:
     async def _dispatch(self) -> None:
         grace: asyncio.TimerHandle | None = None
         while True:
-            worked = False
-            for queue in self._queues:
-                want = 0 if self._stopping else self.settings.concurrency - len(self._running)
-                if queue.updates or (want > 0 and queue.ready):
-                    await self._step(queue, want)
-                    worked = True
-            if worked:
-                continue
-            if self._stopping:
-                if not self._running:
+            self._start_buffered()
+            if self._stepping is None:
+                self._launch_step()
+            if self._stepping is None and not self._buffer:
+                if self._stopping:
+                    if not self._running:
+                        return
+                    if grace is None:
+                        grace = asyncio.get_running_loop().call_later(self.settings.grace_period, self._hand_back)
+                elif self.burst and not self._running and not self._due_now():
                     return
-                if grace is None:
-                    grace = asyncio.get_running_loop().call_later(self.settings.grace_period, self._hand_back)
-            elif self.burst and not self._running and not self._due_now():
-                return
-            elif len(self._running) < self.settings.concurrency:
-                self._need_wakeup.set()
+                elif len(self._running) < self.settings.concurrency:
+                    self._need_wakeup.set()
+            if self._step_error is not None:
+                raise self._step_error
             self._wake.clear()
-            if not any(q.updates for q in self._queues) and not self._ready_to_lease():
+            if not self._can_progress():
                 await self._wake.wait()
 
-    def _ready_to_lease(self) -> bool:
-        return (
-            not self._stopping and len(self._running) < self.settings.concurrency and any(q.ready for q in self._queues)
-        )
+    def _free_slots(self) -> int:
+        return self.settings.concurrency - (len(self._running) - len(self._buffer))
+
+    def _room(self) -> int:
+        """Jobs to lease now: free slots, plus a batch ahead while recent jobs are short (see ``_prefetch``)."""
+        if self._stopping:
+            return 0
+        return self.settings.concurrency + self._prefetch() - len(self._running)
+
+    def _prefetch(self) -> int:
+        # Leasing ahead lets the next round trip overlap with running short jobs; long jobs are
+        # never held back in one worker's buffer while another worker idles.
+        return self.settings.concurrency if self._job_seconds < PREFETCH_BELOW else 0
+
+    def _can_progress(self) -> bool:
+        if self._step_error is not None or (self._buffer and self._free_slots() > 0):
+            return True
+        if self._stepping is not None:
+            return False
+        room = self._room()
+        return any(q.updates or (room > 0 and q.ready) for q in self._queues)
+
+    def _launch_step(self) -> None:
+        room = self._room()
+        for queue in self._queues:
+            if queue.updates or (room > 0 and queue.ready):
+                self._stepping = asyncio.create_task(self._step(queue, max(room, 0)))
+                self._stepping.add_done_callback(self._stepped)
+                # Round robin: the next step starts with the next queue.
+                self._queues.remove(queue)
+                self._queues.append(queue)
+                return
+
+    def _stepped(self, task: asyncio.Task[None]) -> None:
+        self._stepping = None
+        if not task.cancelled() and task.exception() is not None:
+            self._step_error = task.exception()
+        self._wake.set()
 
     def _due_now(self) -> bool:
         return any(q.next_due == 0 for q in self._queues)
@@ -219,12 +263,37 @@ class Worker:
         accepted, leased, next_due = scripts.parse_step(result)
         for update, ok in zip(updates, accepted, strict=True):
             self._account(queue, update, ok)
-        queue.ready = want > 0 and len(leased) == want
+        if want > 0:  # a step that only flushed updates learned nothing about what is waiting
+            queue.ready = len(leased) == want
         queue.next_due = next_due
         if next_due == 0:
             queue.ready = True
         for job in leased:
-            self._start(queue, job)
+            self.stats.leased += 1
+            running = _Running(queue, Job(job.id, queue.keys.queue, job.task, job.attempt, job.token, self._report))
+            running.leased = job
+            self._running[job.id] = running
+            self._buffer.append(running)
+        self._start_buffered()
+
+    def _start_buffered(self) -> None:
+        """Start leased jobs in free slots; a stopping worker hands back the ones leased ahead.
+
+        A job leased by a step that was in flight when the stop came is started: its
+        "active" event is out, so it runs (within the grace period) like the others.
+        """
+        free = self._free_slots()
+        while free > 0 and self._buffer and not self._releasing:
+            self._start(self._buffer.popleft())
+            free -= 1
+        if self._stopping:
+            self._release_buffered()
+
+    def _release_buffered(self) -> None:
+        """Hand back leased jobs that never started (the worker is stopping)."""
+        while self._buffer:
+            running = self._buffer.popleft()
+            self._finish(running, Update("r", running.job.id, running.job.token))
 
     def _account(self, queue: _Queue, update: Update, ok: bool) -> None:
         stats = self.stats
@@ -242,10 +311,11 @@ class Worker:
         elif update.kind == "r":
             stats.released += 1
 
-    def _start(self, queue: _Queue, leased: Leased) -> None:
-        self.stats.leased += 1
-        job = Job(leased.id, queue.keys.queue, leased.task, leased.attempt, leased.token, self._report)
-        running = self._running[leased.id] = _Running(queue, job)
+    def _start(self, running: _Running) -> None:
+        leased, job = running.leased, running.job
+        assert leased is not None
+        running.leased = None
+        running.started = asyncio.get_running_loop().time()
         try:
             task, args, kwargs = self._decode(leased)
         except (PayloadError, UnknownTaskError) as exc:
@@ -303,6 +373,9 @@ class Worker:
 
     def _finish(self, running: _Running, update: Update) -> None:
         del self._running[running.job.id]
+        if running.started:
+            took = asyncio.get_running_loop().time() - running.started
+            self._job_seconds += (took - self._job_seconds) * 0.1
         running.queue.updates.append(update)
         self._wake.set()
 

@@ -2,7 +2,7 @@
 -- promote due delayed jobs and lease up to `want` waiting ones.
 -- ARGV: [2] lease_ms, [3] want, [4] worker id, [5] promote limit,
 --   [6] completed keep, [7] completed age ms, [8] failed keep, [9] failed age ms,
---   [10] update count, then per update 6 values: kind, id, token, value, delay_ms, max_attempts
+--   [10] JSON array of updates, each [kind, id, token, value, delay_ms, max_attempts]
 --   kind: p = progress (value: JSON), l = log line, c = complete (value: result JSON),
 --         f = fail (value: error JSON; delay_ms >= 0 retries while attempts remain, -1 never),
 --         r = release (hand back without spending an attempt).
@@ -11,17 +11,16 @@ local lease_ms, want, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local completed_keep, completed_age = tonumber(ARGV[6]), tonumber(ARGV[7])
 local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
 local accepted = {}
-local n_updates = tonumber(ARGV[10])
+local updates = cjson.decode(ARGV[10])
 local trimmed_completed, trimmed_failed = false, false
 local requeued, delayed_retry = 0, false
-for i = 0, n_updates - 1 do
-  local b = 11 + i * 6
-  local kind, id, token, value = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
+for i, u in ipairs(updates) do
+  local kind, id, token, value = u[1], u[2], u[3], u[4]
   local rec = load(id)
   if not rec or rec.state ~= 'active' or rec.token ~= token then
-    accepted[i + 1] = 0
+    accepted[i] = 0
   else
-    accepted[i + 1] = 1
+    accepted[i] = 1
     if kind == 'p' then
       rec.progress = value
       emit('progress', id, 'progress', value)
@@ -37,7 +36,7 @@ for i = 0, n_updates - 1 do
       emit('completed', id)
       trimmed_completed = true
     elseif kind == 'f' then
-      local delay, max_attempts = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+      local delay, max_attempts = u[5], u[6]
       rec.error = value
       if delay >= 0 and rec.attempt < max_attempts then
         redis.call('ZREM', K_ACTIVE, id)
