@@ -7,7 +7,8 @@ once the worker is up and one ``{"event": "done", ...}`` line when ``run()`` ret
 Times are measured in this process: ``t_start`` is taken just before ``worker.run()``
 (imports and ``Worker.create`` done), ``t_dispatch_end`` when the dispatcher loop
 returns (burst: the queue is empty and nothing runs), ``t_run_end`` when ``run()``
-returns (after closing connections and upkeep tasks).
+returns (after closing connections and upkeep tasks). ``dispatch_cpu_seconds`` is the
+process's CPU time (all threads) over ``t_start .. t_dispatch_end``.
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ class TimedWorker(Worker):
     """A worker that notes when its dispatcher loop ends (before shutdown work)."""
 
     t_dispatch_end: float = 0.0
+    cpu_dispatch_end: float = 0.0
 
     async def _dispatch(self) -> None:
         await super()._dispatch()
         self.t_dispatch_end = time.perf_counter()
+        self.cpu_dispatch_end = time.process_time()
 
 
 def _emit(record: dict[str, Any]) -> None:
@@ -68,7 +71,7 @@ async def _main(worker: TimedWorker) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     running = asyncio.create_task(worker.run())
     ready = asyncio.create_task(worker.started.wait())
     await asyncio.wait([running, ready], return_when=asyncio.FIRST_COMPLETED)
@@ -82,6 +85,7 @@ async def _main(worker: TimedWorker) -> None:
             "event": "done",
             "dispatch_seconds": worker.t_dispatch_end - t_start,
             "run_seconds": t_run_end - t_start,
+            "dispatch_cpu_seconds": worker.cpu_dispatch_end - cpu_start,
             "completed": stats.completed,
             "failed": stats.failed,
             "leased": stats.leased,
