@@ -1,2 +1,70 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""The ``taskmesh`` command line: one module per command, wired here.
+
+Every error is one line on stderr (``taskmesh: ...``) and a non-zero exit:
+1 for a usage or library error, 2 when Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import redis
+
+from ..errors import TaskmeshError
+from . import enqueue, events, queues, run, status, tasks
+from .common import EXIT_ERROR, EXIT_UNREACHABLE, CliError, load_settings, unreachable
+
+COMMANDS = (run, enqueue, status, queues, tasks, events)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskmesh",
+        description="A job queue on Redis. Settings come from flags, then TASKMESH_* environment variables, "
+        "then [tool.taskmesh] in ./pyproject.toml.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (the console script exits with it)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        code: int = args.handler(args)
+    except CliError as exc:
+        return _fail(str(exc), exc.code)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        return _fail(str(unreachable(_redis_url(args), exc)), EXIT_UNREACHABLE)
+    except BrokenPipeError:
+        # The reader went away (``taskmesh events | head``): not an error worth a line.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except (TaskmeshError, ValueError, TypeError, OSError, redis.exceptions.RedisError) as exc:
+        return _fail(str(exc) or type(exc).__name__)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "error"
+    print(f"taskmesh: {first}", file=sys.stderr)
+    return code
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    try:
+        return load_settings(args).redis_url
+    except (TaskmeshError, ValueError):
+        return str(args.redis_url)
+
+
+__all__ = ["build_parser", "main"]

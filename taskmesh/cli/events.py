@@ -1,0 +1,67 @@
+"""``taskmesh events``: follow lifecycle events live."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..client import Client
+from ..events import Event
+from .common import add_common_options, check_redis, load_settings
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "events",
+        help="follow job events live",
+        description="Print lifecycle events (enqueued, active, progress, completed, failed, ...) as they happen, "
+        "one a line, until Ctrl-C. Without --queue: every queue known under the prefix and the configured queues.",
+    )
+    parser.add_argument("--queue", "-q", action="append", dest="queues", metavar="Q", help="queue (repeatable)")
+    parser.add_argument(
+        "--since",
+        default="$",
+        metavar="ID",
+        help="start after this event id; 0 replays the stream from the start (default: new events only)",
+    )
+    parser.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds without a new event")
+    parser.add_argument("--json", action="store_true", help="one JSON object a line")
+    add_common_options(parser)
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    check_redis(settings.redis_url)
+    block = 5.0 if args.timeout is None else args.timeout
+    client = Client(settings=settings.replace(redis_url=_with_socket_timeout(settings.redis_url, block + 5)))
+    try:
+        queues = args.queues or sorted({*client.queues(), *settings.queues})
+        for event in client.events(queues, since=args.since, timeout=args.timeout):
+            print(json.dumps(event.to_dict()) if args.json else render(event), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
+    return 0
+
+
+def render(event: Event) -> str:
+    """``time  queue  event  job  key=value ...``; the time comes from the stream id (Redis clock)."""
+    millis = int(event.id.partition("-")[0])
+    when = datetime.fromtimestamp(millis / 1000).isoformat(sep=" ", timespec="milliseconds")
+    data = " ".join(f"{key}={value}" for key, value in event.data.items())
+    return f"{when}  {event.queue}  {event.name}  {event.job_id}  {data}".rstrip()
+
+
+def _with_socket_timeout(url: str, seconds: float) -> str:
+    """``url`` whose replies may take ``seconds``: longer than the blocking XREAD the follower sends.
+
+    redis-py 8 gives connections a 5 s socket timeout by default, as long as ``Client.events`` blocks.
+    """
+    parts = urlsplit(url)
+    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "socket_timeout"]
+    query.append(("socket_timeout", f"{seconds:g}"))
+    return urlunsplit(parts._replace(query=urlencode(query)))

@@ -1,0 +1,43 @@
+"""``taskmesh queues``: jobs per state in every queue, and the live workers."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..client import STATES
+from .common import add_common_options, connect, load_settings, print_json, table
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "queues",
+        help="jobs per state in every queue, and live workers",
+        description="Count jobs per state in every queue under the prefix and list the workers whose "
+        "heartbeat is current.",
+    )
+    parser.add_argument("--json", action="store_true", help="print counts and workers as JSON")
+    add_common_options(parser)
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    client = connect(settings)
+    try:
+        counts = {queue: client.counts(queue) for queue in client.queues()}
+        workers = client.workers()
+    finally:
+        client.close()
+    if args.json:
+        print_json({"queues": counts, "workers": workers})
+        return 0
+    if counts:
+        rows = [["QUEUE", *(state.upper() for state in STATES)]]
+        rows += [[queue, *(str(n[state]) for state in STATES)] for queue, n in counts.items()]
+        print(table(rows))
+    else:
+        print(f"no queues under prefix {settings.prefix!r}")
+    print(f"\n{len(workers)} live worker(s)" + (":" if workers else ""))
+    for worker in workers:
+        print(f"  {worker}")
+    return 0

@@ -1,0 +1,338 @@
+"""The ``taskmesh`` command line, run as a real subprocess against the test Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskmesh import Call, Client, JobState, task
+from taskmesh.events import Event
+from taskmesh.testing import RunningWorker
+
+TASKS = """
+import time
+from pathlib import Path
+
+from taskmesh import task
+
+
+@task(name="cli.add", queue="math")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@task(name="cli.shout")
+def shout(word: str, times: int = 1) -> str:
+    return (word.upper() + " ") * times
+
+
+@task(name="cli.wait_for")
+def wait_for(path: str) -> str:
+    deadline = time.monotonic() + 20
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+    return "released"
+"""
+
+DUPLICATE = """
+from taskmesh import task
+
+
+@task(name="cli.add")
+def plus(x: int, y: int) -> int:
+    return x + y
+"""
+
+UNREACHABLE = "redis://127.0.0.1:1/0"
+
+
+@task(name="cli.echo")
+def echo(value: Any) -> Any:
+    return value
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "clitasks.py").write_text(TASKS)
+    return tmp_path
+
+
+@pytest.fixture
+def cli_env(taskmesh_redis_url: str, taskmesh_prefix: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMESH_")}
+    env.update(TASKMESH_REDIS_URL=taskmesh_redis_url, TASKMESH_PREFIX=taskmesh_prefix)
+    return env
+
+
+@pytest.fixture
+def cli(workdir: Path, cli_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``taskmesh ARGS...`` to completion (bounded; killed on timeout)."""
+
+    def run(*args: str, timeout: float = 15, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "taskmesh", *args],
+            cwd=workdir,
+            env={**cli_env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+def _default_sigint() -> None:
+    # A shell that starts jobs in the background ignores SIGINT for them, and Python keeps an ignored
+    # SIGINT ignored; Ctrl-C on a terminal is what these tests model.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def spawn(workdir: Path, cli_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``taskmesh ARGS...`` in the background; every process is killed at teardown."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, **env: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskmesh", *args],
+            cwd=workdir,
+            env={**cli_env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_default_sigint,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("taskmesh: ")
+    return lines[0]
+
+
+def _wait_for_event(client: Client, queue: str, job_id: str, name: str) -> Event:
+    for event in client.events([queue], since="0", timeout=10):
+        if event.job_id == job_id and event.name == name:
+            return event
+    raise AssertionError(f"no {name!r} event for job {job_id} within 10s")
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no output within {timeout}s"
+    return proc.stdout.readline()
+
+
+# -- enqueue -------------------------------------------------------------------
+
+
+def test_enqueue_prints_job_id_and_stores_job(cli: Any, taskmesh_client: Client) -> None:
+    result = cli("enqueue", "cli.shout", "--args", '["hi"]', "--kwargs", '{"times": 2}', "--priority", "5")
+
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    status = taskmesh_client.status(job_id)
+    assert status is not None
+    assert (status.task, status.state, status.priority) == ("cli.shout", JobState.WAITING, 5)
+
+
+def test_enqueue_existing_job_id_reports_it_and_creates_nothing(cli: Any, taskmesh_client: Client) -> None:
+    first = cli("enqueue", "cli.add", "--args", "[1, 2]", "--queue", "math", "--job-id", "sum-1")
+    again = cli("enqueue", "cli.add", "--args", "[5, 5]", "--queue", "math", "--job-id", "sum-1")
+
+    assert first.returncode == 0 and again.returncode == 0, again.stderr
+    assert first.stdout.strip() == again.stdout.strip() == "sum-1"
+    assert first.stderr == ""
+    assert "job sum-1 already exists (state waiting)" in again.stderr
+    assert taskmesh_client.counts("math")["waiting"] == 1
+
+
+def test_enqueue_with_bad_json_names_the_flag_in_one_line(cli: Any, taskmesh_client: Client) -> None:
+    not_json = _one_error_line(cli("enqueue", "cli.add", "--args", "[1, 2"))
+    not_an_object = _one_error_line(cli("enqueue", "cli.add", "--kwargs", "[1]"))
+
+    assert "--args is not valid JSON" in not_json
+    assert "--kwargs must be a JSON object" in not_an_object
+    assert taskmesh_client.queues() == []
+
+
+# -- run -------------------------------------------------------------------------
+
+
+def test_run_burst_runs_queued_jobs_on_the_tasks_queues_and_exits_0(cli: Any, taskmesh_client: Client) -> None:
+    added = taskmesh_client.submit(Call("cli.add", (2, 3), queue="math"))
+    shouted = taskmesh_client.enqueue("cli.shout", "go")
+
+    result = cli("run", "clitasks", "--burst")
+
+    assert result.returncode == 0, result.stderr
+    assert added.result(timeout=5) == 5
+    assert shouted.result(timeout=5) == "GO "
+    start = next(line for line in result.stderr.splitlines() if "starting" in line)
+    assert "queues default,math" in start
+    assert "cli.add, cli.shout, cli.wait_for" in start
+
+
+def test_sigterm_lets_active_job_finish_within_grace_period(spawn: Any, taskmesh_client: Client, workdir: Path) -> None:
+    go = workdir / "go"
+    handle = taskmesh_client.enqueue("cli.wait_for", str(go))
+    worker = spawn("run", "clitasks")
+    _wait_for_event(taskmesh_client, "default", handle.id, "active")
+
+    worker.send_signal(signal.SIGTERM)
+    go.touch()
+
+    assert worker.wait(timeout=10) == 0
+    status = handle.status()
+    assert (status.state, status.result, status.attempts) == (JobState.COMPLETED, "released", 1)
+
+
+def test_sigterm_hands_back_job_still_running_after_grace_period(spawn: Any, taskmesh_client: Client) -> None:
+    handle = taskmesh_client.enqueue("cli.wait_for", "never-created")
+    worker = spawn("run", "clitasks", TASKMESH_GRACE_PERIOD="0.3")
+    _wait_for_event(taskmesh_client, "default", handle.id, "active")
+
+    worker.send_signal(signal.SIGTERM)
+
+    assert worker.wait(timeout=10) == 0
+    status = handle.status()
+    assert (status.state, status.attempts) == (JobState.WAITING, 0)
+    assert _wait_for_event(taskmesh_client, "default", handle.id, "released")
+
+
+# -- status and queues ---------------------------------------------------------
+
+
+def test_status_shows_summary_and_json(cli: Any, taskmesh_client: Client, taskmesh_drain: Any) -> None:
+    handle = echo.enqueue({"rows": 3})
+    taskmesh_drain([echo])
+
+    text = cli("status", handle.id)
+    as_json = cli("status", handle.id, "--json")
+
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    assert "state:     completed" in text.stdout
+    assert 'result:    {"rows": 3}' in text.stdout
+    data = json.loads(as_json.stdout)
+    assert (data["id"], data["state"], data["result"], data["attempts"]) == (handle.id, "completed", {"rows": 3}, 1)
+
+
+def test_status_of_unknown_job_is_one_line_error(cli: Any, taskmesh_client: Client) -> None:
+    line = _one_error_line(cli("status", "no-such-job", "--queue", "math"))
+
+    assert "no-such-job" in line and "not found" in line and "'math'" in line
+
+
+def test_queues_shows_counts_per_state_and_live_workers(
+    cli: Any, taskmesh_client: Client, taskmesh_worker: Callable[..., RunningWorker]
+) -> None:
+    taskmesh_client.enqueue("cli.shout", "a")
+    taskmesh_client.enqueue("cli.shout", "b")
+    taskmesh_client.submit(echo.options(delay=60, queue="later").call(1))
+    worker = taskmesh_worker([echo], queues=["idle"])
+
+    text = cli("queues")
+    as_json = cli("queues", "--json")
+
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert data["queues"]["default"]["waiting"] == 2
+    assert data["queues"]["later"]["delayed"] == 1
+    assert data["queues"]["idle"]["waiting"] == 0
+    assert data["workers"] == [worker.worker.id]
+    header = ["QUEUE", "WAITING", "DELAYED", "ACTIVE", "COMPLETED", "FAILED", "CANCELLED"]
+    assert text.stdout.splitlines()[0].split() == header
+    assert ["default", "2", "0", "0", "0", "0", "0"] in [line.split() for line in text.stdout.splitlines()]
+    assert worker.worker.id in text.stdout
+
+
+# -- tasks -------------------------------------------------------------------------
+
+
+def test_tasks_lists_discovered_tasks(cli: Any) -> None:
+    result = cli("tasks", "clitasks")
+
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert rows[0] == ["NAME", "QUEUE", "RUNNER", "RETRIES", "TIMEOUT", "LOCATION"]
+    assert ["cli.add", "math", "inline", "0", "-", "clitasks:add"] in rows
+    assert [row[0] for row in rows[1:]] == ["cli.add", "cli.shout", "cli.wait_for"]
+
+
+@pytest.mark.parametrize("command", [["tasks"], ["run", "--burst"]])
+def test_two_tasks_with_one_name_fail_start_up_naming_both(cli: Any, workdir: Path, command: list[str]) -> None:
+    (workdir / "clidup.py").write_text(DUPLICATE)
+
+    line = _one_error_line(cli(*command, "clitasks", "clidup"))
+
+    assert "'cli.add'" in line
+    assert "clitasks:add" in line and "clidup:plus" in line
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["enqueue", "cli.add", "--args", "[1, 2]"],
+        ["queues"],
+        ["events", "--timeout", "1"],
+        ["run", "clitasks", "--burst"],
+    ],
+)
+def test_unreachable_redis_is_one_line_naming_the_url(cli: Any, command: list[str]) -> None:
+    result = cli(*command, "--redis-url", UNREACHABLE)
+
+    line = _one_error_line(result)
+    assert result.returncode == 2
+    assert line.startswith(f"taskmesh: cannot connect to Redis at {UNREACHABLE}: ")
+
+
+# -- events ----------------------------------------------------------------------
+
+
+def test_events_prints_event_of_job_enqueued_before_timeout(cli: Any, taskmesh_client: Client) -> None:
+    handle = taskmesh_client.enqueue("cli.shout", "hey")
+
+    text = cli("events", "--since", "0", "--timeout", "0.3")
+    as_json = cli("events", "--since", "0", "--timeout", "0.3", "--json", "--queue", "default")
+
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    assert [line.split()[2:] for line in text.stdout.splitlines()] == [["default", "enqueued", handle.id]]
+    event = json.loads(as_json.stdout)
+    assert (event["queue"], event["event"], event["job"]) == ("default", "enqueued", handle.id)
+
+
+def test_events_follows_until_ctrl_c_and_exits_0(spawn: Any, taskmesh_client: Client) -> None:
+    handle = taskmesh_client.enqueue("cli.shout", "hey")
+    follower = spawn("events", "--since", "0", "--json")
+
+    first = json.loads(_read_line(follower, timeout=10))
+    follower.send_signal(signal.SIGINT)
+
+    assert (first["event"], first["job"]) == ("enqueued", handle.id)
+    assert follower.wait(timeout=10) == 0
