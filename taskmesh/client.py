@@ -218,7 +218,7 @@ class Client:
     def wait(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Block until the job is finished (None on timeout). Follows the event stream; no polling loop."""
         stream = self.keys(queue).events
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         cursor = _last_id(self.redis.xrevrange(stream, count=1))
         while True:
             status = self.status(job_id, queue)
@@ -236,7 +236,7 @@ class Client:
     async def await_(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Async twin of :meth:`wait`."""
         stream = self.keys(queue).events
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         cursor = _last_id(await self.aredis.xrevrange(stream, count=1))
         while True:
             status = await self.astatus(job_id, queue)
@@ -269,10 +269,13 @@ class Client:
         return self._follow(streams, timeout)
 
     def _follow(self, streams: dict[Any, Any], timeout: float | None) -> Iterator[Event]:
-        block = _events_block(timeout)
+        deadline = _deadline(timeout)
         while True:
+            block = _block_ms(deadline)  # None once the deadline passed: one last look without blocking
             entries = _entries(self.redis.xread(streams, count=500, block=block))
-            if not entries and timeout is not None:
+            if entries:
+                deadline = _deadline(timeout)
+            elif block is None:
                 return
             for stream, entry_id, fields in entries:
                 streams[stream] = entry_id
@@ -289,10 +292,13 @@ class Client:
                 for stream in streams:
                     pipe.xrevrange(stream, count=1)
                 streams = {s: _last_id(last) for s, last in zip(streams, await pipe.execute(), strict=True)}
-        block = _events_block(timeout)
+        deadline = _deadline(timeout)
         while True:
+            block = _block_ms(deadline)
             entries = _entries(await self.aredis.xread(streams, count=500, block=block))
-            if not entries and timeout is not None:
+            if entries:
+                deadline = _deadline(timeout)
+            elif block is None:
                 return
             for stream, entry_id, fields in entries:
                 streams[stream] = entry_id
@@ -321,11 +327,8 @@ def _finished_in(job_id: str, entries: list[tuple[str, str, dict[str, str]]]) ->
     return any(f.get("job") == job_id and f.get("event") in FINAL_EVENTS for _, _, f in entries)
 
 
-def _events_block(timeout: float | None) -> int | None:
-    """XREAD's BLOCK for following events: None (do not block) for a zero timeout, never 0 (forever)."""
-    if timeout is None:
-        return _BLOCK_MS
-    return None if timeout <= 0 else max(1, int(timeout * 1000))
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def _block_ms(deadline: float | None) -> int | None:

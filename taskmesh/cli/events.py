@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..client import Client
 from ..events import Event
@@ -35,8 +34,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def command(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     check_redis(settings.redis_url)
-    block = 5.0 if args.timeout is None else args.timeout
-    client = Client(settings=settings.replace(redis_url=_with_socket_timeout(settings.redis_url, block + 5)))
+    client = Client(settings=settings)
     try:
         queues = args.queues or sorted({*client.queues(), *settings.queues})
         for event in client.events(queues, since=args.since, timeout=args.timeout):
@@ -54,14 +52,3 @@ def render(event: Event) -> str:
     when = datetime.fromtimestamp(millis / 1000).isoformat(sep=" ", timespec="milliseconds")
     data = " ".join(f"{key}={value}" for key, value in event.data.items())
     return f"{when}  {event.queue}  {event.name}  {event.job_id}  {data}".rstrip()
-
-
-def _with_socket_timeout(url: str, seconds: float) -> str:
-    """``url`` whose replies may take ``seconds``: longer than the blocking XREAD the follower sends.
-
-    redis-py 8 gives connections a 5 s socket timeout by default, as long as ``Client.events`` blocks.
-    """
-    parts = urlsplit(url)
-    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "socket_timeout"]
-    query.append(("socket_timeout", f"{seconds:g}"))
-    return urlunsplit(parts._replace(query=urlencode(query)))
