@@ -37,6 +37,7 @@ from ..store import scripts
 from ..store.keys import QueueKeys, queues_key, workers_key
 from ..store.scripts import Leased, Update
 from ..task import Task
+from .checks import check_server
 
 log = logging.getLogger("taskmesh.worker")
 T = TypeVar("T")
@@ -158,6 +159,8 @@ class Worker:
         self._redis = aredis.Redis.from_url(url, decode_responses=True)
         block_timeout = self.settings.idle_timeout + 5
         self._blocking = aredis.Redis.from_url(url, decode_responses=True, socket_timeout=block_timeout)
+        conn = self._redis
+        persistence = await self._retrying(lambda: check_server(conn))
         await self._retrying(lambda: self._register())
         self._waker = asyncio.create_task(self._waker_loop(), name="taskmesh-waker")
         upkeep = [
@@ -167,10 +170,11 @@ class Worker:
         ]
         self.started.set()
         log.info(
-            "worker %s ready: queues %s, concurrency %d",
+            "worker %s ready: queues %s, concurrency %d, redis persistence %s",
             self.id,
             ",".join(self.settings.queues),
             self.settings.concurrency,
+            persistence,
         )
         try:
             await self._dispatch()
