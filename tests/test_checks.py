@@ -20,7 +20,7 @@ def evicting_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 
 def test_worker_refuses_redis_whose_policy_evicts_keys(evicting_redis: EmbeddedRedis) -> None:
     worker = Worker.create(Registry(), Settings(redis_url=evicting_redis.url), burst=True, entry_points=False)
-    with pytest.raises(ConfigurationError, match="allkeys-lru.*noeviction"):
+    with pytest.raises(ConfigurationError, match=r"allkeys-lru.*noeviction"):
         asyncio.run(worker.run())
 
 
