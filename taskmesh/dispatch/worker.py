@@ -48,6 +48,8 @@ REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 
 @dataclass(slots=True)
 class WorkerStats:
+    """What one worker did: jobs leased, completed, failed for good, retried, handed back, results refused."""
+
     leased: int = 0
     completed: int = 0
     failed: int = 0
@@ -310,6 +312,8 @@ class Worker:
                 log.warning("job %s: result refused, the lease was lost to another holder", update.id)
         elif update.kind == "c":
             stats.completed += 1
+        elif update.kind == "f" and update.delay_ms >= 0:
+            stats.retried += 1
         elif update.kind == "f":
             stats.failed += 1
         elif update.kind == "r":
@@ -371,9 +375,9 @@ class Worker:
         self._finish(running, update)
 
     def _failure(self, task: Task[Any, Any], job: Job, exc: BaseException, delay: float) -> Update:
-        if job.attempt <= task.retries:
-            self.stats.retried += 1
-        return Update("f", job.id, job.token, _error_json(exc), int(delay * 1000), task.retries + 1)
+        # The script makes the same decision; a final failure says so with delay -1 (counted apart in stats).
+        delay_ms = int(delay * 1000) if job.attempt <= task.retries else -1
+        return Update("f", job.id, job.token, _error_json(exc), delay_ms, task.retries + 1)
 
     def _finish(self, running: _Running, update: Update) -> None:
         del self._running[running.job.id]
