@@ -1,29 +1,37 @@
 -- Add jobs. ARGV: [2] count, then per job 6 values:
 --   id, task, payload, priority, delay_ms (relative, 0 = none), run_at_ms (absolute, 0 = none)
 -- Returns per job: created (1, or 0 when the id already existed), state.
-local out = {}
-local added = 0
 local count = tonumber(ARGV[2])
+local ids = {}
+for i = 0, count - 1 do ids[i + 1] = ARGV[3 + i * 6] end
+preload(ids)
+local out, payloads = {}, {}
+local added = 0
+local seq = 0
 for i = 0, count - 1 do
   local b = 3 + i * 6
   local id = ARGV[b]
-  local existing = redis.call('HGET', K_JOBS, id)
+  local existing = load(id)
   if existing then
     out[#out + 1] = 0
-    out[#out + 1] = cjson.decode(existing).state
+    out[#out + 1] = existing.state
   else
     local delay, run_at = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
     local due = 0
     if delay > 0 then due = now + delay elseif run_at > 0 then due = run_at end
     local rec = {task = ARGV[b + 1], prio = tonumber(ARGV[b + 3]), attempt = 0, stalls = 0, created = now}
-    redis.call('HSET', K_PAYLOADS, id, ARGV[b + 2])
+    payloads[#payloads + 1] = id
+    payloads[#payloads + 1] = ARGV[b + 2]
     if due > now then
       rec.state = 'delayed'
       rec.due = due
-      redis.call('ZADD', K_DELAYED, due, id)
+      zset_add(K_DELAYED, due, id)
       emit('delayed', id, 'due', due)
     else
-      push_waiting(id, rec)
+      if seq == 0 then seq = redis.call('INCRBY', K_SEQ, count) - count end
+      seq = seq + 1
+      rec.state = 'waiting'
+      zset_add(K_WAITING, seq - rec.prio * PRIO_SPAN, id)
       emit('enqueued', id)
     end
     save(id, rec)
@@ -32,6 +40,8 @@ for i = 0, count - 1 do
     out[#out + 1] = rec.state
   end
 end
+bulk('HSET', K_PAYLOADS, payloads)
+finalize()
 -- A delayed job may be due before what idle workers wait for: wake them too.
 wake(added)
 return out

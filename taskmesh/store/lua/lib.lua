@@ -5,6 +5,9 @@
 --   6 completed  7 failed  8 cancelled (zsets, finish ms)
 --   9 events (stream)  10 seq (counter: FIFO order and fencing tokens)  11 wakeup (list)
 -- ARGV[1] is always the events stream's approximate MAXLEN.
+--
+-- Writes are batched: records are read once (cached), zset changes are collected, and
+-- flush() sends each kind in one command; the stream is trimmed once per script.
 local K_JOBS, K_PAYLOADS, K_WAITING, K_DELAYED, K_ACTIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_COMPLETED, K_FAILED, K_CANCELLED = KEYS[6], KEYS[7], KEYS[8]
 local K_EVENTS, K_SEQ, K_WAKEUP = KEYS[9], KEYS[10], KEYS[11]
@@ -12,29 +15,84 @@ local MAXLEN = ARGV[1]
 local WAKEUP_CAP = 16
 -- Waiting score: higher priority first, FIFO within a priority (|prio| <= 1000, seq < 2^40).
 local PRIO_SPAN = 1099511627776
+local CHUNK = 1000
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
+-- Run `cmd key <items...>` in chunks small enough for unpack().
+local function bulk(cmd, key, items)
+  for i = 1, #items, CHUNK do
+    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
+  end
+end
+
+local emitted = false
 local function emit(event, id, ...)
-  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'event', event, 'job', id, ...)
+  redis.call('XADD', K_EVENTS, '*', 'event', event, 'job', id, ...)
+  emitted = true
+end
+
+local records, dirty = {}, {}
+local zadd, zrem = {}, {}
+
+local function preload(ids)
+  if #ids == 0 then return end
+  local raws = redis.call('HMGET', K_JOBS, unpack(ids))
+  for i, id in ipairs(ids) do
+    if records[id] == nil then records[id] = raws[i] and cjson.decode(raws[i]) or false end
+  end
 end
 
 local function load(id)
-  local raw = redis.call('HGET', K_JOBS, id)
-  if not raw then return nil end
-  return cjson.decode(raw)
+  local rec = records[id]
+  if rec == nil then
+    local raw = redis.call('HGET', K_JOBS, id)
+    rec = raw and cjson.decode(raw) or false
+    records[id] = rec
+  end
+  return rec or nil
 end
 
 local function save(id, rec)
-  redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+  records[id] = rec
+  dirty[#dirty + 1] = id
+end
+
+local function zset_add(key, score, id)
+  local list = zadd[key]
+  if not list then list = {}; zadd[key] = list end
+  list[#list + 1] = score
+  list[#list + 1] = id
+end
+
+local function zset_remove(key, id)
+  local list = zrem[key]
+  if not list then list = {}; zrem[key] = list end
+  list[#list + 1] = id
+end
+
+local function flush()
+  local args, seen = {}, {}
+  for _, id in ipairs(dirty) do
+    if not seen[id] and records[id] then
+      seen[id] = true
+      args[#args + 1] = id
+      args[#args + 1] = cjson.encode(records[id])
+    end
+  end
+  dirty = {}
+  bulk('HSET', K_JOBS, args)
+  for key, ids in pairs(zrem) do bulk('ZREM', key, ids) end
+  for key, pairs_ in pairs(zadd) do bulk('ZADD', key, pairs_) end
+  zadd, zrem = {}, {}
 end
 
 local function push_waiting(id, rec)
   local seq = redis.call('INCR', K_SEQ)
   rec.state = 'waiting'
   rec.due = nil
-  redis.call('ZADD', K_WAITING, seq - rec.prio * PRIO_SPAN, id)
+  zset_add(K_WAITING, seq - rec.prio * PRIO_SPAN, id)
 end
 
 local function wake(n)
@@ -42,12 +100,13 @@ local function wake(n)
   if n > WAKEUP_CAP then n = WAKEUP_CAP end
   local tokens = {}
   for i = 1, n do tokens[i] = '1' end
-  redis.call('LPUSH', K_WAKEUP, unpack(tokens))
-  redis.call('LTRIM', K_WAKEUP, 0, WAKEUP_CAP - 1)
+  if redis.call('LPUSH', K_WAKEUP, unpack(tokens)) > WAKEUP_CAP then
+    redis.call('LTRIM', K_WAKEUP, 0, WAKEUP_CAP - 1)
+  end
 end
 
 -- Finished jobs are trimmed with bounded work per call: keep at most `keep`
--- (-1: no count limit) and none older than `age_ms` (-1: no age limit).
+-- (-1: no count limit) and none older than `age_ms` (-1: no age limit). Call after flush().
 local TRIM_BATCH = 32
 local function forget(ids)
   if #ids > 0 then
@@ -75,10 +134,16 @@ local function trim(zkey, keep, age_ms)
   end
 end
 
+-- Call last: write what is pending and trim the event stream once.
+local function finalize()
+  flush()
+  if emitted then redis.call('XTRIM', K_EVENTS, 'MAXLEN', '~', MAXLEN) end
+end
+
 local function finish(id, rec, state, zkey)
-  redis.call('ZREM', K_ACTIVE, id)
+  zset_remove(K_ACTIVE, id)
   rec.state = state
   rec.token = nil
   rec.finished = now
-  redis.call('ZADD', zkey, now, id)
+  zset_add(zkey, now, id)
 end

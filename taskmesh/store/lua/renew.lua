@@ -1,14 +1,25 @@
 -- Extend the leases a worker holds. ARGV: [2] lease_ms, then pairs id, token.
 -- Returns the ids whose lease is no longer this holder's.
 local deadline = now + tonumber(ARGV[2])
-local lost = {}
+local ids, tokens = {}, {}
 for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
+  ids[#ids + 1] = ARGV[i]
+  tokens[#tokens + 1] = tonumber(ARGV[i + 1])
+end
+preload(ids)
+local lost, renewed = {}, {}
+for i, id in ipairs(ids) do
   local rec = load(id)
-  if rec and rec.state == 'active' and rec.token == tonumber(ARGV[i + 1]) then
-    redis.call('ZADD', K_ACTIVE, 'XX', deadline, id)
+  if rec and rec.state == 'active' and rec.token == tokens[i] then
+    renewed[#renewed + 1] = deadline
+    renewed[#renewed + 1] = id
   else
     lost[#lost + 1] = id
+  end
+end
+if #renewed > 0 then
+  for i = 1, #renewed, CHUNK do
+    redis.call('ZADD', K_ACTIVE, 'XX', unpack(renewed, i, math.min(i + CHUNK - 1, #renewed)))
   end
 end
 return lost

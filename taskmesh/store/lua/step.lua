@@ -10,10 +10,14 @@
 local lease_ms, want, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local completed_keep, completed_age = tonumber(ARGV[6]), tonumber(ARGV[7])
 local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
-local accepted = {}
 local updates = cjson.decode(ARGV[10])
-local trimmed_completed, trimmed_failed = false, false
+local accepted = {}
+local any_completed, any_failed = false, false
 local requeued, delayed_retry = 0, false
+
+local ids = {}
+for i, u in ipairs(updates) do ids[i] = u[2] end
+preload(ids)
 for i, u in ipairs(updates) do
   local kind, id, token, value = u[1], u[2], u[3], u[4]
   local rec = load(id)
@@ -34,12 +38,12 @@ for i, u in ipairs(updates) do
       rec.result = value
       finish(id, rec, 'completed', K_COMPLETED)
       emit('completed', id)
-      trimmed_completed = true
+      any_completed = true
     elseif kind == 'f' then
       local delay, max_attempts = u[5], u[6]
       rec.error = value
       if delay >= 0 and rec.attempt < max_attempts then
-        redis.call('ZREM', K_ACTIVE, id)
+        zset_remove(K_ACTIVE, id)
         rec.token = nil
         if delay == 0 then
           push_waiting(id, rec)
@@ -47,17 +51,17 @@ for i, u in ipairs(updates) do
         else
           rec.state = 'delayed'
           rec.due = now + delay
-          redis.call('ZADD', K_DELAYED, rec.due, id)
+          zset_add(K_DELAYED, rec.due, id)
           delayed_retry = true
         end
         emit('retrying', id, 'attempt', rec.attempt, 'delay', delay)
       else
         finish(id, rec, 'failed', K_FAILED)
         emit('failed', id, 'attempt', rec.attempt)
-        trimmed_failed = true
+        any_failed = true
       end
     elseif kind == 'r' then
-      redis.call('ZREM', K_ACTIVE, id)
+      zset_remove(K_ACTIVE, id)
       rec.token = nil
       rec.attempt = rec.attempt - 1
       push_waiting(id, rec)
@@ -67,12 +71,11 @@ for i, u in ipairs(updates) do
     save(id, rec)
   end
 end
-if trimmed_completed then trim(K_COMPLETED, completed_keep, completed_age) end
-if trimmed_failed then trim(K_FAILED, failed_keep, failed_age) end
 
 local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+preload(due)
 for _, id in ipairs(due) do
-  redis.call('ZREM', K_DELAYED, id)
+  zset_remove(K_DELAYED, id)
   local rec = load(id)
   if rec then
     push_waiting(id, rec)
@@ -80,25 +83,31 @@ for _, id in ipairs(due) do
     emit('waiting', id)
   end
 end
+flush()
 
 local leased = {}
 if want > 0 then
   local popped = redis.call('ZPOPMIN', K_WAITING, want)
-  local token = redis.call('INCRBY', K_SEQ, #popped / 2) - #popped / 2
-  for i = 1, #popped, 2 do
-    local id = popped[i]
-    local rec = load(id)
-    token = token + 1
-    if rec then
-      rec.state = 'active'
-      rec.attempt = rec.attempt + 1
-      rec.token = token
-      rec.started = now
-      rec.worker = worker
-      save(id, rec)
-      redis.call('ZADD', K_ACTIVE, now + lease_ms, id)
-      emit('active', id, 'attempt', rec.attempt)
-      leased[#leased + 1] = {id, token, rec.attempt, rec.task, redis.call('HGET', K_PAYLOADS, id) or ''}
+  local popped_ids = {}
+  for i = 1, #popped, 2 do popped_ids[#popped_ids + 1] = popped[i] end
+  if #popped_ids > 0 then
+    preload(popped_ids)
+    local payloads = redis.call('HMGET', K_PAYLOADS, unpack(popped_ids))
+    local token = redis.call('INCRBY', K_SEQ, #popped_ids) - #popped_ids
+    for i, id in ipairs(popped_ids) do
+      token = token + 1
+      local rec = load(id)
+      if rec then
+        rec.state = 'active'
+        rec.attempt = rec.attempt + 1
+        rec.token = token
+        rec.started = now
+        rec.worker = worker
+        save(id, rec)
+        zset_add(K_ACTIVE, now + lease_ms, id)
+        emit('active', id, 'attempt', rec.attempt)
+        leased[#leased + 1] = {id, token, rec.attempt, rec.task, payloads[i] or ''}
+      end
     end
   end
   -- More is runnable than this worker took: pass the wake-up on to another idle worker.
@@ -110,6 +119,10 @@ local others = 0
 if want == 0 then others = requeued end
 if delayed_retry then others = others + 1 end
 wake(others)
+
+finalize()
+if any_completed then trim(K_COMPLETED, completed_keep, completed_age) end
+if any_failed then trim(K_FAILED, failed_keep, failed_age) end
 
 local next_due = -1
 local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')

@@ -4,11 +4,12 @@
 -- Returns {recovered ids, failed ids}.
 local max_stalls = tonumber(ARGV[2])
 local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+preload(expired)
 local recovered, lost = {}, {}
 for _, id in ipairs(expired) do
   local rec = load(id)
   if not rec then
-    redis.call('ZREM', K_ACTIVE, id)
+    zset_remove(K_ACTIVE, id)
   else
     rec.stalls = rec.stalls + 1
     if rec.stalls > max_stalls then
@@ -18,7 +19,7 @@ for _, id in ipairs(expired) do
       emit('failed', id, 'attempt', rec.attempt, 'reason', 'worker lost')
       lost[#lost + 1] = id
     else
-      redis.call('ZREM', K_ACTIVE, id)
+      zset_remove(K_ACTIVE, id)
       rec.token = nil
       rec.attempt = rec.attempt - 1
       push_waiting(id, rec)
@@ -28,6 +29,7 @@ for _, id in ipairs(expired) do
     save(id, rec)
   end
 end
+finalize()
 if #lost > 0 then trim(K_FAILED, tonumber(ARGV[4]), tonumber(ARGV[5])) end
 if #recovered > 0 then wake(#recovered) end
 return {recovered, lost}
