@@ -496,6 +496,10 @@ class Worker:
 
     async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn``, retrying with backoff while Redis is unreachable (until the worker stops)."""
+        try:  # the common case, without the retry machinery's cost on the hot path
+            return await fn()
+        except REDIS_ERRORS as exc:
+            log.warning("redis unreachable (%s); retrying with backoff", exc)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(REDIS_ERRORS),
             wait=wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05),
