@@ -266,6 +266,10 @@ class Worker:
         assert self._redis is not None
         conn = self._redis
         result = await self._retrying(lambda: scripts.acall(conn, "step", queue.keys.all, args))
+        self._apply_step(queue, want, updates, result)
+
+    def _apply_step(self, queue: _Queue, want: int, updates: list[Update], result: Any) -> None:
+        """Account for a step's reply: refused updates, the queue's state, and the jobs it leased."""
         accepted, leased, next_due = scripts.parse_step(result)
         for update, ok in zip(updates, accepted, strict=True):
             self._account(queue, update, ok)
