@@ -39,8 +39,10 @@ def main() -> int:
 def produce(client: Client) -> int:
     start = client.redis.xrevrange(client.keys("demo").events, count=1)
     since = str(start[0][0]) if start else "0"
-    handles = [build_report.options(client=client).enqueue(customer, rows=1000 * (i + 1))
-               for i, customer in enumerate(["acme", "globex", "initech"])]
+    handles = [
+        build_report.options(client=client).enqueue(customer, rows=1000 * (i + 1))
+        for i, customer in enumerate(["acme", "globex", "initech"])
+    ]
     handles += [add.options(client=client).enqueue(i, i * i) for i in range(5)]
     handles += [flaky_call.options(client=client).enqueue(seed) for seed in range(2)]
     print(f"enqueued {len(handles)} jobs; an API would answer 202 with these ids at once:")
