@@ -16,6 +16,7 @@ import os
 import random
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections import deque
@@ -25,7 +26,9 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
+from redis.asyncio.retry import Retry as ConnectionRetry
+from redis.backoff import NoBackoff
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from ..errors import PayloadError, Retry, UnknownTaskError, Unrecoverable
 from ..job import Job
@@ -44,6 +47,11 @@ T = TypeVar("T")
 #: A worker leases one batch ahead only while its jobs take less than this on average.
 PREFETCH_BELOW = 0.005
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+#: Backoff between attempts while Redis is unreachable (capped further by ``Worker._backoff``).
+BACKOFF = wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05)
+#: redis-py's own retries: one immediate reconnect (a restarted server closed the pooled connections);
+#: the backoff is ``_retrying``'s, so a failed call returns at once and a stopping worker is not held up.
+REDIS_RETRY = ConnectionRetry(NoBackoff(), 1)
 
 
 @dataclass(slots=True)
@@ -109,6 +117,7 @@ class Worker:
         # Running average of job durations (seconds); starts high so nothing is leased ahead at first.
         self._job_seconds = 1.0
         self._stopping = False
+        self._give_up_at: float | None = None  # time.monotonic() when a stopping worker stops retrying Redis
         self._releasing = False
         self._closing = False
         self._waker: asyncio.Task[None] | None = None
@@ -148,6 +157,7 @@ class Worker:
             return
         if not self._stopping:
             log.info("worker %s stopping: %d job(s) running", self.id, len(self._running))
+            self._give_up_at = time.monotonic() + self.settings.grace_period
         self._stopping = True
         if self._waker is not None:
             # Stop listening for wake-ups now, so the ones sent while this worker winds down go to others.
@@ -158,9 +168,11 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         url = self.settings.redis_url
-        self._redis = aredis.Redis.from_url(url, decode_responses=True)
+        self._redis = aredis.Redis.from_url(url, decode_responses=True, retry=REDIS_RETRY)
         block_timeout = self.settings.idle_timeout + 5
-        self._blocking = aredis.Redis.from_url(url, decode_responses=True, socket_timeout=block_timeout)
+        self._blocking = aredis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=block_timeout, retry=REDIS_RETRY
+        )
         conn = self._redis
         persistence = await self._retrying(lambda: check_server(conn))
         await self._retrying(lambda: self._register())
@@ -180,13 +192,21 @@ class Worker:
         )
         try:
             await self._dispatch()
+        except REDIS_ERRORS:
+            if self._give_up_at is None:  # only a stopping worker gives up on Redis (see _retrying)
+                raise
         finally:
             self._closing = True
             self._need_wakeup.set()
             for task in upkeep:
                 task.cancel()
             # A cancel that lands inside a redis-py read can be swallowed; never wait forever for it.
-            await asyncio.wait(upkeep, timeout=1.0)
+            done, _ = await asyncio.wait(upkeep, timeout=1.0)
+            for task in done:
+                # An upkeep call may have given up on Redis while stopping (see _retrying); anything else is news.
+                error = None if task.cancelled() else task.exception()
+                if error is not None and not isinstance(error, REDIS_ERRORS):
+                    log.error("worker %s: %s failed", self.id, task.get_name(), exc_info=error)
             await self._unregister()
             await self._redis.aclose()
             await self._blocking.aclose()
@@ -499,14 +519,21 @@ class Worker:
             self._wake.set()
 
     async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn``, retrying with backoff while Redis is unreachable (until the worker stops)."""
+        """Run ``fn``, retrying with backoff while Redis is unreachable.
+
+        A stopping worker gives up (the error propagates) once its grace period is over, so
+        :meth:`stop` returns with Redis down. What it could not report (results, hand-backs) is
+        lost with it: those jobs stay leased to this worker until their leases expire, then any
+        worker's sweep puts them back to waiting, exactly as after a crash.
+        """
         try:  # the common case, without the retry machinery's cost on the hot path
             return await fn()
         except REDIS_ERRORS as exc:
             log.warning("redis unreachable (%s); retrying with backoff", exc)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(REDIS_ERRORS),
-            wait=wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05),
+            stop=self._giving_up,
+            wait=self._backoff,
             before_sleep=lambda state: log.warning(
                 "redis unreachable (%s); retrying", state.outcome.exception() if state.outcome else "?"
             ),
@@ -515,6 +542,24 @@ class Worker:
             with attempt:
                 return await fn()
         raise AssertionError("unreachable")
+
+    def _giving_up(self, state: RetryCallState) -> bool:
+        if self._give_up_at is None or time.monotonic() < self._give_up_at:
+            return False
+        log.warning(
+            "redis still unreachable after the grace period (%s); giving up: jobs this worker could not report "
+            "go back to waiting when their leases expire",
+            state.outcome.exception() if state.outcome else "?",
+        )
+        return True
+
+    def _backoff(self, state: RetryCallState) -> float:
+        """``BACKOFF``, at most ``renew_interval`` (once Redis is back, leases are renewed at the usual
+        pace, before they expire) and never past the moment a stopping worker gives up."""
+        delay = min(BACKOFF(state), self.settings.renew_interval)
+        if self._give_up_at is not None:
+            delay = min(delay, max(self._give_up_at - time.monotonic(), 0.0))
+        return delay
 
 
 class JobTimeoutError(TimeoutError):
