@@ -219,6 +219,8 @@ class Worker:
     async def _dispatch(self) -> None:
         grace: asyncio.TimerHandle | None = None
         while True:
+            if self._step_error is not None:
+                raise self._step_error
             self._start_buffered()
             if self._stepping is None:
                 self._launch_step()
@@ -232,8 +234,6 @@ class Worker:
                     return
                 elif len(self._running) < self.settings.concurrency:
                     self._need_wakeup.set()
-            if self._step_error is not None:
-                raise self._step_error
             self._wake.clear()
             if not self._can_progress():
                 await self._wake.wait()
@@ -534,7 +534,7 @@ class Worker:
             retry=retry_if_exception_type(REDIS_ERRORS),
             stop=self._giving_up,
             wait=self._backoff,
-            before_sleep=lambda state: log.warning(
+            before_sleep=lambda state: log.debug(
                 "redis unreachable (%s); retrying", state.outcome.exception() if state.outcome else "?"
             ),
             reraise=True,
