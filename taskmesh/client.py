@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -23,8 +25,20 @@ from .store.keys import QueueKeys, check_job_id, check_name, queues_key, workers
 from .task import Task, check_delay, check_priority
 
 STATES = tuple(state.value for state in JobState)
+# One job as the enqueue script takes it: id, task, payload, priority, delay_ms, run_at_ms.
+_JobValues = tuple[str, str, str, int, int, int]
+_JOB_VALUES = 6
+_NAME_CACHE_SIZE = 1000
 # Blocking reads stay well under the connection socket timeout (redis-py defaults to 5 s).
 _BLOCK_MS = 1000
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Jobs bound for one queue: their positions among the calls and their script values, six per job."""
+
+    indexes: list[int] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
 
 
 class Client:
@@ -38,6 +52,7 @@ class Client:
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
+        self._task_names: set[str] = set()  # task names already validated
 
     def __repr__(self) -> str:
         return f"<Client {self.settings.redis_url} prefix={self.settings.prefix}>"
@@ -79,96 +94,119 @@ class Client:
 
     def enqueue(self, task: Task[Any, Any] | str, /, *args: Any, **kwargs: Any) -> JobHandle[Any]:
         """Queue ``task`` (a Task or a task name) with JSON arguments; returns the handle at once."""
-        return self.submit(_call(task, args, kwargs))
+        if isinstance(task, Task):
+            return self._submit(task.queue, self._job(task.name, args, kwargs, task.priority))
+        return self._submit("default", self._job(task, args, kwargs, 0))
 
     async def aenqueue(self, task: Task[Any, Any] | str, /, *args: Any, **kwargs: Any) -> JobHandle[Any]:
-        return await self.asubmit(_call(task, args, kwargs))
+        if isinstance(task, Task):
+            return await self._asubmit(task.queue, self._job(task.name, args, kwargs, task.priority))
+        return await self._asubmit("default", self._job(task, args, kwargs, 0))
 
     def submit(self, call: Call) -> JobHandle[Any]:
         """Queue one described job (options included). An existing job id returns that job, ``created=False``."""
-        job = self._new_job(call)
-        if call.queue not in self._known_queues:
-            self.redis.sadd(queues_key(self.settings.prefix), call.queue)
-            self._known_queues.add(call.queue)
-        keys = self.keys(call.queue).all
-        result = scripts.call(self.redis, "enqueue", keys, scripts.enqueue_args(self.settings, [job]))
-        return JobHandle(self, job.id, call.queue, scripts.parse_enqueue(result)[0][0])
+        return self._submit(call.queue, self._call_job(call))
 
     async def asubmit(self, call: Call) -> JobHandle[Any]:
-        job = self._new_job(call)
-        if call.queue not in self._known_queues:
-            await self.aredis.sadd(queues_key(self.settings.prefix), call.queue)
-            self._known_queues.add(call.queue)
-        keys = self.keys(call.queue).all
-        result = await scripts.acall(self.aredis, "enqueue", keys, scripts.enqueue_args(self.settings, [job]))
-        return JobHandle(self, job.id, call.queue, scripts.parse_enqueue(result)[0][0])
+        return await self._asubmit(call.queue, self._call_job(call))
+
+    def _submit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
+        keys = self.keys(queue).all
+        if queue not in self._known_queues:
+            self.redis.sadd(queues_key(self.settings.prefix), queue)
+            self._known_queues.add(queue)
+        result = scripts.call(self.redis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
+        return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
+
+    async def _asubmit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
+        keys = self.keys(queue).all
+        if queue not in self._known_queues:
+            await self.aredis.sadd(queues_key(self.settings.prefix), queue)
+            self._known_queues.add(queue)
+        result = await scripts.acall(self.aredis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
+        return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
 
     def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         """Queue many jobs in one round trip (one script call per queue). Nothing is written if one is invalid."""
-        batches, order = self._prepare(calls)
+        batches = self._prepare(calls)
         with self.redis.pipeline(transaction=False) as pipe:
             new_queues = self._register_queues(pipe, batches)
-            for queue, jobs in batches.items():
-                pipe.evalsha(
-                    scripts.sha("enqueue"),
-                    len(self.keys(queue).all),
-                    *self.keys(queue).all,
-                    *scripts.enqueue_args(self.settings, jobs),
-                )
+            for queue, batch in batches.items():
+                self._pipe_enqueue(pipe, queue, batch)
             results = scripts.run_pipeline(self.redis, pipe)
         self._known_queues |= new_queues
-        return self._handles(batches, order, results[-len(batches) :])
+        return self._handles(batches, results[-len(batches) :])
 
     async def aenqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
-        batches, order = self._prepare(calls)
+        batches = self._prepare(calls)
         async with self.aredis.pipeline(transaction=False) as pipe:
             new_queues = self._register_queues(pipe, batches)
-            for queue, jobs in batches.items():
-                pipe.evalsha(
-                    scripts.sha("enqueue"),
-                    len(self.keys(queue).all),
-                    *self.keys(queue).all,
-                    *scripts.enqueue_args(self.settings, jobs),
-                )
+            for queue, batch in batches.items():
+                self._pipe_enqueue(pipe, queue, batch)
             results = await scripts.arun_pipeline(self.aredis, pipe)
         self._known_queues |= new_queues
-        return self._handles(batches, order, results[-len(batches) :])
+        return self._handles(batches, results[-len(batches) :])
 
-    def _prepare(self, calls: Iterable[Call]) -> tuple[dict[str, list[scripts.NewJob]], list[tuple[str, int]]]:
-        batches: dict[str, list[scripts.NewJob]] = {}
-        order: list[tuple[str, int]] = []
-        for call in calls:
-            job = self._new_job(call)
-            batch = batches.setdefault(call.queue, [])
-            order.append((call.queue, len(batch)))
-            batch.append(job)
-        return batches, order
+    def _prepare(self, calls: Iterable[Call]) -> dict[str, _Batch]:
+        """Validate and encode every call, grouped by queue; raises before anything is written."""
+        batches: dict[str, _Batch] = {}
+        for index, call in enumerate(calls):
+            batch = batches.get(call.queue)
+            if batch is None:
+                self.keys(call.queue)
+                batch = batches[call.queue] = _Batch()
+            batch.indexes.append(index)
+            batch.values += self._call_job(call)
+        return batches
 
-    def _new_job(self, call: Call) -> scripts.NewJob:
-        """Validate and encode one call; raises before anything is written."""
-        check_name("task name", call.task)
-        self.keys(call.queue)
-        job_id = os.urandom(16).hex() if call.job_id is None else check_job_id(call.job_id)
-        run_at_ms = 0
-        if call.run_at is not None and call.run_at.timestamp() > time.time():
-            run_at_ms = int(call.run_at.timestamp() * 1000)
-        delay = check_delay(call.delay)
-        delay_ms = 0 if delay is None else max(0, int(delay * 1000))
-        payload = encode_payload(call, self.settings.max_payload_bytes)
-        return scripts.NewJob(job_id, call.task, payload, check_priority(call.priority), delay_ms, run_at_ms)
+    def _pipe_enqueue(self, pipe: Any, queue: str, batch: _Batch) -> None:
+        keys = self.keys(queue).all
+        count = len(batch.indexes)
+        pipe.evalsha(scripts.sha("enqueue"), len(keys), *keys, self.settings.events_maxlen, count, *batch.values)
 
-    def _register_queues(self, pipe: Any, batches: dict[str, list[scripts.NewJob]]) -> set[str]:
+    def _call_job(self, call: Call) -> _JobValues:
+        return self._job(call.task, call.args, call.kwargs, call.priority, call.job_id, call.delay, call.run_at)
+
+    def _job(
+        self,
+        task: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        priority: int,
+        job_id: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+    ) -> _JobValues:
+        """Validate and encode one job into its enqueue-script values; raises before anything is written."""
+        if task not in self._task_names:
+            check_name("task name", task)
+            if len(self._task_names) < _NAME_CACHE_SIZE:
+                self._task_names.add(task)
+        job_id = os.urandom(16).hex() if job_id is None else check_job_id(job_id)
+        delay_ms = run_at_ms = 0
+        if delay is not None:
+            check_delay(delay)
+            delay_ms = max(0, int(delay * 1000))
+        if run_at is not None and run_at.timestamp() > time.time():
+            run_at_ms = int(run_at.timestamp() * 1000)
+        payload = encode_payload(task, args, kwargs, self.settings.max_payload_bytes)
+        return job_id, task, payload, check_priority(priority), delay_ms, run_at_ms
+
+    def _register_queues(self, pipe: Any, batches: dict[str, _Batch]) -> set[str]:
         """Queue the SADD of queues not yet registered; the caller records them once the pipeline ran."""
         new = set(batches) - self._known_queues
         if new:
             pipe.sadd(queues_key(self.settings.prefix), *new)
         return new
 
-    def _handles(
-        self, batches: dict[str, list[scripts.NewJob]], order: list[tuple[str, int]], results: list[Any]
-    ) -> list[JobHandle[Any]]:
-        parsed = {queue: scripts.parse_enqueue(res) for queue, res in zip(batches, results, strict=True)}
-        return [JobHandle(self, batches[q][i].id, q, parsed[q][i][0]) for q, i in order]
+    def _handles(self, batches: dict[str, _Batch], results: list[Any]) -> list[JobHandle[Any]]:
+        """Handles in call order, from each queue's script result."""
+        found: dict[int, JobHandle[Any]] = {}
+        for (queue, batch), result in zip(batches.items(), results, strict=True):
+            ids = batch.values[::_JOB_VALUES]
+            for index, job_id, (created, _) in zip(batch.indexes, ids, scripts.parse_enqueue(result), strict=True):
+                found[index] = JobHandle(self, job_id, queue, created)
+        return [found[index] for index in range(len(found))]
 
     # -- reading -------------------------------------------------------------
 
@@ -306,12 +344,6 @@ class Client:
 
     def _queue_of(self, stream: str) -> str:
         return next(q for q, keys in self._keys.items() if keys.events == stream)
-
-
-def _call(task: Task[Any, Any] | str, args: Sequence[Any], kwargs: dict[str, Any]) -> Call:
-    if isinstance(task, Task):
-        return Call(task.name, tuple(args), kwargs, queue=task.queue, priority=task.priority)
-    return Call(task, tuple(args), kwargs)
 
 
 def _last_id(entries: Any) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .errors import JobFailed, JobNotFound, JobTimeout, LeaseLost
+from .errors import JobFailed, JobNotFound, JobTimeout, LeaseLost, PayloadError
 
 if TYPE_CHECKING:
     from .client import Client
@@ -45,26 +45,24 @@ class Call:
     priority: int = 0
 
 
-def encode_payload(call: Call, limit: int) -> str:
-    """JSON-encode a call's arguments; a value JSON cannot hold is a TypeError naming the argument."""
+# One encoder for every payload: json.dumps with options builds a new encoder per call.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def encode_payload(task: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> str:
+    """JSON-encode a job's arguments; a value JSON cannot hold is a TypeError naming the argument."""
     try:
-        payload = json.dumps(
-            {"t": call.task, "a": list(call.args), "k": dict(call.kwargs)}, separators=(",", ":"), allow_nan=False
-        )
+        payload = _encode({"t": task, "a": list(args), "k": dict(kwargs)})
     except (TypeError, ValueError):
-        for where, value in [*((f"argument {i}", v) for i, v in enumerate(call.args)), *call.kwargs.items()]:
+        for where, value in [*((f"argument {i}", v) for i, v in enumerate(args)), *kwargs.items()]:
             try:
-                json.dumps(value, allow_nan=False)
+                _encode(value)
             except (TypeError, ValueError) as exc:
-                raise TypeError(
-                    f"{call.task}: {where} ({type(value).__name__}) is not JSON-serializable: {exc}"
-                ) from None
+                raise TypeError(f"{task}: {where} ({type(value).__name__}) is not JSON-serializable: {exc}") from None
         raise
     if len(payload) > limit:
-        from .errors import PayloadError
-
         raise PayloadError(
-            f"{call.task}: payload is {len(payload)} bytes, over the {limit}-byte limit "
+            f"{task}: payload is {len(payload)} bytes, over the {limit}-byte limit "
             "(store large data elsewhere and pass a reference, or raise max_payload_bytes)"
         )
     return payload
@@ -223,7 +221,7 @@ class Job:
                 raise ValueError(f"progress must be between 0 and 100, not {value}")
         elif not isinstance(value, Mapping):
             raise TypeError(f"progress must be a number 0..100 or a JSON object, not {type(value).__name__}")
-        self._send("p", json.dumps(value, separators=(",", ":"), allow_nan=False))
+        self._send("p", _encode(value))
 
     def log(self, message: str) -> None:
         """Append a line to the job's log (the last 100 lines are kept) and emit a ``log`` event."""

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
+from .job import Call, Job
 from .store.keys import check_job_id, check_name
 
 if TYPE_CHECKING:
     from .client import Client
-    from .job import Call, Job, JobHandle
+    from .job import JobHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,8 +80,6 @@ def _default_name(fn: Callable[..., Any]) -> str:
 
 
 def _takes_job(fn: Callable[..., Any]) -> bool:
-    from .job import Job
-
     params = list(inspect.signature(fn).parameters.values())
     if not params:
         return False
@@ -154,15 +153,15 @@ class Task(Generic[P, R]):
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """Describe one job without enqueueing it (for ``Client.enqueue_many``)."""
-        return TaskCall(self).call(*args, **kwargs)
+        return Call(self.name, args, kwargs, self.queue, priority=self.priority)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Queue a job on the default client; returns its handle at once."""
-        return TaskCall(self).enqueue(*args, **kwargs)
+        return _client_module.default_client().enqueue(self, *args, **kwargs)
 
     async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Async twin of :meth:`enqueue`."""
-        return await TaskCall(self).aenqueue(*args, **kwargs)
+        return await _client_module.default_client().aenqueue(self, *args, **kwargs)
 
 
 def check_delay(delay: float | None) -> float | None:
@@ -205,8 +204,6 @@ class TaskCall(Generic[P, R]):
         self.client = client
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
-        from .job import Call
-
         return Call(
             task=self.task.name,
             args=args,
@@ -219,9 +216,7 @@ class TaskCall(Generic[P, R]):
         )
 
     def _client(self) -> Client:
-        from .client import default_client
-
-        return self.client or default_client()
+        return self.client or _client_module.default_client()
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         return self._client().submit(self.call(*args, **kwargs))
@@ -287,3 +282,7 @@ class _Decorator:
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
     def __call__(self, fn: Callable[..., Any], /) -> Any:
         return Task(fn, **self.options)
+
+
+# client.py imports this module, so it comes last: either module can then be imported first.
+from . import client as _client_module  # noqa: E402
