@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from typing import Any, NamedTuple
@@ -71,23 +70,6 @@ async def arun_pipeline(conn: aredis.Redis, pipe: Any) -> list[Any]:
             await conn.script_load(source(name))
         pipe.command_stack = commands
         return list(await pipe.execute())
-
-
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    id: str
-    task: str
-    payload: str
-    priority: int
-    delay_ms: int
-    run_at_ms: int
-
-
-def enqueue_args(settings: Settings, jobs: list[NewJob]) -> list[Any]:
-    args: list[Any] = [settings.events_maxlen, len(jobs)]
-    for job in jobs:
-        args += (job.id, job.task, job.payload, job.priority, job.delay_ms, job.run_at_ms)
-    return args
 
 
 def parse_enqueue(result: list[Any]) -> list[tuple[bool, str]]:

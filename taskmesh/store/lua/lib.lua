@@ -27,10 +27,16 @@ local function bulk(cmd, key, items)
   end
 end
 
-local emitted = false
+-- The first event of a script trims the stream as it is added (one command for the common
+-- single-event script); a script that emits more trims once more in finalize().
+local emitted = 0
 local function emit(event, id, ...)
-  redis.call('XADD', K_EVENTS, '*', 'event', event, 'job', id, ...)
-  emitted = true
+  if emitted == 0 then
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'event', event, 'job', id, ...)
+  else
+    redis.call('XADD', K_EVENTS, '*', 'event', event, 'job', id, ...)
+  end
+  emitted = emitted + 1
 end
 
 local records, dirty = {}, {}
@@ -137,7 +143,7 @@ end
 -- Call last: write what is pending and trim the event stream once.
 local function finalize()
   flush()
-  if emitted then redis.call('XTRIM', K_EVENTS, 'MAXLEN', '~', MAXLEN) end
+  if emitted > 1 then redis.call('XTRIM', K_EVENTS, 'MAXLEN', '~', MAXLEN) end
 end
 
 local function finish(id, rec, state, zkey)
