@@ -27,6 +27,16 @@ local function bulk(cmd, key, items)
   end
 end
 
+-- HMGET in chunks: the values of `ids` in order (false where missing).
+local function hmget(key, ids)
+  local out = {}
+  for i = 1, #ids, CHUNK do
+    local part = redis.call('HMGET', key, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+    for j = 1, #part do out[i + j - 1] = part[j] end
+  end
+  return out
+end
+
 -- The first event of a script trims the stream as it is added (one command for the common
 -- single-event script); a script that emits more trims once more in finalize().
 local emitted = 0
@@ -44,7 +54,7 @@ local zadd, zrem = {}, {}
 
 local function preload(ids)
   if #ids == 0 then return end
-  local raws = redis.call('HMGET', K_JOBS, unpack(ids))
+  local raws = hmget(K_JOBS, ids)
   for i, id in ipairs(ids) do
     if records[id] == nil then records[id] = raws[i] and cjson.decode(raws[i]) or false end
   end
@@ -112,31 +122,30 @@ local function wake(n)
 end
 
 -- Finished jobs are trimmed with bounded work per call: keep at most `keep`
--- (-1: no count limit) and none older than `age_ms` (-1: no age limit). Call after flush().
+-- (-1: no count limit) and none older than `age_ms` (-1: no age limit). A call that
+-- finished `finished` jobs removes up to max(TRIM_BATCH, 2 * finished) per limit: twice
+-- what it added, so retention holds under any load and a backlog shrinks. Call after flush().
 local TRIM_BATCH = 32
 local function forget(ids)
-  if #ids > 0 then
-    redis.call('HDEL', K_JOBS, unpack(ids))
-    redis.call('HDEL', K_PAYLOADS, unpack(ids))
-  end
+  bulk('HDEL', K_JOBS, ids)
+  bulk('HDEL', K_PAYLOADS, ids)
 end
 
-local function trim(zkey, keep, age_ms)
+local function trim(zkey, keep, age_ms, finished)
+  local limit = math.max(TRIM_BATCH, 2 * finished)
   if keep >= 0 then
     local excess = redis.call('ZCARD', zkey) - keep
     if excess > 0 then
-      local popped = redis.call('ZPOPMIN', zkey, math.min(excess, TRIM_BATCH))
+      local popped = redis.call('ZPOPMIN', zkey, math.min(excess, limit))
       local ids = {}
       for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
       forget(ids)
     end
   end
   if age_ms >= 0 then
-    local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', now - age_ms, 'LIMIT', 0, TRIM_BATCH)
-    if #old > 0 then
-      redis.call('ZREM', zkey, unpack(old))
-      forget(old)
-    end
+    local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', now - age_ms, 'LIMIT', 0, limit)
+    bulk('ZREM', zkey, old)
+    forget(old)
   end
 end
 

@@ -12,7 +12,7 @@ local completed_keep, completed_age = tonumber(ARGV[6]), tonumber(ARGV[7])
 local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
 local updates = cjson.decode(ARGV[10])
 local accepted = {}
-local any_completed, any_failed = false, false
+local completed, failed = 0, 0
 local requeued, delayed_retry = 0, false
 
 local ids = {}
@@ -38,7 +38,7 @@ for i, u in ipairs(updates) do
       rec.result = value
       finish(id, rec, 'completed', K_COMPLETED)
       emit('completed', id)
-      any_completed = true
+      completed = completed + 1
     elseif kind == 'f' then
       local delay, max_attempts = u[5], u[6]
       rec.error = value
@@ -58,7 +58,7 @@ for i, u in ipairs(updates) do
       else
         finish(id, rec, 'failed', K_FAILED)
         emit('failed', id, 'attempt', rec.attempt)
-        any_failed = true
+        failed = failed + 1
       end
     elseif kind == 'r' then
       zset_remove(K_ACTIVE, id)
@@ -92,7 +92,7 @@ if want > 0 then
   for i = 1, #popped, 2 do popped_ids[#popped_ids + 1] = popped[i] end
   if #popped_ids > 0 then
     preload(popped_ids)
-    local payloads = redis.call('HMGET', K_PAYLOADS, unpack(popped_ids))
+    local payloads = hmget(K_PAYLOADS, popped_ids)
     local token = redis.call('INCRBY', K_SEQ, #popped_ids) - #popped_ids
     for i, id in ipairs(popped_ids) do
       token = token + 1
@@ -121,8 +121,8 @@ if delayed_retry then others = others + 1 end
 wake(others)
 
 finalize()
-if any_completed then trim(K_COMPLETED, completed_keep, completed_age) end
-if any_failed then trim(K_FAILED, failed_keep, failed_age) end
+if completed > 0 then trim(K_COMPLETED, completed_keep, completed_age, completed) end
+if failed > 0 then trim(K_FAILED, failed_keep, failed_age, failed) end
 
 local next_due = -1
 local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')

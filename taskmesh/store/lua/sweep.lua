@@ -30,6 +30,6 @@ for _, id in ipairs(expired) do
   end
 end
 finalize()
-if #lost > 0 then trim(K_FAILED, tonumber(ARGV[4]), tonumber(ARGV[5])) end
+if #lost > 0 then trim(K_FAILED, tonumber(ARGV[4]), tonumber(ARGV[5]), #lost) end
 if #recovered > 0 then wake(#recovered) end
 return {recovered, lost}
