@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -46,6 +48,9 @@ log = logging.getLogger("taskmesh.worker")
 T = TypeVar("T")
 #: A worker leases one batch ahead only while its jobs take less than this on average.
 PREFETCH_BELOW = 0.005
+#: A job leased ahead that has not started after this long is handed back for idle workers.
+PREFETCH_HOLD = 0.5
+MAX_RETRY_DELAY = 365 * 24 * 3600.0
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 #: Backoff between attempts while Redis is unreachable (capped further by ``Worker._backoff``).
 BACKOFF = wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05)
@@ -83,6 +88,7 @@ class _Running:
     job: Job
     leased: Leased | None = None
     task: asyncio.Task[None] | None = None
+    buffered: float = 0.0
     started: float = 0.0
 
 
@@ -285,8 +291,29 @@ class Worker:
         args = scripts.step_args(self.settings, self.id, want, updates)
         assert self._redis is not None
         conn = self._redis
-        result = await self._retrying(lambda: scripts.acall(conn, "step", queue.keys.all, args))
+        try:
+            result = await self._retrying(lambda: scripts.acall(conn, "step", queue.keys.all, args))
+        except redis.exceptions.ResponseError as exc:
+            await self._isolate(queue, updates, exc)
+            return
         self._apply_step(queue, want, updates, result)
+
+    async def _isolate(self, queue: _Queue, updates: list[Update], exc: Exception) -> None:
+        """Redis refused a batch: send its updates one by one, so one bad update costs only its own job.
+
+        A dropped update leaves its job leased to this worker; the job is recovered as stalled.
+        """
+        log.error("queue %s: Redis refused a batch of %d update(s) (%s)", queue.keys.queue, len(updates), exc)
+        assert self._redis is not None
+        conn = self._redis
+        for update in updates:
+            args = scripts.step_args(self.settings, self.id, 0, [update])
+            try:
+                result = await self._retrying(lambda a=args: scripts.acall(conn, "step", queue.keys.all, a))  # type: ignore[misc]
+            except redis.exceptions.ResponseError as one:
+                log.error("job %s: update %r dropped, Redis refused it: %s", update.id, update.kind, one)
+                continue
+            self._apply_step(queue, 0, [update], result)
 
     def _apply_step(self, queue: _Queue, want: int, updates: list[Update], result: Any) -> None:
         """Account for a step's reply: refused updates, the queue's state, and the jobs it leased."""
@@ -298,10 +325,13 @@ class Worker:
         queue.next_due = next_due
         if next_due == 0:
             queue.ready = True
+        now = asyncio.get_running_loop().time()
         for job in leased:
             self.stats.leased += 1
-            running = _Running(queue, Job(job.id, queue.keys.queue, job.task, job.attempt, job.token, self._report))
+            report = functools.partial(self._report, job.token)
+            running = _Running(queue, Job(job.id, queue.keys.queue, job.task, job.attempt, job.token, report))
             running.leased = job
+            running.buffered = now
             self._running[job.id] = running
             self._buffer.append(running)
         self._start_buffered()
@@ -330,7 +360,7 @@ class Worker:
         if not ok:
             stats.refused += 1
             running = self._running.get(update.id)
-            if running is not None:
+            if running is not None and running.job.token == update.token:
                 running.job.lease_lost = True
             if update.kind in "cf":
                 log.warning("job %s: result refused, the lease was lost to another holder", update.id)
@@ -359,8 +389,8 @@ class Worker:
         try:
             payload = json.loads(leased.payload)
             name, args, kwargs = payload["t"], payload["a"], payload["k"]
-            if not isinstance(args, list) or not isinstance(kwargs, dict):
-                raise TypeError("'a' must be a list and 'k' an object")
+            if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise TypeError("'t' must be a string, 'a' a list and 'k' an object")
         except (ValueError, TypeError, KeyError) as exc:
             raise PayloadError(f"malformed payload for job {leased.id}: {exc!r}") from None
         task = self.registry.get(name)
@@ -371,6 +401,7 @@ class Worker:
 
     async def _execute(self, running: _Running, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> None:
         job = running.job
+        update: Update | None = None
         try:
             call = self.runners[task.runner].run(task, job, [job, *args] if task.takes_job else args, kwargs)
             if task.timeout is None:
@@ -385,41 +416,52 @@ class Worker:
                         raise JobTimeoutError(f"timeout: the task ran longer than {task.timeout}s") from None
                     raise
             update = Update("c", job.id, job.token, _result_json(result))
-        except asyncio.CancelledError:
-            if not self._releasing:
-                raise
-            update = Update("r", job.id, job.token)
+        except asyncio.CancelledError as exc:
+            # The worker cancels a job only to hand it back; a task that raises CancelledError itself fails.
+            if self._releasing:
+                update = Update("r", job.id, job.token)
+            else:
+                update = self._failure(task, job, exc, task.backoff.delay(job.attempt))
         except Unrecoverable as exc:
             update = Update("f", job.id, job.token, _error_json(exc), -1)
         except Retry as exc:
             delay = task.backoff.delay(job.attempt) if exc.delay is None else exc.delay
             update = self._failure(task, job, exc, delay)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit or KeyboardInterrupt from a task body fails that job only
             update = self._failure(task, job, exc, task.backoff.delay(job.attempt))
-        self._finish(running, update)
+        finally:
+            if update is None:  # reporting the outcome itself failed: never leave the job active
+                update = Update("f", job.id, job.token, _error_json(RuntimeError("the outcome could not be recorded")))
+            self._finish(running, update)
 
     def _failure(self, task: Task[Any, Any], job: Job, exc: BaseException, delay: float) -> Update:
         # The script makes the same decision; a final failure says so with delay -1 (counted apart in stats).
+        delay = min(max(delay, 0.0), MAX_RETRY_DELAY) if math.isfinite(delay) else MAX_RETRY_DELAY
         delay_ms = int(delay * 1000) if job.attempt <= task.retries else -1
         return Update("f", job.id, job.token, _error_json(exc), delay_ms, task.retries + 1)
 
     def _finish(self, running: _Running, update: Update) -> None:
-        del self._running[running.job.id]
+        if self._running.get(running.job.id) is running:  # not a newer run of the same job
+            del self._running[running.job.id]
         if running.started:
             took = asyncio.get_running_loop().time() - running.started
             self._job_seconds += (took - self._job_seconds) * 0.1
         running.queue.updates.append(update)
         self._wake.set()
 
-    def _report(self, kind: str, job_id: str, value: str) -> None:
-        """Called by ``Job.progress``/``Job.log``, from the loop or a task thread."""
+    def _report(self, token: int, kind: str, job_id: str, value: str) -> None:
+        """Called by ``Job.progress``/``Job.log``, from the loop or a task thread.
+
+        Sent under the token of the run that reported: a stale run (timed out, or its lease
+        lost and the job leased again) is dropped here, and refused by the script anyway.
+        """
         if threading.get_ident() != self._loop_thread:
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._report, kind, job_id, value)
+            self._loop.call_soon_threadsafe(self._report, token, kind, job_id, value)
             return
         running = self._running.get(job_id)
-        if running is not None:
-            running.queue.updates.append(Update(kind, job_id, running.job.token, value))
+        if running is not None and running.job.token == token:
+            running.queue.updates.append(Update(kind, job_id, token, value))
             self._wake.set()
 
     def _hand_back(self) -> None:
@@ -434,7 +476,21 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.renew_interval)
-            await self._retrying(self._renew)
+            try:
+                await self._retrying(self._renew)
+            except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY: log and try again next beat
+                log.error("lease renewal failed: %s", exc)
+            self._release_held_back()
+
+    def _release_held_back(self) -> None:
+        """Hand back jobs leased ahead that long jobs kept from starting, and stop leasing ahead for now."""
+        now = asyncio.get_running_loop().time()
+        held = [r for r in self._buffer if now - r.buffered > PREFETCH_HOLD]
+        if held:
+            self._job_seconds = max(self._job_seconds, PREFETCH_BELOW)
+            for running in held:
+                self._buffer.remove(running)
+                self._finish(running, Update("r", running.job.id, running.job.token))
 
     async def _renew(self) -> None:
         assert self._redis is not None
@@ -474,10 +530,13 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.sweep_interval * random.uniform(0.8, 1.2))
             for queue in self._queues:
-                result = await self._retrying(
-                    lambda q=queue: scripts.acall(conn, "sweep", q.keys.all, scripts.sweep_args(self.settings))  # type: ignore[misc]
-                )
-                recovered, lost = result
+                try:
+                    recovered, lost = await self._retrying(
+                        lambda q=queue: scripts.acall(conn, "sweep", q.keys.all, scripts.sweep_args(self.settings))  # type: ignore[misc]
+                    )
+                except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY: log and sweep again later
+                    log.error("queue %s: stalled-job sweep failed: %s", queue.keys.queue, exc)
+                    continue
                 if recovered or lost:
                     self.stats.recovered += len(recovered)
                     log.warning(
@@ -503,7 +562,7 @@ class Worker:
             popped = None
             try:
                 popped = await self._blocking.blpop(keys, timeout=max(timeout, 0.001))
-            except REDIS_ERRORS as exc:
+            except (redis.exceptions.RedisError, OSError) as exc:
                 if self._closing:
                     return
                 log.warning("wake-up listener: %s; retrying", exc)
@@ -574,5 +633,12 @@ def _result_json(result: Any) -> str:
 
 
 def _error_json(exc: BaseException, tb: bool = True) -> str:
-    text = "".join(traceback.format_exception(exc)) if tb else ""
-    return json.dumps({"type": type(exc).__name__, "message": str(exc), "traceback": text})
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    try:
+        text = "".join(traceback.format_exception(exc)) if tb else ""
+    except Exception:
+        text = ""
+    return json.dumps({"type": type(exc).__name__, "message": message, "traceback": text})
