@@ -22,7 +22,7 @@ from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .settings import Settings
 from .store import scripts
 from .store.keys import QueueKeys, check_job_id, check_name, queues_key, workers_key
-from .task import Task, check_delay, check_priority
+from .task import Task, check_delay, check_priority, check_run_at
 
 STATES = tuple(state.value for state in JobState)
 # One job as the enqueue script takes it: id, task, payload, priority, delay_ms, run_at_ms.
@@ -31,6 +31,8 @@ _JOB_VALUES = 6
 _NAME_CACHE_SIZE = 1000
 # Blocking reads stay well under the connection socket timeout (redis-py defaults to 5 s).
 _BLOCK_MS = 1000
+# A waiter re-reads the job's status at least this often, in case its final event was trimmed unseen.
+_RECHECK_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -187,6 +189,7 @@ class Client:
         if delay is not None:
             check_delay(delay)
             delay_ms = max(0, int(delay * 1000))
+        run_at = check_run_at(run_at)
         if run_at is not None and run_at.timestamp() > time.time():
             run_at_ms = int(run_at.timestamp() * 1000)
         payload = encode_payload(task, args, kwargs, self.settings.max_payload_bytes)
@@ -254,7 +257,11 @@ class Client:
     # -- waiting and events ----------------------------------------------------
 
     def wait(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
-        """Block until the job is finished (None on timeout). Follows the event stream; no polling loop."""
+        """Block until the job is finished (None on timeout).
+
+        Follows the event stream, and re-reads the status at least once a second: the job's final event may
+        have been trimmed from the stream (``events_maxlen``) before this reader saw it.
+        """
         stream = self.keys(queue).events
         deadline = _deadline(timeout)
         cursor = _last_id(self.redis.xrevrange(stream, count=1))
@@ -262,13 +269,14 @@ class Client:
             status = self.status(job_id, queue)
             if status is None or status.state.finished:
                 return status
+            read_at = time.monotonic()
             while True:
                 block = _block_ms(deadline)
                 if block is None:
                     return None
                 entries = _entries(self.redis.xread({stream: cursor}, count=1000, block=block))
                 cursor = entries[-1][1] if entries else cursor
-                if _finished_in(job_id, entries):
+                if _recheck(job_id, entries, read_at):
                     break
 
     async def await_(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
@@ -280,13 +288,14 @@ class Client:
             status = await self.astatus(job_id, queue)
             if status is None or status.state.finished:
                 return status
+            read_at = time.monotonic()
             while True:
                 block = _block_ms(deadline)
                 if block is None:
                     return None
                 entries = _entries(await self.aredis.xread({stream: cursor}, count=1000, block=block))
                 cursor = entries[-1][1] if entries else cursor
-                if _finished_in(job_id, entries):
+                if _recheck(job_id, entries, read_at):
                     break
 
     def events(
@@ -355,7 +364,10 @@ def _entries(found: Any) -> list[tuple[str, str, dict[str, str]]]:
     return [(stream, entry_id, fields) for stream, entries in found or [] for entry_id, fields in entries]
 
 
-def _finished_in(job_id: str, entries: list[tuple[str, str, dict[str, str]]]) -> bool:
+def _recheck(job_id: str, entries: list[tuple[str, str, dict[str, str]]], read_at: float) -> bool:
+    """Read the status again: a final event for the job arrived, nothing arrived, or a second passed."""
+    if not entries or time.monotonic() - read_at >= _RECHECK_SECONDS:
+        return True
     return any(f.get("job") == job_id and f.get("event") in FINAL_EVENTS for _, _, f in entries)
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+#: The longest delay a job (``delay``, ``run_at``) or a retry may ask for: ten years, in seconds.
+MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600
 
 
 class TaskmeshError(Exception):
@@ -60,6 +64,12 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        if delay is not None:
+            number = isinstance(delay, (int, float)) and not isinstance(delay, bool)
+            if not (number and math.isfinite(delay) and 0 <= delay <= MAX_DELAY_SECONDS):
+                raise ValueError(
+                    f"Retry delay must be a number of seconds from 0 to {MAX_DELAY_SECONDS}, not {delay!r}"
+                )
         self.delay = delay
         super().__init__(reason)
 

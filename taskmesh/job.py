@@ -224,8 +224,11 @@ class Job:
         self._send("p", _encode(value))
 
     def log(self, message: str) -> None:
-        """Append a line to the job's log (the last 100 lines are kept) and emit a ``log`` event."""
-        self._send("l", str(message)[:2000])
+        """Append a line to the job's log (the last 100 lines are kept) and emit a ``log`` event.
+
+        Characters UTF-8 cannot hold (lone surrogates) are replaced with ``?``.
+        """
+        self._send("l", str(message)[:2000].encode("utf-8", "replace").decode())
 
     def _send(self, kind: str, value: str) -> None:
         if self.lease_lost:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import inspect
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
+from .errors import MAX_DELAY_SECONDS
 from .job import Call, Job
 from .store.keys import check_job_id, check_name
 
@@ -165,10 +167,27 @@ class Task(Generic[P, R]):
 
 
 def check_delay(delay: float | None) -> float | None:
-    """A delay in seconds (a past due time, i.e. a negative delay, means now)."""
+    """A delay in seconds, at most ten years (a past due time, i.e. a negative delay, means now)."""
     if delay is not None and not (_is_number(delay) and math.isfinite(delay)):
         raise ValueError(f"delay must be a number of seconds, not {delay!r}")
+    if delay is not None and delay > MAX_DELAY_SECONDS:
+        raise ValueError(f"delay must be at most {MAX_DELAY_SECONDS} seconds (ten years), not {delay!r}")
     return delay
+
+
+def check_run_at(run_at: datetime | None) -> datetime | None:
+    """A due time at most ten years from now (a past one means now)."""
+    if run_at is None:
+        return None
+    if not isinstance(run_at, datetime):
+        raise ValueError(f"run_at must be a datetime, not {run_at!r}")
+    try:
+        too_late = run_at.timestamp() > time.time() + MAX_DELAY_SECONDS
+    except (OverflowError, ValueError):  # out of the platform's time range
+        too_late = True
+    if too_late:
+        raise ValueError(f"run_at must be at most ten years from now, not {run_at.isoformat()}")
+    return run_at
 
 
 def check_priority(priority: int) -> int:
@@ -198,7 +217,7 @@ class TaskCall(Generic[P, R]):
         if delay is not None and run_at is not None:
             raise ValueError("give delay or run_at, not both")
         self.delay = check_delay(delay)
-        self.run_at = run_at
+        self.run_at = check_run_at(run_at)
         self.priority = task.priority if priority is None else check_priority(priority)
         self.queue = task.queue if queue is None else check_name("queue name", queue)
         self.client = client

@@ -27,7 +27,7 @@ from taskmesh import (
     set_default_client,
     task,
 )
-from taskmesh.testing import RunningWorker
+from taskmesh.testing import RunningWorker, drain
 
 Drain = Callable[..., WorkerStats]
 StartWorker = Callable[..., RunningWorker]
@@ -196,6 +196,27 @@ def test_delay_that_is_not_a_number_of_seconds_is_refused(taskmesh_client: Clien
 
 def test_negative_delay_means_now(taskmesh_client: Client) -> None:
     assert add.options(delay=-3).enqueue(1, 2).status().state is JobState.WAITING
+
+
+def test_delay_or_run_at_over_ten_years_is_refused_and_nothing_written(taskmesh_client: Client) -> None:
+    too_late = datetime.now(UTC) + timedelta(days=3660)
+    for delay in (1e300, 10 * 366 * 24 * 3600):
+        with pytest.raises(ValueError, match="delay must be at most"):
+            add.options(delay=delay).enqueue(1, 2)
+        with pytest.raises(ValueError, match="delay must be at most"):
+            taskmesh_client.submit(Call(add.name, [1, 2], delay=delay))
+    for run_at in (too_late, datetime.max.replace(tzinfo=UTC)):
+        with pytest.raises(ValueError, match="run_at must be at most ten years"):
+            add.options(run_at=run_at).enqueue(1, 2)
+        with pytest.raises(ValueError, match="run_at must be at most ten years"):
+            taskmesh_client.enqueue_many([add.call(1, 2), Call(add.name, [1, 2], run_at=run_at)])
+    assert stored_keys(taskmesh_client) == []
+
+
+def test_delay_of_nearly_ten_years_is_kept_and_readable(taskmesh_client: Client) -> None:
+    status = add.options(delay=9 * 365 * 24 * 3600).enqueue(1, 2).status()
+    assert status.state is JobState.DELAYED
+    assert status.due_at is not None and status.due_at.year >= datetime.now(UTC).year + 8
 
 
 def test_default_client_is_built_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -406,6 +427,67 @@ def test_result_raises_job_timeout_when_nothing_runs_the_job(taskmesh_client: Cl
         handle.result(timeout=0.3)
     assert 0.25 <= time.monotonic() - started < 3
     assert handle.status().state is JobState.WAITING
+
+
+def test_result_arrives_when_the_final_event_was_trimmed_before_the_waiter_read_it(
+    taskmesh_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = taskmesh_client
+    handle = add.enqueue(2, 3)
+    read_status = client.status
+
+    def finish_unseen(job_id: str, queue: str = "default") -> Any:
+        status = read_status(job_id, queue)
+        if status is not None and not status.state.finished:  # the job finishes right after the waiter's read
+            drain(client, [add])
+            client.redis.xtrim(client.keys(queue).events, maxlen=0, approximate=False)  # a slow reader's loss
+        return status
+
+    monkeypatch.setattr(client, "status", finish_unseen)
+    started = time.monotonic()
+    assert handle.result(timeout=5) == 5
+    assert time.monotonic() - started < 3
+
+
+def test_async_result_arrives_when_the_final_event_was_trimmed_before_the_waiter_read_it(
+    taskmesh_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = taskmesh_client
+    handle = add.enqueue(2, 3)
+    read_status = client.astatus
+
+    async def finish_unseen(job_id: str, queue: str = "default") -> Any:
+        status = await read_status(job_id, queue)
+        if status is not None and not status.state.finished:
+            await asyncio.to_thread(drain, client, [add])
+            client.redis.xtrim(client.keys(queue).events, maxlen=0, approximate=False)
+        return status
+
+    async def wait() -> int:
+        try:
+            return await handle.aresult(timeout=5)
+        finally:
+            await client.aclose()
+
+    monkeypatch.setattr(client, "astatus", finish_unseen)
+    started = time.monotonic()
+    assert asyncio.run(wait()) == 5
+    assert time.monotonic() - started < 3
+
+
+def test_log_line_with_a_lone_surrogate_is_stored_with_a_replacement(
+    taskmesh_client: Client, taskmesh_drain: Drain
+) -> None:
+    @task(name="demo.badlog")
+    def bad_log(job: Job) -> str:
+        job.log("bad \udcff")
+        job.log("fine")
+        return "done"
+
+    handle = bad_log.enqueue()
+    taskmesh_drain([bad_log])
+    status = handle.status()
+    assert (status.state, status.result, status.logs) == (JobState.COMPLETED, "done", ["bad ?", "fine"])
 
 
 def test_result_of_an_unknown_job_raises_job_not_found(taskmesh_client: Client) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import taskmesh
-from taskmesh import Backoff, DuplicateTaskError, Job, Registry, Task, task
+from taskmesh import Backoff, DuplicateTaskError, Job, Registry, Retry, Task, task
 
 
 @task
@@ -167,6 +167,17 @@ def test_options_describe_one_call_without_changing_the_task() -> None:
 def test_invalid_call_options_are_refused(options: dict[str, Any], words: str) -> None:
     with pytest.raises(ValueError, match=words):
         add.options(**options)
+
+
+@pytest.mark.parametrize("delay", [-1, float("nan"), float("inf"), "5", True, 1e300])
+def test_retry_delay_must_be_a_finite_number_of_seconds_from_zero(delay: Any) -> None:
+    with pytest.raises(ValueError, match="Retry delay must be a number of seconds"):
+        Retry(delay=delay)
+
+
+def test_retry_keeps_a_valid_delay_and_its_reason() -> None:
+    assert (Retry().delay, Retry(delay=0).delay, Retry(delay=2.5).delay) == (None, 0, 2.5)
+    assert str(Retry(1, "busy")) == "busy"
 
 
 # -- Backoff ---------------------------------------------------------------------
