@@ -32,7 +32,9 @@ def _reset() -> Iterator[None]:
     ran.clear()
     holders.clear()
     yield
-    release.set()  # never leave a task thread blocked behind a failed test
+    release.set()  # never leave a task thread blocked behind a test (or let it write into the next one)
+    for thread in holders:
+        thread.join(BOUND)
 
 
 @task(name="inline.echo")
@@ -139,15 +141,20 @@ def test_many_concurrent_sync_calls_each_get_their_own_result() -> None:
     assert run_loop(main, concurrency=8) == []
 
 
-def test_cancelled_await_lets_the_call_finish_drops_its_result_and_the_pool_stays_usable() -> None:
+def test_abandoned_call_frees_its_slot_and_its_thread_exits_once_the_body_returns() -> None:
     async def main(runner: InlineRunner) -> None:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(call(runner, blocked, "a"), 0.05)
         assert entered.is_set() and ran == ["a started"]
-        release.set()
-        # The only thread finishes the abandoned call first, then serves this one.
+        # The only slot's call is abandoned: a new call gets a thread of its own while "a" still blocks.
         assert await call(runner, square, 5) == 25
+        assert ran == ["a started"]
+        [abandoned] = holders
+        release.set()
+        await asyncio.to_thread(abandoned.join, BOUND)
+        assert not abandoned.is_alive(), "the extra thread's slot goes back once the abandoned body returns"
         assert ran == ["a started", "a returned"]
+        assert await call(runner, square, 6) == 36
 
     assert run_loop(main, concurrency=1) == [], "a late result must be dropped quietly"
 
@@ -238,7 +245,7 @@ def test_blocked_sync_task_does_not_block_the_event_loop(taskmesh_client: Client
     assert waiting.result(timeout=BOUND) == "sync released"
 
 
-def test_timed_out_sync_task_fails_and_its_thread_then_serves_the_next_job(
+def test_sync_job_runs_promptly_while_a_timed_out_sync_body_still_blocks_the_only_slot(
     taskmesh_client: Client, taskmesh_worker: StartWorker
 ) -> None:
     taskmesh_worker([blocked_with_timeout, square], concurrency=1)
@@ -246,9 +253,8 @@ def test_timed_out_sync_task_fails_and_its_thread_then_serves_the_next_job(
     with pytest.raises(JobFailed, match="timeout"):
         stuck.result(timeout=BOUND)
     nxt = square.enqueue(6)
-    release.set()  # the only thread finishes the timed-out body (its result is dropped), then runs the next job
-    assert nxt.result(timeout=BOUND) == 36
-    assert ran == ["timed out started", "timed out returned"]
+    assert nxt.result(timeout=2.0) == 36
+    assert ran == ["timed out started"], "the timed-out body is still blocked (released at teardown)"
     assert stuck.status().state is JobState.FAILED
 
 
