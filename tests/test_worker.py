@@ -267,3 +267,16 @@ def test_burst_drain_runs_every_job_when_progress_flushes_interleave(
     stats = taskmesh_drain([chatty], concurrency=4)
     assert stats.completed == 300
     assert [h.result(timeout=1) for h in handles] == list(range(300))
+
+
+def test_worker_takes_its_queues_in_order_of_preference(taskmesh_client: Client, taskmesh_drain: Drain) -> None:
+    order: list[str] = []
+
+    @task(name="worker.record")
+    def record(label: str) -> None:
+        order.append(label)
+
+    taskmesh_client.enqueue_many([record.options(queue="low").call(f"low{i}") for i in range(3)])
+    taskmesh_client.enqueue_many([record.options(queue="high").call(f"high{i}") for i in range(3)])
+    taskmesh_drain([record], queues=["high", "low"], concurrency=1)
+    assert order == ["high0", "high1", "high2", "low0", "low1", "low2"]

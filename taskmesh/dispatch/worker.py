@@ -119,6 +119,7 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._buffer: deque[_Running] = deque()
         self._stepping: asyncio.Task[None] | None = None
+        self._turn = 0  # the queue whose results are sent first in the next step
         self._step_error: BaseException | None = None
         # Running average of job durations (seconds); starts high so nothing is leased ahead at first.
         self._job_seconds = 1.0
@@ -267,15 +268,26 @@ class Worker:
         return any(q.updates or (room > 0 and q.ready) for q in self._queues)
 
     def _launch_step(self) -> None:
-        room = self._room()
-        for queue in self._queues:
-            if queue.updates or (room > 0 and queue.ready):
-                self._stepping = asyncio.create_task(self._step(queue, max(room, 0)))
-                self._stepping.add_done_callback(self._stepped)
-                # Round robin: the next step starts with the next queue.
-                self._queues.remove(queue)
-                self._queues.append(queue)
+        """Start the next step: results first, queue by queue in turn (none waits behind a busy one),
+        then leasing, from the first queue in ``settings.queues`` order that may have jobs."""
+        room = max(self._room(), 0)
+        count = len(self._queues)
+        for i in range(count):
+            queue = self._queues[(self._turn + i) % count]
+            if queue.updates:
+                self._turn = (self._turn + i + 1) % count
+                preferred = any(q.ready for q in self._queues[: self._queues.index(queue)])
+                self._begin_step(queue, 0 if preferred else room)
                 return
+        if room > 0:
+            for queue in self._queues:
+                if queue.ready:
+                    self._begin_step(queue, room)
+                    return
+
+    def _begin_step(self, queue: _Queue, want: int) -> None:
+        self._stepping = asyncio.create_task(self._step(queue, want))
+        self._stepping.add_done_callback(self._stepped)
 
     def _stepped(self, task: asyncio.Task[None]) -> None:
         self._stepping = None
@@ -567,11 +579,12 @@ class Worker:
                     return
                 log.warning("wake-up listener: %s; retrying", exc)
                 await asyncio.sleep(0.5)
+            if popped and (self._stopping or self._room() <= 0):
+                # This worker cannot take a job now (stopping, or filled up while it waited):
+                # pass the wake-up on to another idle worker.
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self._blocking.lpush(popped[0], popped[1])
             if self._stopping:
-                # A stopping worker leases nothing: pass on a wake-up it took before the cancel landed.
-                if popped:
-                    with contextlib.suppress(*REDIS_ERRORS):
-                        await self._blocking.lpush(popped[0], popped[1])
                 return
             for queue in self._queues:
                 queue.ready = True
@@ -627,7 +640,7 @@ class JobTimeoutError(TimeoutError):
 
 def _result_json(result: Any) -> str:
     try:
-        return json.dumps(result, separators=(",", ":"))
+        return json.dumps(result, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"the task's result is not JSON-serializable: {exc}") from None
 
