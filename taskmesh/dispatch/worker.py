@@ -19,18 +19,14 @@ import random
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
-from redis.asyncio.retry import Retry as ConnectionRetry
-from redis.backoff import NoBackoff
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from ..errors import PayloadError, Retry, UnknownTaskError, Unrecoverable
 from ..job import Job
@@ -43,6 +39,8 @@ from ..store.keys import QueueKeys, queues_key, workers_key
 from ..store.scripts import Leased, Update
 from ..task import Task
 from .checks import check_server
+from .outcome import JobTimeoutError, error_json, result_json
+from .retry import REDIS_ERRORS, REDIS_RETRY, RedisRetry
 
 log = logging.getLogger("taskmesh.worker")
 T = TypeVar("T")
@@ -51,12 +49,6 @@ PREFETCH_BELOW = 0.005
 #: A job leased ahead that has not started after this long is handed back for idle workers.
 PREFETCH_HOLD = 0.5
 MAX_RETRY_DELAY = 365 * 24 * 3600.0
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-#: Backoff between attempts while Redis is unreachable (capped further by ``Worker._backoff``).
-BACKOFF = wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05)
-#: redis-py's own retries: one immediate reconnect (a restarted server closed the pooled connections);
-#: the backoff is ``_retrying``'s, so a failed call returns at once and a stopping worker is not held up.
-REDIS_RETRY = ConnectionRetry(NoBackoff(), 1)
 
 
 @dataclass(slots=True)
@@ -124,7 +116,7 @@ class Worker:
         # Running average of job durations (seconds); starts high so nothing is leased ahead at first.
         self._job_seconds = 1.0
         self._stopping = False
-        self._give_up_at: float | None = None  # time.monotonic() when a stopping worker stops retrying Redis
+        self._retrying = RedisRetry(settings)
         self._releasing = False
         self._closing = False
         self._waker: asyncio.Task[None] | None = None
@@ -164,7 +156,7 @@ class Worker:
             return
         if not self._stopping:
             log.info("worker %s stopping: %d job(s) running", self.id, len(self._running))
-            self._give_up_at = time.monotonic() + self.settings.grace_period
+            self._retrying.give_up_at = time.monotonic() + self.settings.grace_period
         self._stopping = True
         if self._waker is not None:
             # Stop listening for wake-ups now, so the ones sent while this worker winds down go to others.
@@ -200,7 +192,7 @@ class Worker:
         try:
             await self._dispatch()
         except REDIS_ERRORS:
-            if self._give_up_at is None:  # only a stopping worker gives up on Redis (see _retrying)
+            if self._retrying.give_up_at is None:  # only a stopping worker gives up on Redis (see retry.py)
                 raise
         finally:
             self._closing = True
@@ -210,7 +202,7 @@ class Worker:
             # A cancel that lands inside a redis-py read can be swallowed; never wait forever for it.
             done, _ = await asyncio.wait(upkeep, timeout=1.0)
             for task in done:
-                # An upkeep call may have given up on Redis while stopping (see _retrying); anything else is news.
+                # An upkeep call may have given up on Redis while stopping (see retry.py); anything else is news.
                 error = None if task.cancelled() else task.exception()
                 if error is not None and not isinstance(error, REDIS_ERRORS):
                     log.error("worker %s: %s failed", self.id, task.get_name(), exc_info=error)
@@ -393,7 +385,7 @@ class Worker:
         try:
             task, args, kwargs = self._decode(leased)
         except (PayloadError, UnknownTaskError) as exc:
-            self._finish(running, Update("f", job.id, job.token, _error_json(exc, tb=False), -1))
+            self._finish(running, Update("f", job.id, job.token, error_json(exc, tb=False), -1))
             return
         running.task = asyncio.create_task(self._execute(running, task, args, kwargs))
 
@@ -427,7 +419,7 @@ class Worker:
                     if deadline.expired():
                         raise JobTimeoutError(f"timeout: the task ran longer than {task.timeout}s") from None
                     raise
-            update = Update("c", job.id, job.token, _result_json(result))
+            update = Update("c", job.id, job.token, result_json(result))
         except asyncio.CancelledError as exc:
             # The worker cancels a job only to hand it back; a task that raises CancelledError itself fails.
             if self._releasing:
@@ -435,7 +427,7 @@ class Worker:
             else:
                 update = self._failure(task, job, exc, task.backoff.delay(job.attempt))
         except Unrecoverable as exc:
-            update = Update("f", job.id, job.token, _error_json(exc), -1)
+            update = Update("f", job.id, job.token, error_json(exc), -1)
         except Retry as exc:
             delay = task.backoff.delay(job.attempt) if exc.delay is None else exc.delay
             update = self._failure(task, job, exc, delay)
@@ -443,14 +435,14 @@ class Worker:
             update = self._failure(task, job, exc, task.backoff.delay(job.attempt))
         finally:
             if update is None:  # reporting the outcome itself failed: never leave the job active
-                update = Update("f", job.id, job.token, _error_json(RuntimeError("the outcome could not be recorded")))
+                update = Update("f", job.id, job.token, error_json(RuntimeError("the outcome could not be recorded")))
             self._finish(running, update)
 
     def _failure(self, task: Task[Any, Any], job: Job, exc: BaseException, delay: float) -> Update:
         # The script makes the same decision; a final failure says so with delay -1 (counted apart in stats).
         delay = min(max(delay, 0.0), MAX_RETRY_DELAY) if math.isfinite(delay) else MAX_RETRY_DELAY
         delay_ms = int(delay * 1000) if job.attempt <= task.retries else -1
-        return Update("f", job.id, job.token, _error_json(exc), delay_ms, task.retries + 1)
+        return Update("f", job.id, job.token, error_json(exc), delay_ms, task.retries + 1)
 
     def _finish(self, running: _Running, update: Update) -> None:
         if self._running.get(running.job.id) is running:  # not a newer run of the same job
@@ -589,69 +581,3 @@ class Worker:
             for queue in self._queues:
                 queue.ready = True
             self._wake.set()
-
-    async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn``, retrying with backoff while Redis is unreachable.
-
-        A stopping worker gives up (the error propagates) once its grace period is over, so
-        :meth:`stop` returns with Redis down. What it could not report (results, hand-backs) is
-        lost with it: those jobs stay leased to this worker until their leases expire, then any
-        worker's sweep puts them back to waiting, exactly as after a crash.
-        """
-        try:  # the common case, without the retry machinery's cost on the hot path
-            return await fn()
-        except REDIS_ERRORS as exc:
-            log.warning("redis unreachable (%s); retrying with backoff", exc)
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(REDIS_ERRORS),
-            stop=self._giving_up,
-            wait=self._backoff,
-            before_sleep=lambda state: log.debug(
-                "redis unreachable (%s); retrying", state.outcome.exception() if state.outcome else "?"
-            ),
-            reraise=True,
-        ):
-            with attempt:
-                return await fn()
-        raise AssertionError("unreachable")
-
-    def _giving_up(self, state: RetryCallState) -> bool:
-        if self._give_up_at is None or time.monotonic() < self._give_up_at:
-            return False
-        log.warning(
-            "redis still unreachable after the grace period (%s); giving up: jobs this worker could not report "
-            "go back to waiting when their leases expire",
-            state.outcome.exception() if state.outcome else "?",
-        )
-        return True
-
-    def _backoff(self, state: RetryCallState) -> float:
-        """``BACKOFF``, at most ``renew_interval`` (once Redis is back, leases are renewed at the usual
-        pace, before they expire) and never past the moment a stopping worker gives up."""
-        delay = min(BACKOFF(state), self.settings.renew_interval)
-        if self._give_up_at is not None:
-            delay = min(delay, max(self._give_up_at - time.monotonic(), 0.0))
-        return delay
-
-
-class JobTimeoutError(TimeoutError):
-    """The task ran past its ``timeout``."""
-
-
-def _result_json(result: Any) -> str:
-    try:
-        return json.dumps(result, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"the task's result is not JSON-serializable: {exc}") from None
-
-
-def _error_json(exc: BaseException, tb: bool = True) -> str:
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<unprintable {type(exc).__name__}>"
-    try:
-        text = "".join(traceback.format_exception(exc)) if tb else ""
-    except Exception:
-        text = ""
-    return json.dumps({"type": type(exc).__name__, "message": message, "traceback": text})

@@ -1,0 +1,32 @@
+"""How a job's outcome is written: JSON for results and errors, and the timeout error."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+
+class JobTimeoutError(TimeoutError):
+    """The task ran past its ``timeout``."""
+
+
+def result_json(result: Any) -> str:
+    """The task's result as JSON; anything JSON cannot hold (NaN included) is a TypeError."""
+    try:
+        return json.dumps(result, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"the task's result is not JSON-serializable: {exc}") from None
+
+
+def error_json(exc: BaseException, tb: bool = True) -> str:
+    """``{"type", "message", "traceback"}``, even for an exception whose ``str()`` fails."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    try:
+        text = "".join(traceback.format_exception(exc)) if tb else ""
+    except Exception:
+        text = ""
+    return json.dumps({"type": type(exc).__name__, "message": message, "traceback": text})
