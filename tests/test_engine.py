@@ -11,6 +11,7 @@ from typing import cast
 
 from taskmesh import Client, JobState, Settings, WorkerStats, task
 from taskmesh.store import scripts
+from taskmesh.store.keys import claim_key
 from taskmesh.store.scripts import Leased, Update
 from taskmesh.testing import wait_until
 
@@ -218,3 +219,17 @@ def test_failed_attempt_with_attempts_left_is_delayed_then_fails_when_spent(task
         2,
         {"type": "ValueError", "message": "bad", "traceback": "tb"},
     )
+
+
+def test_a_step_gated_by_a_claim_list_leases_only_with_a_claim(taskmesh_client: Client) -> None:
+    handle = taskmesh_client.enqueue("engine.anything")
+    keys = taskmesh_client.keys("default")
+    claim = claim_key(keys, "w1")
+    args = scripts.step_args(taskmesh_client.settings, "w1", 1, [])
+
+    _, without, _ = scripts.parse_step(scripts.call(taskmesh_client.redis, "step", (*keys.all, claim), args))
+    taskmesh_client.redis.rpush(claim, "1")
+    _, with_claim, _ = scripts.parse_step(scripts.call(taskmesh_client.redis, "step", (*keys.all, claim), args))
+
+    assert (without, [job.id for job in with_claim]) == ([], [handle.id])
+    assert taskmesh_client.redis.llen(claim) == 0

@@ -243,7 +243,7 @@ def test_idle_worker_is_woken_by_enqueue(taskmesh_client: Client, taskmesh_worke
     taskmesh_worker([echo], idle_timeout=30)
     assert echo.enqueue("warm-up").result(timeout=4) == "warm-up"
     wait_until(
-        lambda: any(c.get("cmd") == "blpop" for c in taskmesh_client.redis.client_list()),
+        lambda: any(c.get("cmd") in ("blpop", "blmove") for c in taskmesh_client.redis.client_list()),
         timeout=5,
         message="worker blocked waiting for work",
     )

@@ -9,6 +9,7 @@ Upkeep (lease renewal, stalled-job sweep, the wake-up listener) runs beside it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -35,7 +36,7 @@ from ..registry import Registry
 from ..runners.base import Runner, RunnerRegistry
 from ..settings import Settings
 from ..store import scripts
-from ..store.keys import QueueKeys, queues_key, workers_key
+from ..store.keys import QueueKeys, claim_key, queues_key, workers_key
 from ..store.scripts import Leased, Update
 from ..task import Task
 from .checks import check_server
@@ -113,6 +114,9 @@ class Worker:
         self._stepping: asyncio.Task[None] | None = None
         self._turn = 0  # the queue whose results are sent first in the next step
         self._step_error: BaseException | None = None
+        self._listening = False  # the wake-up listener has a one-job lease queued behind its wait
+        self._blocking_id: int | None = None
+        self._unblocking: asyncio.Future[None] | None = None
         # Running average of job durations (seconds); starts high so nothing is leased ahead at first.
         self._job_seconds = 1.0
         self._stopping = False
@@ -149,19 +153,44 @@ class Worker:
     # -- public --------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop leasing; running jobs get the grace period. Safe to call from any thread."""
-        if self._loop is not None and threading.get_ident() != self._loop_thread:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker has already stopped
-                self._loop.call_soon_threadsafe(self.stop)
+        """Stop leasing; running jobs get the grace period. Safe to call from any thread.
+
+        From another thread it returns once the worker has stopped leasing.
+        """
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            if not loop.is_running():  # the worker has already stopped
+                return
+            stopping = self._stop()
+            try:
+                done = asyncio.run_coroutine_threadsafe(stopping, loop)
+            except RuntimeError:  # the loop closed meanwhile
+                stopping.close()
+                return
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                done.result(timeout=5)
             return
         if not self._stopping:
             log.info("worker %s stopping: %d job(s) running", self.id, len(self._running))
             self._retrying.give_up_at = time.monotonic() + self.settings.grace_period
         self._stopping = True
-        if self._waker is not None:
+        if self._listening:
+            # A one-job lease is queued behind the wait: end the wait (the lease then takes nothing).
+            self._unblocking = asyncio.ensure_future(self._unblock_listener())
+        elif self._waker is not None:
             # Stop listening for wake-ups now, so the ones sent while this worker winds down go to others.
             self._waker.cancel()
         self._wake.set()
+
+    async def _stop(self) -> None:
+        self.stop()
+        if self._unblocking is not None:
+            await self._unblocking
+
+    async def _unblock_listener(self) -> None:
+        assert self._redis is not None and self._blocking_id is not None
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._redis.client_unblock(self._blocking_id)
 
     async def run(self) -> WorkerStats:
         self._loop = asyncio.get_running_loop()
@@ -225,7 +254,7 @@ class Worker:
                 self._launch_step()
             if self._stepping is None and not self._buffer:
                 if self._stopping:
-                    if not self._running:
+                    if not self._running and not self._listening:
                         return
                     if grace is None:
                         grace = asyncio.get_running_loop().call_later(self.settings.grace_period, self._hand_back)
@@ -552,6 +581,41 @@ class Worker:
                     queue.ready = True
                     self._wake.set()
 
+    async def _listen(self, keys: list[str], timeout: float) -> Any:
+        """Wait for a wake-up. Returns the token popped, or None (timed out, or taken by the queued lease).
+
+        With one queue and a free slot, a one-job ``step`` is queued behind the wait on the same
+        connection: the wake-up is moved to this worker's claim list and the step, run by Redis at
+        once, leases a job only if it finds the claim. An idle worker's next job then costs no
+        extra round trip, and :meth:`stop` ends the wait with ``CLIENT UNBLOCK`` so nothing is leased.
+        """
+        assert self._blocking is not None
+        if len(self._queues) != 1 or self._room() <= 0:
+            return await self._blocking.blpop(keys, timeout=timeout)
+        queue = self._queues[0]
+        claim = claim_key(queue.keys, self.id)
+        if self._blocking_id is None:
+            self._blocking_id = int(await self._blocking.client_id())
+        step_keys = (*queue.keys.all, claim)
+        pipe = self._blocking.pipeline(transaction=False)
+        pipe.execute_command("BLMOVE", queue.keys.wakeup, claim, "LEFT", "RIGHT", timeout)
+        pipe.evalsha(scripts.sha("step"), len(step_keys), *step_keys, *scripts.step_args(self.settings, self.id, 1, []))
+        self._listening = True
+        try:
+            moved, result = await pipe.execute(raise_on_error=False)
+        finally:
+            self._listening = False
+            self._wake.set()
+        if isinstance(moved, Exception):
+            raise moved
+        if isinstance(result, redis.exceptions.NoScriptError):
+            await scripts.aload_all(self._blocking)  # the claim is used by the next queued lease
+        elif isinstance(result, Exception):
+            raise result
+        else:
+            self._apply_step(queue, 1, [], result)
+        return None
+
     async def _waker_loop(self) -> None:
         """Block on the queues' wake-up lists while the dispatcher is idle, instead of polling."""
         assert self._blocking is not None
@@ -565,8 +629,9 @@ class Worker:
             timeout = min([self.settings.idle_timeout, *dues])
             popped = None
             try:
-                popped = await self._blocking.blpop(keys, timeout=max(timeout, 0.001))
+                popped = await self._listen(keys, max(timeout, 0.001))
             except (redis.exceptions.RedisError, OSError) as exc:
+                self._blocking_id = None
                 if self._closing:
                     return
                 log.warning("wake-up listener: %s; retrying", exc)

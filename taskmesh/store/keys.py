@@ -75,3 +75,8 @@ def queues_key(prefix: str) -> str:
 def workers_key(prefix: str) -> str:
     """Sorted set of live worker ids, scored by the time their heartbeat expires."""
     return f"{{{prefix}}}:workers"
+
+
+def claim_key(keys: QueueKeys, worker_id: str) -> str:
+    """A worker's claim list: a wake-up token moved here lets its queued one-job step lease."""
+    return f"{keys.wakeup}:claim:{worker_id}"

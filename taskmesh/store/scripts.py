@@ -61,6 +61,11 @@ def run_pipeline(conn: redis.Redis, pipe: Any) -> list[Any]:
         return list(pipe.execute())
 
 
+async def aload_all(conn: aredis.Redis) -> None:
+    for name in SCRIPT_NAMES:
+        await conn.script_load(source(name))
+
+
 async def arun_pipeline(conn: aredis.Redis, pipe: Any) -> list[Any]:
     commands = list(pipe.command_stack)
     try:

@@ -7,7 +7,10 @@
 --         f = fail (value: error JSON; delay_ms >= 0 retries while attempts remain, -1 never),
 --         r = release (hand back without spending an attempt).
 -- Returns {accepted flags per update, leased {id, token, attempt, task, payload}..., next due ms or -1}
+-- KEYS[12], when given, is the worker's claim list: the step leases only if it holds a wake-up
+-- token (moved there by the BLMOVE queued just before this step on the same connection).
 local lease_ms, want, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+if KEYS[12] and not redis.call('LPOP', KEYS[12]) then want = 0 end
 local completed_keep, completed_age = tonumber(ARGV[6]), tonumber(ARGV[7])
 local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
 local updates = cjson.decode(ARGV[10])
