@@ -280,3 +280,18 @@ def test_worker_takes_its_queues_in_order_of_preference(taskmesh_client: Client,
     taskmesh_client.enqueue_many([record.options(queue="high").call(f"high{i}") for i in range(3)])
     taskmesh_drain([record], queues=["high", "low"], concurrency=1)
     assert order == ["high0", "high1", "high2", "low0", "low1", "low2"]
+
+
+@task(name="worker.elsewhere", queue="elsewhere")
+def elsewhere() -> None: ...
+
+
+def test_delayed_job_runs_on_time_on_a_worker_with_two_queues(
+    taskmesh_client: Client, taskmesh_worker: StartWorker
+) -> None:
+    taskmesh_worker([echo, elsewhere], idle_timeout=30)
+    for _ in range(10):
+        assert echo.enqueue("now").result(timeout=4) == "now"
+        started = time.monotonic()
+        assert echo.options(delay=0.2).enqueue("later").result(timeout=4) == "later"
+        assert time.monotonic() - started < 2.0

@@ -167,7 +167,8 @@ class Worker:
             except RuntimeError:  # the loop closed meanwhile
                 stopping.close()
                 return
-            with contextlib.suppress(concurrent.futures.TimeoutError):
+            # Cancelled: the worker finished meanwhile and its loop cancelled what was left.
+            with contextlib.suppress(concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
                 done.result(timeout=5)
             return
         if not self._stopping:
@@ -175,7 +176,7 @@ class Worker:
             self._retrying.give_up_at = time.monotonic() + self.settings.grace_period
         self._stopping = True
         if self._listening:
-            # A one-job lease is queued behind the wait: end the wait (the lease then takes nothing).
+            # A one-job lease is queued behind the wait: end the wait (the lease then finds no claim).
             self._unblocking = asyncio.ensure_future(self._unblock_listener())
         elif self._waker is not None:
             # Stop listening for wake-ups now, so the ones sent while this worker winds down go to others.
@@ -188,9 +189,21 @@ class Worker:
             await self._unblocking
 
     async def _unblock_listener(self) -> None:
-        assert self._redis is not None and self._blocking_id is not None
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self._redis.client_unblock(self._blocking_id)
+        """``CLIENT UNBLOCK`` the listener's connection; repeated briefly in case it lands before the wait does."""
+        assert self._redis is not None
+        for _ in range(100):
+            if not self._listening or self._blocking_id is None:
+                return
+            with contextlib.suppress(*REDIS_ERRORS):
+                if await self._redis.client_unblock(self._blocking_id):
+                    return
+            await asyncio.sleep(0.01)
+
+    async def _on_blocking_connect(self, conn: Any) -> None:
+        """Every (re)connection of the listener records its client id, for ``CLIENT UNBLOCK``."""
+        await conn.on_connect()
+        await conn.send_command("CLIENT", "ID")
+        self._blocking_id = int(await conn.read_response())
 
     async def run(self) -> WorkerStats:
         self._loop = asyncio.get_running_loop()
@@ -199,7 +212,11 @@ class Worker:
         self._redis = aredis.Redis.from_url(url, decode_responses=True, retry=REDIS_RETRY)
         block_timeout = self.settings.idle_timeout + 5
         self._blocking = aredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=block_timeout, retry=REDIS_RETRY
+            url,
+            decode_responses=True,
+            socket_timeout=block_timeout,
+            retry=REDIS_RETRY,
+            redis_connect_func=self._on_blocking_connect,
         )
         conn = self._redis
         persistence = await self._retrying(lambda: check_server(conn))
@@ -417,6 +434,12 @@ class Worker:
             self._finish(running, Update("f", job.id, job.token, error_json(exc, tb=False), -1))
             return
         running.task = asyncio.create_task(self._execute(running, task, args, kwargs))
+        # A task cancelled (handed back) before its first step never runs _execute's handlers.
+        running.task.add_done_callback(functools.partial(self._never_started, running))
+
+    def _never_started(self, running: _Running, task: asyncio.Task[None]) -> None:
+        if task.cancelled():  # _execute itself never ends cancelled
+            self._finish(running, Update("r", running.job.id, running.job.token))
 
     def _decode(self, leased: Leased) -> tuple[Task[Any, Any], list[Any], dict[str, Any]]:
         try:
@@ -590,12 +613,10 @@ class Worker:
         extra round trip, and :meth:`stop` ends the wait with ``CLIENT UNBLOCK`` so nothing is leased.
         """
         assert self._blocking is not None
-        if len(self._queues) != 1 or self._room() <= 0:
+        if self.burst or len(self._queues) != 1 or self._room() <= 0:
             return await self._blocking.blpop(keys, timeout=timeout)
         queue = self._queues[0]
         claim = claim_key(queue.keys, self.id)
-        if self._blocking_id is None:
-            self._blocking_id = int(await self._blocking.client_id())
         step_keys = (*queue.keys.all, claim)
         pipe = self._blocking.pipeline(transaction=False)
         pipe.execute_command("BLMOVE", queue.keys.wakeup, claim, "LEFT", "RIGHT", timeout)
@@ -608,10 +629,12 @@ class Worker:
             self._wake.set()
         if isinstance(moved, Exception):
             raise moved
-        if isinstance(result, redis.exceptions.NoScriptError):
-            await scripts.aload_all(self._blocking)  # the claim is used by the next queued lease
-        elif isinstance(result, Exception):
-            raise result
+        if isinstance(result, Exception):
+            if moved is not None:  # the step did not run: give the wake-up back, never leave a stale claim
+                await self._blocking.lmove(claim, queue.keys.wakeup, "LEFT", "LEFT")
+            if not isinstance(result, redis.exceptions.NoScriptError):
+                raise result
+            await scripts.aload_all(self._blocking)
         else:
             self._apply_step(queue, 1, [], result)
         return None
@@ -631,7 +654,6 @@ class Worker:
             try:
                 popped = await self._listen(keys, max(timeout, 0.001))
             except (redis.exceptions.RedisError, OSError) as exc:
-                self._blocking_id = None
                 if self._closing:
                     return
                 log.warning("wake-up listener: %s; retrying", exc)
@@ -643,6 +665,9 @@ class Worker:
                     await self._blocking.lpush(popped[0], popped[1])
             if self._stopping:
                 return
+            # Wait again only when the dispatcher, having looked, is idle again: a request made
+            # while this wait was on is stale (it knew nothing of what the wake-up announced).
+            self._need_wakeup.clear()
             for queue in self._queues:
                 queue.ready = True
             self._wake.set()
