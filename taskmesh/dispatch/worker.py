@@ -434,8 +434,6 @@ class Worker:
             self._finish(running, Update("f", job.id, job.token, error_json(exc, tb=False), -1))
             return
         running.task = asyncio.create_task(self._execute(running, task, args, kwargs))
-        # A task cancelled (handed back) before its first step never runs _execute's handlers.
-        running.task.add_done_callback(functools.partial(self._never_started, running))
 
     def _never_started(self, running: _Running, task: asyncio.Task[None]) -> None:
         if task.cancelled():  # _execute itself never ends cancelled
@@ -526,6 +524,8 @@ class Worker:
         for running in list(self._running.values()):
             if running.task is not None:
                 running.task.cancel()
+                # A task cancelled before its first step never runs _execute's handlers.
+                running.task.add_done_callback(functools.partial(self._never_started, running))
 
     # -- upkeep ----------------------------------------------------------------
 
