@@ -112,13 +112,12 @@ local function push_waiting(id, rec)
 end
 
 local function wake(n)
+  -- A full list already wakes every idle worker: then add nothing (a read, not two writes).
+  n = math.min(n, WAKEUP_CAP - redis.call('LLEN', K_WAKEUP))
   if n <= 0 then return end
-  if n > WAKEUP_CAP then n = WAKEUP_CAP end
   local tokens = {}
   for i = 1, n do tokens[i] = '1' end
-  if redis.call('LPUSH', K_WAKEUP, unpack(tokens)) > WAKEUP_CAP then
-    redis.call('LTRIM', K_WAKEUP, 0, WAKEUP_CAP - 1)
-  end
+  redis.call('LPUSH', K_WAKEUP, unpack(tokens))
 end
 
 -- Finished jobs are trimmed with bounded work per call: keep at most `keep`
