@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -190,7 +189,7 @@ class Job:
     progress and result are recorded.
     """
 
-    __slots__ = ("_report", "attempt", "id", "lease_lost", "queue", "started", "task", "token")
+    __slots__ = ("_report", "attempt", "id", "lease_lost", "queue", "task", "token")
 
     def __init__(
         self,
@@ -209,7 +208,6 @@ class Job:
         self._report = report
         #: Set when the worker learns another holder has this job; the result will be refused.
         self.lease_lost = False
-        self.started = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<Job {self.id} task={self.task} attempt={self.attempt}>"

@@ -23,20 +23,11 @@ RECOVERY = {"lease_seconds": 1.0, "renew_interval": 0.3, "sweep_interval": 0.2}
 WORKER_SCRIPT = """
 import asyncio
 import sys
-import time
-from pathlib import Path
-from typing import cast
 
-from taskmesh import Registry, Settings, Worker, task
+sys.path.insert(0, sys.argv[3])
+from test_recovery import wait_for_file  # the same task as the test's own worker
 
-
-@task(name="recovery.wait_for_file")
-def wait_for_file(path: str) -> str:
-    deadline = time.monotonic() + 60
-    while not Path(path).exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return "done"
-
+from taskmesh import Registry, Settings, Worker
 
 settings = Settings(
     redis_url=sys.argv[1], prefix=sys.argv[2], lease_seconds=1.0, renew_interval=0.3, sweep_interval=0.2
@@ -73,7 +64,7 @@ def worker_process(tmp_path: Path, taskmesh_client: Client) -> Iterator[subproce
     script.write_text(textwrap.dedent(WORKER_SCRIPT))
     settings = taskmesh_client.settings
     proc = subprocess.Popen(
-        [sys.executable, str(script), settings.redis_url, settings.prefix],
+        [sys.executable, str(script), settings.redis_url, settings.prefix, str(Path(__file__).parent)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
