@@ -3,6 +3,7 @@
 from .client import Client, default_client, set_default_client
 from .dispatch import Worker, WorkerStats
 from .errors import (
+    Cancelled,
     ConfigurationError,
     DuplicateTaskError,
     JobFailed,
@@ -12,12 +13,14 @@ from .errors import (
     PayloadError,
     RedisUnavailable,
     Retry,
+    SlowDown,
     TaskmeshError,
     UnknownTaskError,
     Unrecoverable,
 )
 from .events import Event
 from .job import Call, Job, JobHandle, JobState, JobStatus
+from .limits import Limit, QueueSettings
 from .plugins import hookimpl
 from .registry import Registry
 from .settings import Settings
@@ -26,6 +29,7 @@ from .task import Backoff, Task, TaskCall, task
 __all__ = [
     "Backoff",
     "Call",
+    "Cancelled",
     "Client",
     "ConfigurationError",
     "DuplicateTaskError",
@@ -38,11 +42,14 @@ __all__ = [
     "JobStatus",
     "JobTimeout",
     "LeaseLost",
+    "Limit",
     "PayloadError",
+    "QueueSettings",
     "RedisUnavailable",
     "Registry",
     "Retry",
     "Settings",
+    "SlowDown",
     "Task",
     "TaskCall",
     "TaskmeshError",

@@ -17,8 +17,10 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
+from .errors import JobNotFound
 from .events import FINAL_EVENTS, Event
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
+from .limits import Limit, QueueSettings, parse_settings
 from .settings import Settings
 from .store import scripts
 from .store.keys import QueueKeys, check_job_id, check_name, queues_key, workers_key
@@ -245,6 +247,54 @@ class Client:
                 pipe.zcard(getattr(keys, state))
             return dict(zip(STATES, await pipe.execute(), strict=True))
 
+    # -- control ---------------------------------------------------------------
+
+    def cancel(self, job_id: str, queue: str = "default") -> str:
+        """Cancel a job. Returns ``"cancelled"`` (it was waiting or delayed: done at once),
+        ``"cancelling"`` (it is running: its worker stops it within ``renew_interval`` and it ends
+        cancelled) or the final state it had already reached. Raises :class:`JobNotFound`."""
+        args = scripts.cancel_args(self.settings, check_job_id(job_id))
+        return _cancelled(job_id, queue, scripts.call(self.redis, "cancel", self.keys(queue).all, args))
+
+    async def acancel(self, job_id: str, queue: str = "default") -> str:
+        args = scripts.cancel_args(self.settings, check_job_id(job_id))
+        return _cancelled(job_id, queue, await scripts.acall(self.aredis, "cancel", self.keys(queue).all, args))
+
+    def pause(self, queue: str = "default") -> None:
+        """Workers stop leasing from ``queue`` (running jobs go on; enqueue still works)."""
+        scripts.call(self.redis, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
+
+    async def apause(self, queue: str = "default") -> None:
+        await scripts.acall(self.aredis, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
+
+    def resume(self, queue: str = "default") -> None:
+        """Undo :meth:`pause`; idle workers are woken at once."""
+        scripts.call(self.redis, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
+
+    async def aresume(self, queue: str = "default") -> None:
+        await scripts.acall(self.aredis, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
+
+    def set_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
+        """Set (None: remove) the limit of ``queue``, or of ``task``'s jobs in it, for every worker.
+
+        A task's ``@task(rate_limit=..., max_active=...)`` is set this way by each worker that starts.
+        """
+        scripts.call(self.redis, "control", self.keys(queue).all, self._limit_args(limit, task))
+
+    async def aset_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
+        await scripts.acall(self.aredis, "control", self.keys(queue).all, self._limit_args(limit, task))
+
+    def _limit_args(self, limit: Limit | None, task: str | None) -> list[Any]:
+        name = "" if task is None else check_name("task name", task)
+        return [self.settings.events_maxlen, "limit", name, "" if limit is None else limit.to_json()]
+
+    def queue_settings(self, queue: str = "default") -> QueueSettings:
+        """Whether ``queue`` is paused, and its limits."""
+        return parse_settings(self.redis.hgetall(self.keys(queue).meta))  # type: ignore[arg-type]
+
+    async def aqueue_settings(self, queue: str = "default") -> QueueSettings:
+        return parse_settings(await self.aredis.hgetall(self.keys(queue).meta))  # type: ignore[arg-type]
+
     def queues(self) -> list[str]:
         """Queue names used under this prefix (by producers or workers)."""
         return sorted(str(q) for q in self.redis.smembers(queues_key(self.settings.prefix)))
@@ -353,6 +403,12 @@ class Client:
 
     def _queue_of(self, stream: str) -> str:
         return next(q for q, keys in self._keys.items() if keys.events == stream)
+
+
+def _cancelled(job_id: str, queue: str, state: str) -> str:
+    if state == "missing":
+        raise JobNotFound(f"job {job_id} not found in queue {queue!r}")
+    return state
 
 
 def _last_id(entries: Any) -> str:

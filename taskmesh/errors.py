@@ -76,3 +76,19 @@ class Retry(Exception):
 
 class Unrecoverable(Exception):
     """Raise from a task to fail the job at once, without retrying."""
+
+
+class SlowDown(Exception):
+    """Raise from a task when a downstream service asks it to back off: the job runs again after
+    ``delay`` seconds, and this attempt is not counted against its ``retries``."""
+
+    def __init__(self, delay: float, reason: str = "the downstream asked to slow down") -> None:
+        number = isinstance(delay, (int, float)) and not isinstance(delay, bool)
+        if not (number and math.isfinite(delay) and 0 <= delay <= MAX_DELAY_SECONDS):
+            raise ValueError(f"SlowDown delay must be a number of seconds from 0 to {MAX_DELAY_SECONDS}, not {delay!r}")
+        self.delay = delay
+        super().__init__(reason)
+
+
+class Cancelled(Exception):
+    """Raised by :meth:`Job.check_cancelled` once the job's cancellation was requested."""

@@ -18,7 +18,12 @@ EVENT_NAMES = (
     "failed",  # data: attempt, and reason for a lost worker
     "stalled",  # lease expired; back to waiting (data: stalls)
     "released",  # handed back by a stopping worker without spending an attempt
+    "cancelling",  # cancellation requested while active; the worker stops the run
     "cancelled",
+    "deferred",  # the task asked to slow down: delayed again, attempt unspent (data: delay ms)
+    "paused",  # queue events (job empty): leasing from the queue stopped
+    "resumed",
+    "limited",  # a queue (task empty) or task limit changed (data: task, limit JSON, empty: removed)
 )
 FINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .errors import JobFailed, JobNotFound, JobTimeout, LeaseLost, PayloadError
+from .errors import Cancelled, JobFailed, JobNotFound, JobTimeout, LeaseLost, PayloadError
 
 if TYPE_CHECKING:
     from .client import Client
@@ -153,6 +153,13 @@ class JobHandle(Generic[R]):
             raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
         return status
 
+    def cancel(self) -> str:
+        """Cancel the job; see :meth:`Client.cancel` for what the returned state means."""
+        return self.client.cancel(self.id, self.queue)
+
+    async def acancel(self) -> str:
+        return await self.client.acancel(self.id, self.queue)
+
     def result(self, timeout: float | None = None) -> R:
         """Wait for the job to finish and return its result.
 
@@ -189,7 +196,7 @@ class Job:
     progress and result are recorded.
     """
 
-    __slots__ = ("_report", "attempt", "id", "lease_lost", "queue", "task", "token")
+    __slots__ = ("_report", "attempt", "cancelled", "id", "lease_lost", "queue", "task", "token")
 
     def __init__(
         self,
@@ -208,6 +215,16 @@ class Job:
         self._report = report
         #: Set when the worker learns another holder has this job; the result will be refused.
         self.lease_lost = False
+        #: Set when the job's cancellation was requested: stop soon (async tasks are cancelled for you).
+        self.cancelled = False
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`~taskmesh.errors.Cancelled` if the job's cancellation was requested.
+
+        For sync tasks, which the worker cannot interrupt: call it between steps of long work.
+        """
+        if self.cancelled:
+            raise Cancelled(f"job {self.id} was cancelled")
 
     def __repr__(self) -> str:
         return f"<Job {self.id} task={self.task} attempt={self.attempt}>"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from .errors import MAX_DELAY_SECONDS
 from .job import Call, Job
+from .limits import Limit
 from .store.keys import check_job_id, check_name
 
 if TYPE_CHECKING:
@@ -72,6 +73,18 @@ def _as_backoff(value: float | Backoff | None) -> Backoff:
     raise TypeError(f"backoff must be seconds or a taskmesh.Backoff, not {value!r}")
 
 
+def _as_limit(rate_limit: str | Limit | None, max_active: int | None) -> Limit | None:
+    if isinstance(rate_limit, Limit):
+        if max_active is not None:
+            return Limit(rate_limit.rate, rate_limit.per, max_active)
+        return rate_limit
+    if isinstance(rate_limit, str):
+        return Limit.parse(rate_limit, max_active=max_active)
+    if rate_limit is not None:
+        raise ValueError(f"rate_limit must be text like '100/m' or a taskmesh.Limit, not {rate_limit!r}")
+    return None if max_active is None else Limit(max_active=max_active)
+
+
 def _default_name(fn: Callable[..., Any]) -> str:
     """``module.qualname``; a function defined inside another drops the ``<locals>`` marker."""
     name = f"{fn.__module__}.{fn.__qualname__}".replace(".<locals>", "")
@@ -100,7 +113,19 @@ class Task(Generic[P, R]):
     ``P`` are the enqueued arguments (without a leading ``Job``), ``R`` the result.
     """
 
-    __slots__ = ("backoff", "fn", "is_async", "name", "priority", "queue", "retries", "runner", "takes_job", "timeout")
+    __slots__ = (
+        "backoff",
+        "fn",
+        "is_async",
+        "limit",
+        "name",
+        "priority",
+        "queue",
+        "retries",
+        "runner",
+        "takes_job",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -113,6 +138,8 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         priority: int = 0,
         runner: str = "inline",
+        rate_limit: str | Limit | None = None,
+        max_active: int | None = None,
     ) -> None:
         self.fn = fn
         self.name = check_name("task name", name or _default_name(fn))
@@ -126,6 +153,10 @@ class Task(Generic[P, R]):
         self.timeout = timeout
         self.priority = check_priority(priority)
         self.runner = check_name("runner name", runner)
+        try:
+            self.limit = _as_limit(rate_limit, max_active)
+        except ValueError as exc:
+            raise ValueError(f"task {self.name}: {exc}") from None
         self.takes_job = _takes_job(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
 
@@ -244,7 +275,9 @@ class TaskCall(Generic[P, R]):
         return await self._client().asubmit(self.call(*args, **kwargs))
 
 
-_OPTIONS = frozenset({"name", "queue", "retries", "backoff", "timeout", "priority", "runner"})
+_OPTIONS = frozenset(
+    {"name", "queue", "retries", "backoff", "timeout", "priority", "runner", "rate_limit", "max_active"}
+)
 
 
 @overload
@@ -267,6 +300,8 @@ def task(
     timeout: float | None = None,
     priority: int = 0,
     runner: str = "inline",
+    rate_limit: str | Limit | None = None,
+    max_active: int | None = None,
 ) -> _Decorator: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Mark a function as a task: ``@task`` or ``@task(name=..., queue=..., retries=...)``.
@@ -274,7 +309,9 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     Options: ``name`` (default ``module.function``), ``queue`` ("default"),
     ``retries`` (extra attempts after the first), ``backoff`` (seconds or
     :class:`Backoff`), ``timeout`` (seconds), ``priority`` (-1000..1000,
-    higher first), ``runner`` ("inline"). Unknown options raise ``TypeError``.
+    higher first), ``runner`` ("inline"), ``rate_limit`` (``"100/m"`` or :class:`Limit`: starts
+    of this task across all workers) and ``max_active`` (jobs of this task active at once across
+    all workers). Unknown options raise ``TypeError``.
     """
     unknown = set(options) - _OPTIONS
     if unknown:

@@ -102,11 +102,12 @@ def test_renew_extends_only_the_holders_lease(taskmesh_client: Client) -> None:
 
     longer = cfg.replace(lease_seconds=60)
     held = [(a.id, tokens[a.id]), (b.id, tokens[b.id] + 1000)]
-    lost = scripts.call(
-        taskmesh_client.redis, "renew", taskmesh_client.keys("default").all, scripts.renew_args(longer, held)
+    keys = taskmesh_client.keys("default").all
+    lost, cancel = scripts.parse_renew(
+        scripts.call(taskmesh_client.redis, "renew", keys, scripts.renew_args(longer, held))
     )
 
-    assert lost == [b.id]
+    assert (lost, cancel) == ([b.id], [])
     new_a = taskmesh_client.redis.zscore(active, a.id)
     assert new_a is not None and deadline_a is not None and new_a >= deadline_a + 50_000
     assert taskmesh_client.redis.zscore(active, b.id) == deadline_b
@@ -118,7 +119,8 @@ def test_renew_reports_a_finished_job_as_lost(taskmesh_client: Client) -> None:
     _, [job] = step(taskmesh_client, cfg, "w1")
     step(taskmesh_client, cfg, "w1", 0, [Update("c", job.id, job.token, "1")])
     args = scripts.renew_args(cfg, [(job.id, job.token)])
-    assert scripts.call(taskmesh_client.redis, "renew", taskmesh_client.keys("default").all, args) == [handle.id]
+    result = scripts.call(taskmesh_client.redis, "renew", taskmesh_client.keys("default").all, args)
+    assert scripts.parse_renew(result) == ([handle.id], [])
     assert taskmesh_client.redis.zscore(taskmesh_client.keys("default").active, handle.id) is None
 
 

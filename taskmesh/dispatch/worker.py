@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aredis
 
-from ..errors import PayloadError, Retry, UnknownTaskError, Unrecoverable
+from ..errors import Cancelled, PayloadError, Retry, SlowDown, UnknownTaskError, Unrecoverable
 from ..job import Job
 from ..plugins import plugin_manager
 from ..registry import Registry
@@ -54,7 +54,8 @@ MAX_RETRY_DELAY = 365 * 24 * 3600.0
 
 @dataclass(slots=True)
 class WorkerStats:
-    """What one worker did: jobs leased, completed, failed for good, retried, handed back, results refused."""
+    """What one worker did: jobs leased, completed, failed for good, retried, handed back, results refused,
+    stalled jobs it recovered, runs stopped on a cancel request, and jobs deferred by ``SlowDown``."""
 
     leased: int = 0
     completed: int = 0
@@ -63,6 +64,8 @@ class WorkerStats:
     released: int = 0
     refused: int = 0
     recovered: int = 0
+    cancelled: int = 0
+    deferred: int = 0
 
 
 @dataclass(slots=True)
@@ -83,6 +86,7 @@ class _Running:
     task: asyncio.Task[None] | None = None
     buffered: float = 0.0
     started: float = 0.0
+    cancelling: bool = False  # its cancellation was requested: the run is being stopped
 
 
 class Worker:
@@ -221,6 +225,7 @@ class Worker:
         conn = self._redis
         persistence = await self._retrying(lambda: check_server(conn))
         await self._retrying(lambda: self._register())
+        await self._retrying(lambda: self._publish_limits())
         self._waker = asyncio.create_task(self._waker_loop(), name="taskmesh-waker")
         upkeep = [
             asyncio.create_task(self._heartbeat_loop(), name="taskmesh-heartbeat"),
@@ -422,6 +427,10 @@ class Worker:
             stats.failed += 1
         elif update.kind == "r":
             stats.released += 1
+        elif update.kind == "x":
+            stats.cancelled += 1
+        elif update.kind == "d":
+            stats.deferred += 1
 
     def _start(self, running: _Running) -> None:
         leased, job = running.leased, running.job
@@ -436,8 +445,10 @@ class Worker:
         running.task = asyncio.create_task(self._execute(running, task, args, kwargs))
 
     def _never_started(self, running: _Running, task: asyncio.Task[None]) -> None:
-        if task.cancelled():  # _execute itself never ends cancelled
-            self._finish(running, Update("r", running.job.id, running.job.token))
+        # _execute itself never ends cancelled; a run both handed back and cancelled is reported once.
+        if task.cancelled() and self._running.get(running.job.id) is running:
+            kind = "x" if running.cancelling else "r"
+            self._finish(running, Update(kind, running.job.id, running.job.token))
 
     def _decode(self, leased: Leased) -> tuple[Task[Any, Any], list[Any], dict[str, Any]]:
         try:
@@ -471,11 +482,18 @@ class Worker:
                     raise
             update = Update("c", job.id, job.token, result_json(result))
         except asyncio.CancelledError as exc:
-            # The worker cancels a job only to hand it back; a task that raises CancelledError itself fails.
-            if self._releasing:
+            # The worker cancels a job to stop it on request or to hand it back; a task that raises
+            # CancelledError itself fails.
+            if running.cancelling:
+                update = Update("x", job.id, job.token)
+            elif self._releasing:
                 update = Update("r", job.id, job.token)
             else:
                 update = self._failure(task, job, exc, task.backoff.delay(job.attempt))
+        except Cancelled:
+            update = Update("x", job.id, job.token)
+        except SlowDown as exc:
+            update = Update("d", job.id, job.token, error_json(exc, tb=False), int(exc.delay * 1000))
         except Unrecoverable as exc:
             update = Update("f", job.id, job.token, error_json(exc), -1)
         except Retry as exc:
@@ -554,13 +572,42 @@ class Worker:
             held = [(r.job.id, r.job.token) for r in self._running.values() if r.queue is queue]
             if held:
                 args = scripts.renew_args(self.settings, held)
-                lost = await scripts.acall(self._redis, "renew", queue.keys.all, args)
+                lost, cancel = scripts.parse_renew(await scripts.acall(self._redis, "renew", queue.keys.all, args))
                 for job_id in lost:
                     running = self._running.get(job_id)
                     if running is not None and not running.job.lease_lost:
                         running.job.lease_lost = True
                         log.warning("job %s: lease lost to another holder; its result will be refused", job_id)
+                for job_id in cancel:
+                    running = self._running.get(job_id)
+                    if running is not None:
+                        self._cancel_run(running)
         await self._register()
+
+    def _cancel_run(self, running: _Running) -> None:
+        """The job's cancellation was requested: flag it, and stop its run (async tasks are cancelled;
+        a sync body is abandoned on its thread and its outcome dropped)."""
+        if running.cancelling:
+            return
+        running.cancelling = True
+        running.job.cancelled = True
+        log.info("job %s: cancellation requested; stopping it", running.job.id)
+        if running.leased is not None:  # leased ahead, not started
+            self._buffer.remove(running)
+            self._finish(running, Update("x", running.job.id, running.job.token))
+        elif running.task is not None:
+            running.task.cancel()
+            running.task.add_done_callback(functools.partial(self._never_started, running))
+
+    async def _publish_limits(self) -> None:
+        """Store the limits tasks declare (``@task(rate_limit=..., max_active=...)``) on every queue served."""
+        assert self._redis is not None
+        for task in self.registry:
+            if task.limit is None:
+                continue
+            for queue in self._queues:
+                args = [self.settings.events_maxlen, "limit", task.name, task.limit.to_json()]
+                await scripts.acall(self._redis, "control", queue.keys.all, args)
 
     async def _register(self) -> None:
         assert self._redis is not None

@@ -25,6 +25,7 @@ QUEUE_KEY_NAMES = (
     "events",
     "seq",
     "wakeup",
+    "meta",
 )
 
 
@@ -58,6 +59,7 @@ class QueueKeys:
     events: str
     seq: str
     wakeup: str
+    meta: str
     all: tuple[str, ...]
 
     @classmethod

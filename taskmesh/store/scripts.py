@@ -17,7 +17,7 @@ import redis.asyncio as aredis
 
 from ..settings import Settings
 
-SCRIPT_NAMES = ("enqueue", "step", "renew", "sweep")
+SCRIPT_NAMES = ("enqueue", "step", "renew", "sweep", "cancel", "control")
 
 
 @cache
@@ -85,7 +85,8 @@ def parse_enqueue(result: list[Any]) -> list[tuple[bool, str]]:
 class Update(NamedTuple):
     """A fenced change to one active job, sent in the next ``step`` call.
 
-    kind: ``p`` progress, ``l`` log, ``c`` complete, ``f`` fail, ``r`` release.
+    kind: ``p`` progress, ``l`` log, ``c`` complete, ``f`` fail, ``r`` release,
+    ``d`` defer (delayed again without spending an attempt), ``x`` cancelled on request.
     """
 
     kind: str
@@ -134,6 +135,15 @@ def renew_args(settings: Settings, held: list[tuple[str, int]]) -> list[Any]:
     for job_id, token in held:
         args += (job_id, token)
     return args
+
+
+def parse_renew(result: list[Any]) -> tuple[list[str], list[str]]:
+    """(ids whose lease was lost, held ids whose cancellation was requested)."""
+    return [str(i) for i in result[0]], [str(i) for i in result[1]]
+
+
+def cancel_args(settings: Settings, job_id: str) -> list[Any]:
+    return [settings.events_maxlen, job_id, settings.failed_keep, _age_ms(settings.failed_age)]
 
 
 def sweep_args(settings: Settings, limit: int = 500) -> list[Any]:

@@ -4,13 +4,20 @@
 --   3 waiting (zset)  4 delayed (zset, due ms)  5 active (zset, lease deadline ms)
 --   6 completed  7 failed  8 cancelled (zsets, finish ms)
 --   9 events (stream)  10 seq (counter: FIFO order and fencing tokens)  11 wakeup (list)
+--   12 meta (hash: 'paused', and limits as JSON {rate, per, max} under 'limit:' for the
+--      queue and 'limit:<task>' for a task)
+-- Derived keys, named from the same hash tag (so in the same Cluster slot): TAG:running (hash
+-- task -> active jobs leased under the task's max), TAG:rate and TAG:rate:<task> (sliding-window
+-- logs of lease times, zsets token -> ms).
 -- ARGV[1] is always the events stream's approximate MAXLEN.
 --
 -- Writes are batched: records are read once (cached), zset changes are collected, and
 -- flush() sends each kind in one command; the stream is trimmed once per script.
 local K_JOBS, K_PAYLOADS, K_WAITING, K_DELAYED, K_ACTIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_COMPLETED, K_FAILED, K_CANCELLED = KEYS[6], KEYS[7], KEYS[8]
-local K_EVENTS, K_SEQ, K_WAKEUP = KEYS[9], KEYS[10], KEYS[11]
+local K_EVENTS, K_SEQ, K_WAKEUP, K_META = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local TAG = string.sub(K_JOBS, 1, -6)
+local K_RUNNING = TAG .. ':running'
 local MAXLEN = ARGV[1]
 local WAKEUP_CAP = 16
 -- Waiting score: higher priority first, FIFO within a priority (|prio| <= 1000, seq < 2^40).
@@ -148,16 +155,35 @@ local function trim(zkey, keep, age_ms, finished)
   end
 end
 
--- Call last: write what is pending and trim the event stream once.
+-- Jobs that left 'active' after being leased under a concurrency cap: each may let another start.
+local capped_exits = 0
+
+-- Call last: write what is pending, wake workers a freed capped slot may let lease, and trim
+-- the event stream once.
 local function finalize()
   flush()
+  if capped_exits > 0 and redis.call('ZCARD', K_WAITING) > 0 then wake(capped_exits) end
   if emitted > 1 then redis.call('XTRIM', K_EVENTS, 'MAXLEN', '~', MAXLEN) end
 end
 
-local function finish(id, rec, state, zkey)
+-- A job leaves 'active': its lease ends, and a task's running count drops if it was counted.
+local function leave_active(id, rec)
   zset_remove(K_ACTIVE, id)
-  rec.state = state
   rec.token = nil
+  if rec.counted then redis.call('HINCRBY', K_RUNNING, rec.task, -1) end
+  if rec.capped then capped_exits = capped_exits + 1 end
+  rec.counted, rec.capped = nil, nil
+end
+
+-- A job reaches a final state (from any state; the caller removes it from where it was).
+local function close(id, rec, state, zkey)
+  rec.state = state
+  rec.due = nil
   rec.finished = now
   zset_add(zkey, now, id)
+end
+
+local function finish(id, rec, state, zkey)
+  leave_active(id, rec)
+  close(id, rec, state, zkey)
 end

@@ -1,5 +1,5 @@
 -- Extend the leases a worker holds. ARGV: [2] lease_ms, then pairs id, token.
--- Returns the ids whose lease is no longer this holder's.
+-- Returns {ids whose lease is no longer this holder's, held ids whose cancellation was requested}.
 local deadline = now + tonumber(ARGV[2])
 local ids, tokens = {}, {}
 for i = 3, #ARGV, 2 do
@@ -7,12 +7,13 @@ for i = 3, #ARGV, 2 do
   tokens[#tokens + 1] = tonumber(ARGV[i + 1])
 end
 preload(ids)
-local lost, renewed = {}, {}
+local lost, renewed, cancel = {}, {}, {}
 for i, id in ipairs(ids) do
   local rec = load(id)
   if rec and rec.state == 'active' and rec.token == tokens[i] then
     renewed[#renewed + 1] = deadline
     renewed[#renewed + 1] = id
+    if rec.cancel then cancel[#cancel + 1] = id end
   else
     lost[#lost + 1] = id
   end
@@ -22,4 +23,4 @@ if #renewed > 0 then
     redis.call('ZADD', K_ACTIVE, 'XX', unpack(renewed, i, math.min(i + CHUNK - 1, #renewed)))
   end
 end
-return lost
+return {lost, cancel}

@@ -1,22 +1,34 @@
 -- One worker round trip: apply a batch of updates from fenced holders, then
--- promote due delayed jobs and lease up to `want` waiting ones.
+-- promote due delayed jobs and lease up to `want` waiting ones, within the queue's limits.
 -- ARGV: [2] lease_ms, [3] want, [4] worker id, [5] promote limit,
 --   [6] completed keep, [7] completed age ms, [8] failed keep, [9] failed age ms,
 --   [10] JSON array of updates, each [kind, id, token, value, delay_ms, max_attempts]
 --   kind: p = progress (value: JSON), l = log line, c = complete (value: result JSON),
 --         f = fail (value: error JSON; delay_ms >= 0 retries while attempts remain, -1 never),
---         r = release (hand back without spending an attempt).
--- Returns {accepted flags per update, leased {id, token, attempt, task, payload}..., next due ms or -1}
--- KEYS[12], when given, is the worker's claim list: the step leases only if it holds a wake-up
+--         r = release (hand back without spending an attempt),
+--         d = defer (back to delayed for delay_ms without spending an attempt; value: error JSON),
+--         x = cancelled (the run stopped on a cancel request).
+--   A job whose cancellation was requested ends 'cancelled' whatever its run reports.
+-- Returns {accepted flags per update, leased {id, token, attempt, task, payload}...,
+--   ms until a delayed job is due or a rate limit lets a waiting job start (-1: none)}
+-- KEYS[13], when given, is the worker's claim list: the step leases only if it holds a wake-up
 -- token (moved there by the BLMOVE queued just before this step on the same connection).
+-- Cancelled jobs follow the failed jobs' retention.
 local lease_ms, want, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-if KEYS[12] and not redis.call('LPOP', KEYS[12]) then want = 0 end
+if KEYS[13] and not redis.call('LPOP', KEYS[13]) then want = 0 end
 local completed_keep, completed_age = tonumber(ARGV[6]), tonumber(ARGV[7])
 local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
 local updates = cjson.decode(ARGV[10])
 local accepted = {}
-local completed, failed = 0, 0
+local completed, failed, cancelled = 0, 0, 0
 local requeued, delayed_retry = 0, false
+
+local function to_delayed(id, rec, delay)
+  rec.state = 'delayed'
+  rec.due = now + delay
+  zset_add(K_DELAYED, rec.due, id)
+  delayed_retry = true
+end
 
 local ids = {}
 for i, u in ipairs(updates) do ids[i] = u[2] end
@@ -37,6 +49,11 @@ for i, u in ipairs(updates) do
       if #logs > 100 then table.remove(logs, 1) end
       rec.logs = logs
       emit('log', id, 'message', value)
+    elseif rec.cancel or kind == 'x' then
+      if kind == 'c' then rec.result = value elseif kind == 'f' or kind == 'd' then rec.error = value end
+      finish(id, rec, 'cancelled', K_CANCELLED)
+      emit('cancelled', id)
+      cancelled = cancelled + 1
     elseif kind == 'c' then
       rec.result = value
       finish(id, rec, 'completed', K_COMPLETED)
@@ -46,16 +63,12 @@ for i, u in ipairs(updates) do
       local delay, max_attempts = u[5], u[6]
       rec.error = value
       if delay >= 0 and rec.attempt < max_attempts then
-        zset_remove(K_ACTIVE, id)
-        rec.token = nil
+        leave_active(id, rec)
         if delay == 0 then
           push_waiting(id, rec)
           requeued = requeued + 1
         else
-          rec.state = 'delayed'
-          rec.due = now + delay
-          zset_add(K_DELAYED, rec.due, id)
-          delayed_retry = true
+          to_delayed(id, rec, delay)
         end
         emit('retrying', id, 'attempt', rec.attempt, 'delay', delay)
       else
@@ -64,12 +77,17 @@ for i, u in ipairs(updates) do
         failed = failed + 1
       end
     elseif kind == 'r' then
-      zset_remove(K_ACTIVE, id)
-      rec.token = nil
+      leave_active(id, rec)
       rec.attempt = rec.attempt - 1
       push_waiting(id, rec)
       requeued = requeued + 1
       emit('released', id)
+    elseif kind == 'd' then
+      leave_active(id, rec)
+      rec.attempt = rec.attempt - 1
+      rec.error = value
+      to_delayed(id, rec, u[5])
+      emit('deferred', id, 'delay', u[5])
     end
     save(id, rec)
   end
@@ -88,46 +106,139 @@ for _, id in ipairs(due) do
 end
 flush()
 
-local leased = {}
-if want > 0 then
+-- The queue's settings: paused, and limits (see lib.lua).
+local paused, queue_limit, task_limits = false, nil, nil
+local meta = redis.call('HGETALL', K_META)
+for i = 1, #meta, 2 do
+  local field = meta[i]
+  if field == 'paused' then
+    paused = true
+  elseif field == 'limit:' then
+    queue_limit = cjson.decode(meta[i + 1])
+  elseif string.sub(field, 1, 6) == 'limit:' then
+    task_limits = task_limits or {}
+    task_limits[string.sub(field, 7)] = cjson.decode(meta[i + 1])
+  end
+end
+if paused then want = 0 end
+
+-- Sliding-window log of lease times: at most limit.rate leases in any `per` ms (window ends
+-- included). Returns the free slots now and, when none, ms until one frees.
+local function window(key, limit)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - limit.per))
+  local used = redis.call('ZCARD', key)
+  if used < limit.rate then return limit.rate - used, 0 end
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return 0, tonumber(oldest[2]) + limit.per + 1 - now
+end
+
+local function record_lease(key, limit, token)
+  redis.call('ZADD', key, now, token)
+  redis.call('PEXPIRE', key, limit.per + 1)
+end
+
+local retry_in = -1  -- ms until a rate limit lets a waiting job start
+local function rate_blocked(wait)
+  if retry_in < 0 or wait < retry_in then retry_in = wait end
+end
+
+local asked = want
+if want > 0 and queue_limit then
+  if queue_limit.max then want = math.min(want, queue_limit.max - redis.call('ZCARD', K_ACTIVE)) end
+  if queue_limit.rate and want > 0 then
+    local free, wait = window(TAG .. ':rate', queue_limit)
+    if free == 0 then rate_blocked(wait) end
+    want = math.min(want, free)
+  end
+end
+
+-- The jobs to lease: the first `want` waiting ones; with task limits, the first that their
+-- task's limits allow, looking past blocked ones up to SCAN_DEPTH jobs deep.
+local SCAN_DEPTH = 250
+local picked = {}
+if want > 0 and not task_limits then
   local popped = redis.call('ZPOPMIN', K_WAITING, want)
-  local popped_ids = {}
-  for i = 1, #popped, 2 do popped_ids[#popped_ids + 1] = popped[i] end
-  if #popped_ids > 0 then
-    preload(popped_ids)
-    local payloads = hmget(K_PAYLOADS, popped_ids)
-    local token = redis.call('INCRBY', K_SEQ, #popped_ids) - #popped_ids
-    for i, id in ipairs(popped_ids) do
-      token = token + 1
-      local rec = load(id)
-      if rec then
-        rec.state = 'active'
-        rec.attempt = rec.attempt + 1
-        rec.token = token
-        rec.started = now
-        rec.worker = worker
-        save(id, rec)
-        zset_add(K_ACTIVE, now + lease_ms, id)
-        emit('active', id, 'attempt', rec.attempt)
-        leased[#leased + 1] = {id, token, rec.attempt, rec.task, payloads[i] or ''}
+  for i = 1, #popped, 2 do picked[#picked + 1] = popped[i] end
+elseif want > 0 then
+  local candidates = redis.call('ZRANGE', K_WAITING, 0, SCAN_DEPTH - 1)
+  preload(candidates)
+  local room = {}  -- task -> free slots now
+  for _, id in ipairs(candidates) do
+    local rec = load(id)
+    local limit = rec and task_limits[rec.task]
+    if limit then
+      local free = room[rec.task]
+      if free == nil then
+        free = 1e9
+        if limit.max then free = limit.max - tonumber(redis.call('HGET', K_RUNNING, rec.task) or 0) end
+        if limit.rate then
+          local rate_free, wait = window(TAG .. ':rate:' .. rec.task, limit)
+          if rate_free == 0 and free > 0 then rate_blocked(wait) end
+          free = math.min(free, rate_free)
+        end
       end
+      if free > 0 then picked[#picked + 1] = id end
+      room[rec.task] = free - 1
+    elseif rec then
+      picked[#picked + 1] = id
+    end
+    if #picked == want then break end
+  end
+  bulk('ZREM', K_WAITING, picked)
+end
+
+local leased = {}
+if #picked > 0 then
+  preload(picked)
+  local payloads = hmget(K_PAYLOADS, picked)
+  local token = redis.call('INCRBY', K_SEQ, #picked) - #picked
+  for i, id in ipairs(picked) do
+    token = token + 1
+    local rec = load(id)
+    if rec then
+      rec.state = 'active'
+      rec.attempt = rec.attempt + 1
+      rec.token = token
+      rec.started = now
+      rec.worker = worker
+      local limit = task_limits and task_limits[rec.task]
+      if limit then
+        if limit.max then
+          redis.call('HINCRBY', K_RUNNING, rec.task, 1)
+          rec.counted, rec.capped = true, true
+        end
+        if limit.rate then record_lease(TAG .. ':rate:' .. rec.task, limit, token) end
+      end
+      if queue_limit then
+        if queue_limit.max then rec.capped = true end
+        if queue_limit.rate then record_lease(TAG .. ':rate', queue_limit, token) end
+      end
+      save(id, rec)
+      zset_add(K_ACTIVE, now + lease_ms, id)
+      emit('active', id, 'attempt', rec.attempt)
+      leased[#leased + 1] = {id, token, rec.attempt, rec.task, payloads[i] or ''}
     end
   end
-  -- More is runnable than this worker took: pass the wake-up on to another idle worker.
-  if #leased == want and redis.call('ZCARD', K_WAITING) > 0 then wake(1) end
 end
+-- More is runnable than this worker took: pass the wake-up on to another idle worker (not
+-- when the queue's limits held this worker back: they hold the others back too).
+if asked > 0 and #leased == asked and redis.call('ZCARD', K_WAITING) > 0 then wake(1) end
 -- A worker that leases nothing (stopping) leaves what it put back to others, and a
 -- backed-off retry may be due before idle workers would look again (as in enqueue): wake them.
 local others = 0
-if want == 0 then others = requeued end
+if tonumber(ARGV[3]) == 0 then others = requeued end
 if delayed_retry then others = others + 1 end
 wake(others)
 
 finalize()
 if completed > 0 then trim(K_COMPLETED, completed_keep, completed_age, completed) end
 if failed > 0 then trim(K_FAILED, failed_keep, failed_age, failed) end
+if cancelled > 0 then trim(K_CANCELLED, failed_keep, failed_age, cancelled) end
 
-local next_due = -1
+local next_due = retry_in
 local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
-if #first > 0 then next_due = math.max(0, tonumber(first[2]) - now) end
+if #first > 0 then
+  local wait = math.max(0, tonumber(first[2]) - now)
+  if next_due < 0 or wait < next_due then next_due = wait end
+end
 return {accepted, leased, next_due}
