@@ -116,19 +116,26 @@ class Client:
 
     def _submit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).all
-        if queue not in self._known_queues:
-            self.redis.sadd(queues_key(self.settings.prefix), queue)
-            self._known_queues.add(queue)
+        self._remember(queue)
         result = scripts.call(self.redis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
         return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
 
     async def _asubmit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).all
+        await self._aremember(queue)
+        result = await scripts.acall(self.aredis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
+        return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
+
+    def _remember(self, queue: str) -> None:
+        """Add ``queue`` to the prefix's set of queues (once per client)."""
+        if queue not in self._known_queues:
+            self.redis.sadd(queues_key(self.settings.prefix), queue)
+            self._known_queues.add(queue)
+
+    async def _aremember(self, queue: str) -> None:
         if queue not in self._known_queues:
             await self.aredis.sadd(queues_key(self.settings.prefix), queue)
             self._known_queues.add(queue)
-        result = await scripts.acall(self.aredis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
-        return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
 
     def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         """Queue many jobs in one round trip (one script call per queue). Nothing is written if one is invalid."""
@@ -262,16 +269,20 @@ class Client:
 
     def pause(self, queue: str = "default") -> None:
         """Workers stop leasing from ``queue`` (running jobs go on; enqueue still works)."""
+        self._remember(queue)
         scripts.call(self.redis, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
 
     async def apause(self, queue: str = "default") -> None:
+        await self._aremember(queue)
         await scripts.acall(self.aredis, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
 
     def resume(self, queue: str = "default") -> None:
         """Undo :meth:`pause`; idle workers are woken at once."""
+        self._remember(queue)
         scripts.call(self.redis, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
 
     async def aresume(self, queue: str = "default") -> None:
+        await self._aremember(queue)
         await scripts.acall(self.aredis, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
 
     def set_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
@@ -279,9 +290,11 @@ class Client:
 
         A task's ``@task(rate_limit=..., max_active=...)`` is set this way by each worker that starts.
         """
+        self._remember(queue)
         scripts.call(self.redis, "control", self.keys(queue).all, self._limit_args(limit, task))
 
     async def aset_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
+        await self._aremember(queue)
         await scripts.acall(self.aredis, "control", self.keys(queue).all, self._limit_args(limit, task))
 
     def _limit_args(self, limit: Limit | None, task: str | None) -> list[Any]:

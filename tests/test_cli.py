@@ -336,3 +336,37 @@ def test_events_follows_until_ctrl_c_and_exits_0(spawn: Any, taskmesh_client: Cl
 
     assert (first["event"], first["job"]) == ("enqueued", handle.id)
     assert follower.wait(timeout=10) == 0
+
+
+# -- cancel, pause, resume, limit ------------------------------------------------
+
+
+def test_cancel_prints_the_state_and_unknown_jobs_are_one_line(cli: Any, taskmesh_client: Client) -> None:
+    handle = taskmesh_client.enqueue("cli.shout", "a")
+
+    result = cli("cancel", handle.id)
+
+    assert (result.returncode, result.stdout.strip()) == (0, "cancelled"), result.stderr
+    assert handle.status().state is JobState.CANCELLED
+    assert "not found" in _one_error_line(cli("cancel", "no-such-job"))
+
+
+def test_pause_resume_and_limit_change_the_queue_for_every_worker(cli: Any, taskmesh_client: Client) -> None:
+    assert cli("pause", "math").stdout.strip() == "math: paused"
+    assert taskmesh_client.queue_settings("math").paused
+    limited = cli("limit", "math", "--rate", "10/m", "--max-active", "3")
+    capped = cli("limit", "math", "--task", "cli.add", "--max-active", "1")
+    assert limited.returncode == 0 and capped.returncode == 0, limited.stderr + capped.stderr
+    assert capped.stdout.splitlines() == [
+        "math: paused; queue limit: 10/60s max_active=3",
+        "  task cli.add: max_active=1",
+    ]
+    queues = cli("queues")
+    assert "math: paused; limit 10/60s max_active=3; task cli.add: max_active=1" in queues.stdout
+    assert json.loads(cli("queues", "--json").stdout)["settings"]["math"]["paused"] is True
+
+    assert cli("resume", "math").stdout.strip() == "math: resumed"
+    cleared = cli("limit", "math", "--clear")
+    assert cleared.stdout.splitlines()[0] == "math: running; queue limit: none"
+    assert "not both" in _one_error_line(cli("limit", "math", "--clear", "--rate", "1/s"))
+    assert "invalid rate" in _one_error_line(cli("limit", "math", "--rate", "fast"))

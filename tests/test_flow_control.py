@@ -340,3 +340,20 @@ def test_rate_limit_holds_across_three_workers(taskmesh_client: Client, taskmesh
     busiest = max(sum(1 for s in starts if t <= s <= t + 1000) for t in starts)
     assert busiest == 10, f"at most 10 starts in any second (window ends included), and the limit is used: {busiest}"
     assert starts[-1] - starts[0] >= 3000
+
+
+def test_async_twins_cancel_pause_and_limit(taskmesh_client: Client) -> None:
+    async def main() -> None:
+        handle = await taskmesh_client.aenqueue("flow.noop")
+        await taskmesh_client.apause()
+        assert (await taskmesh_client.aqueue_settings()).paused
+        await taskmesh_client.aresume()
+        await taskmesh_client.aset_limit("default", Limit(max_active=1), task="flow.noop")
+        settings = await taskmesh_client.aqueue_settings()
+        assert (settings.paused, settings.task_limits) == (False, {"flow.noop": Limit(max_active=1)})
+        assert await handle.acancel() == "cancelled"
+        with pytest.raises(JobNotFound):
+            await taskmesh_client.acancel("no-such-job")
+        await taskmesh_client.aclose()
+
+    asyncio.run(main())

@@ -24,17 +24,32 @@ def command(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     client = connect(settings)
     try:
-        counts = {queue: client.counts(queue) for queue in client.queues()}
+        names = client.queues()
+        counts = {queue: client.counts(queue) for queue in names}
+        flow_settings = {queue: client.queue_settings(queue) for queue in names}
         workers = client.workers()
     finally:
         client.close()
     if args.json:
-        print_json({"queues": counts, "workers": workers})
+        flow = {
+            queue: {
+                "paused": s.paused,
+                "limit": str(s.limit) if s.limit else None,
+                "task_limits": {t: str(limit) for t, limit in s.task_limits.items()},
+            }
+            for queue, s in flow_settings.items()
+        }
+        print_json({"queues": counts, "settings": flow, "workers": workers})
         return 0
     if counts:
         rows = [["QUEUE", *(state.upper() for state in STATES)]]
         rows += [[queue, *(str(n[state]) for state in STATES)] for queue, n in counts.items()]
         print(table(rows))
+        for queue, s in flow_settings.items():
+            notes = (["paused"] if s.paused else []) + ([f"limit {s.limit}"] if s.limit else [])
+            notes += [f"task {t}: {limit}" for t, limit in sorted(s.task_limits.items())]
+            if notes:
+                print(f"{queue}: {'; '.join(notes)}")
     else:
         print(f"no queues under prefix {settings.prefix!r}")
     print(f"\n{len(workers)} live worker(s)" + (":" if workers else ""))
