@@ -127,13 +127,15 @@ class Client:
         return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
 
     def _remember(self, queue: str) -> None:
-        """Add ``queue`` to the prefix's set of queues (once per client)."""
+        """Add ``queue`` (checked first) to the prefix's set of queues (once per client)."""
         if queue not in self._known_queues:
+            self.keys(queue)
             self.redis.sadd(queues_key(self.settings.prefix), queue)
             self._known_queues.add(queue)
 
     async def _aremember(self, queue: str) -> None:
         if queue not in self._known_queues:
+            self.keys(queue)
             await self.aredis.sadd(queues_key(self.settings.prefix), queue)
             self._known_queues.add(queue)
 

@@ -357,3 +357,26 @@ def test_async_twins_cancel_pause_and_limit(taskmesh_client: Client) -> None:
         await taskmesh_client.aclose()
 
     asyncio.run(main())
+
+
+@task(name="flow.trickle", rate_limit="1/0.5s")
+def trickle() -> None:
+    return None
+
+
+def test_a_rate_limited_worker_waits_the_time_redis_gives_without_spinning(
+    taskmesh_client: Client, taskmesh_worker: StartWorker
+) -> None:
+    def script_calls() -> int:
+        return int(taskmesh_client.redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    taskmesh_worker([trickle], idle_timeout=30)
+    before = script_calls()
+    handles = [trickle.enqueue() for _ in range(4)]
+    for handle in handles:
+        handle.result(timeout=BOUND)
+    calls = script_calls() - before
+    starts = sorted(h.status().started_at.timestamp() for h in handles)  # type: ignore[union-attr]
+    assert starts[-1] - starts[0] >= 1.5 - 0.002
+    # 4 enqueues, about one lease per start and a few renewals and sweeps: a polling worker makes hundreds.
+    assert calls <= 30, f"{calls} script calls for 4 rate-limited jobs"

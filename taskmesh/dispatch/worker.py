@@ -213,11 +213,12 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         url = self.settings.redis_url
-        self._redis = aredis.Redis.from_url(url, decode_responses=True, retry=REDIS_RETRY)
+        self._redis = aredis.Redis.from_url(url, decode_responses=True, encoding_errors="replace", retry=REDIS_RETRY)
         block_timeout = self.settings.idle_timeout + 5
         self._blocking = aredis.Redis.from_url(
             url,
             decode_responses=True,
+            encoding_errors="replace",
             socket_timeout=block_timeout,
             retry=REDIS_RETRY,
             redis_connect_func=self._on_blocking_connect,

@@ -1,7 +1,8 @@
 -- Change a queue's settings. ARGV: [2] op, then per op:
 --   pause | resume: workers stop / start leasing from the queue (enqueue always works);
 --   limit, [3] task ('' for the whole queue), [4] JSON {rate, per, max} ('' to remove).
--- Emits 'paused', 'resumed' or 'limited' (job field empty); returns 1.
+-- Emits 'paused', 'resumed' or 'limited' (job field empty); returns 1, or 0 for a limit set to
+-- what it already was (nothing is written then).
 local op = ARGV[2]
 if op == 'pause' then
   redis.call('HSET', K_META, 'paused', '1')
@@ -11,6 +12,10 @@ elseif op == 'resume' then
   emit('resumed', '')
 elseif op == 'limit' then
   local task, field = ARGV[3], 'limit:' .. ARGV[3]
+  local before = redis.call('HGET', K_META, field)
+  if (before or '') == ARGV[4] then return 0 end
+  -- Only a limit changed or removed can let a waiting job start.
+  if before then wake(WAKEUP_CAP) end
   if ARGV[4] == '' then redis.call('HDEL', K_META, field) else redis.call('HSET', K_META, field, ARGV[4]) end
   -- A task's cap counts every active job of it from now on, those leased before it was set too.
   if task ~= '' and ARGV[4] ~= '' and cjson.decode(ARGV[4]).max then
@@ -33,7 +38,7 @@ elseif op == 'limit' then
 else
   return redis.error_reply('unknown op ' .. op)
 end
--- Resuming, or a limit raised, may let idle workers lease now.
-if op ~= 'pause' then wake(WAKEUP_CAP) end
+-- Resuming may let idle workers lease now.
+if op == 'resume' then wake(WAKEUP_CAP) end
 finalize()
 return 1

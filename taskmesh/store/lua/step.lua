@@ -141,13 +141,16 @@ local retry_in = -1  -- ms until a rate limit lets a waiting job start
 local function rate_blocked(wait)
   if retry_in < 0 or wait < retry_in then retry_in = wait end
 end
+-- Rate windows that held a waiting job back; once this step's leases are recorded, each says
+-- when it frees a slot.
+local held_back = {}
 
 local asked = want
 if want > 0 and queue_limit then
   if queue_limit.max then want = math.min(want, queue_limit.max - redis.call('ZCARD', K_ACTIVE)) end
   if queue_limit.rate and want > 0 then
-    local free, wait = window(TAG .. ':rate', queue_limit)
-    if free == 0 then rate_blocked(wait) end
+    local free = window(TAG .. ':rate', queue_limit)
+    if free < want then held_back[TAG .. ':rate'] = queue_limit end
     want = math.min(want, free)
   end
 end
@@ -162,23 +165,24 @@ if want > 0 and not task_limits then
 elseif want > 0 then
   local candidates = redis.call('ZRANGE', K_WAITING, 0, SCAN_DEPTH - 1)
   preload(candidates)
-  local room = {}  -- task -> free slots now
+  local room = {}  -- task -> {free slots under its max, free starts in its rate window}
   for _, id in ipairs(candidates) do
     local rec = load(id)
     local limit = rec and task_limits[rec.task]
     if limit then
-      local free = room[rec.task]
-      if free == nil then
-        free = 1e9
-        if limit.max then free = limit.max - tonumber(redis.call('HGET', K_RUNNING, rec.task) or 0) end
-        if limit.rate then
-          local rate_free, wait = window(TAG .. ':rate:' .. rec.task, limit)
-          if rate_free == 0 and free > 0 then rate_blocked(wait) end
-          free = math.min(free, rate_free)
-        end
+      local r = room[rec.task]
+      if not r then
+        r = {cap = 1e9, rate = 1e9}
+        if limit.max then r.cap = limit.max - tonumber(redis.call('HGET', K_RUNNING, rec.task) or 0) end
+        if limit.rate then r.rate = window(TAG .. ':rate:' .. rec.task, limit) end
+        room[rec.task] = r
       end
-      if free > 0 then picked[#picked + 1] = id end
-      room[rec.task] = free - 1
+      if r.cap > 0 and r.rate > 0 then
+        picked[#picked + 1] = id
+        r.cap, r.rate = r.cap - 1, r.rate - 1
+      elseif r.cap > 0 then
+        held_back[TAG .. ':rate:' .. rec.task] = limit
+      end
     elseif rec then
       picked[#picked + 1] = id
     end
@@ -219,6 +223,10 @@ if #picked > 0 then
       leased[#leased + 1] = {id, token, rec.attempt, rec.task, payloads[i] or ''}
     end
   end
+end
+for key, limit in pairs(held_back) do
+  local free, wait = window(key, limit)
+  if free == 0 then rate_blocked(wait) end
 end
 -- More is runnable than this worker took: pass the wake-up on to another idle worker (not
 -- when the queue's limits held this worker back: they hold the others back too).
