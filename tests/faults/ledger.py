@@ -116,6 +116,7 @@ class Verdict:
             "unexpected": len(self.unexpected),
             "duplicate_executions": len(self.duplicate_executions),
             "extra_executions": sum(n - 1 for n in self.duplicate_executions.values()),
+            "duplicate_execution_sample": dict(sorted(self.duplicate_executions.items())[:5]),
             "reruns": len(self.reruns),
             "torn_ledger_lines": self.torn_lines,
         }
