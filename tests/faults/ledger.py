@@ -7,12 +7,14 @@ and a ``finish`` line just before it returns; producers write ``enqueued`` once 
 The checker compares the ledger, the job records and the event stream of the queue, and counts:
 
 - lost: an acknowledged job with no record, or a record no state set holds (it would never run);
+- inconsistent: a job held by a state set other than (or besides) the one its record names;
 - stuck: a job not in its expected final state when the test's bound ran out;
 - duplicate results: a job whose stream holds more than one ``completed``/``failed`` event;
 - unfenced results: a recorded result that is not the last holder's (by fencing token);
 - unexpected: a job in Redis or the ledger that was never acknowledged;
 - duplicate executions (reported, allowed): a job whose body finished more than once;
-- reruns (reported, allowed): a job whose body started more than once.
+- reruns (reported, allowed): a job whose body started more than once;
+- stalls (reported): lost leases, summed over the job records.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class Verdict:
     expected: int
     states: dict[str, int]
     lost: list[str] = field(default_factory=list)
+    inconsistent: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     duplicate_results: list[str] = field(default_factory=list)
     unfenced_results: list[str] = field(default_factory=list)
@@ -94,12 +97,14 @@ class Verdict:
     untracked: list[str] = field(default_factory=list)
     duplicate_executions: dict[str, int] = field(default_factory=dict)
     reruns: dict[str, int] = field(default_factory=dict)
+    stalls: int = 0
     torn_lines: int = 0
 
     def assert_sound(self) -> None:
         """The guarantee: nothing lost, stuck, recorded twice, recorded from a stale holder or unexpected."""
         assert not self.untracked, f"the event stream lost the start of {len(self.untracked)} job(s); raise maxlen"
         assert not self.lost, f"lost: {self.lost[:20]}"
+        assert not self.inconsistent, f"state sets disagree with the records: {self.inconsistent[:20]}"
         assert not self.stuck, f"stuck: {self.stuck[:20]}"
         assert not self.duplicate_results, f"recorded twice: {self.duplicate_results[:20]}"
         assert not self.unfenced_results, f"result not from the last holder: {self.unfenced_results[:20]}"
@@ -110,6 +115,7 @@ class Verdict:
             "jobs": self.expected,
             "states": self.states,
             "lost": len(self.lost),
+            "inconsistent": len(self.inconsistent),
             "stuck": len(self.stuck),
             "duplicate_results": len(self.duplicate_results),
             "unfenced_results": len(self.unfenced_results),
@@ -118,6 +124,7 @@ class Verdict:
             "extra_executions": sum(n - 1 for n in self.duplicate_executions.values()),
             "duplicate_execution_sample": dict(sorted(self.duplicate_executions.items())[:5]),
             "reruns": len(self.reruns),
+            "stalls": self.stalls,
             "torn_ledger_lines": self.torn_lines,
         }
 
@@ -134,18 +141,23 @@ def check(
     wanted = list(dict.fromkeys(expected))
     final = final or {}
     keys = client.keys(queue)
-    conn = client.redis
-    records = cast(dict[str, str], conn.hgetall(keys.jobs))
-    members = {name: set(cast(list[str], conn.zrange(getattr(keys, name), 0, -1))) for name in STATE_SETS}
+    with client.redis.pipeline(transaction=True) as pipe:  # one consistent snapshot of the queue
+        pipe.hgetall(keys.jobs)
+        for name in STATE_SETS:
+            pipe.zrange(getattr(keys, name), 0, -1)
+        pipe.xrange(keys.events)
+        raw_records, *sets, raw_events = pipe.execute()
+    records = cast(dict[str, str], raw_records)
+    members = {name: set(cast(list[str], ids)) for name, ids in zip(STATE_SETS, sets, strict=True)}
+    events = cast(list[tuple[str, dict[str, str]]], raw_events)
     lines, torn = ledger.read()
-    events = cast(list[tuple[str, dict[str, str]]], conn.xrange(keys.events))
 
     verdict = Verdict(expected=len(wanted), states=dict(Counter(json.loads(raw)["state"] for raw in records.values())))
     verdict.torn_lines = torn
     outcomes = Counter(f["job"] for _, f in events if f["event"] in ("completed", "failed"))
     enqueued = {f["job"] for _, f in events if f["event"] == "enqueued"}
     starts = [line for line in lines if line["event"] == "start"]
-    finishes = Counter((line["job"]) for line in lines if line["event"] == "finish")
+    finishes = Counter(line["job"] for line in lines if line["event"] == "finish")
     last_token: dict[str, int] = {}
     finished_runs = {(line["job"], line["pid"], line["token"]) for line in lines if line["event"] == "finish"}
     for line in starts:
@@ -154,12 +166,16 @@ def check(
     wanted_set = set(wanted)
     for job_id in wanted:
         raw = records.get(job_id)
-        if raw is None or not any(job_id in ids for ids in members.values()):
+        held_by = [name for name, ids in members.items() if job_id in ids]
+        if raw is None or not held_by:
             verdict.lost.append(job_id)
             continue
         if job_id not in enqueued:
             verdict.untracked.append(job_id)
         rec = json.loads(raw)
+        if held_by != [rec["state"]]:
+            verdict.inconsistent.append(job_id)
+        verdict.stalls += int(rec.get("stalls", 0))
         if rec["state"] != final.get(job_id, JobState.COMPLETED):
             verdict.stuck.append(job_id)
         if outcomes[job_id] > 1:
@@ -174,3 +190,25 @@ def check(
     verdict.duplicate_executions = {job: n for job, n in finishes.items() if n > 1}
     verdict.reruns = {job: n for job, n in Counter(line["job"] for line in starts).items() if n > 1}
     return verdict
+
+
+def settle(
+    client: Client,
+    ledger: Ledger,
+    expected: Iterable[str],
+    *,
+    timeout: float,
+    queue: str = "default",
+    final: Mapping[str, JobState] | None = None,
+) -> Verdict:
+    """Wait until every expected job is finished, at most ``timeout`` seconds, then :func:`check`:
+    a job not in its final state by then is stuck."""
+    wanted = list(dict.fromkeys(expected))
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = client.counts(queue)
+        if counts["completed"] + counts["failed"] >= len(wanted) or time.monotonic() > deadline:
+            verdict = check(client, ledger, wanted, queue=queue, final=final)
+            if not (verdict.stuck or verdict.lost) or time.monotonic() > deadline:
+                return verdict
+        time.sleep(0.02)  # polling Redis for the end state, bounded by the deadline

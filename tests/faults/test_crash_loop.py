@@ -11,7 +11,7 @@ from taskmesh import Call, Client, JobState
 from taskmesh.testing import wait_until
 
 from .conftest import Report
-from .ledger import Ledger, check
+from .ledger import Ledger, settle
 from .processes import WorkerPool
 
 Workers = Callable[..., WorkerPool]
@@ -45,9 +45,8 @@ def test_job_killing_its_worker_fails_as_worker_lost_while_others_flow(
     finally:
         stop.set()
         producer.join(timeout=10)
-    wait_until(lambda: fault_client.counts()["completed"] == len(produced), timeout=15, message="short jobs completed")
-
-    verdict = check(fault_client, ledger, [poison.id, *produced], final={poison.id: JobState.FAILED})
+    expected = [poison.id, *produced]
+    verdict = settle(fault_client, ledger, expected, timeout=15, final={poison.id: JobState.FAILED})
     report(
         poison_seconds=round(poison_seconds, 2),
         restarts=pool.restarts,

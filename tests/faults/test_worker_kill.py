@@ -11,7 +11,7 @@ from taskmesh import Call, Client
 from taskmesh.testing import wait_until
 
 from .conftest import FAST, Report
-from .ledger import Ledger, check
+from .ledger import Ledger, settle
 from .processes import WorkerPool
 
 Workers = Callable[..., WorkerPool]
@@ -28,16 +28,15 @@ def test_fifty_active_jobs_of_a_killed_worker_complete_on_another(
     handles = fault_client.enqueue_many([Call("faults.gated", [str(gate)]) for _ in range(50)])
     wait_until(lambda: fault_client.counts()["active"] == 50, timeout=10, message="50 jobs active")
     wait_until(lambda: ledger.count("start", doomed.pid) == 50, timeout=10, message="50 tasks started")
-    assert fault_client.counts()["active"] == 50
     pool.start()  # idle until the jobs come back
+    assert fault_client.counts()["active"] == 50
 
     pool.kill(doomed)
-    killed_at = time.monotonic()
+    killed_at = time.time()  # wall clock, as Redis stamps the finish times
     gate.touch()
-    wait_until(lambda: fault_client.counts()["completed"] == 50, timeout=15, message="50 jobs completed")
-    recovery = time.monotonic() - killed_at
-
-    verdict = check(fault_client, ledger, [h.id for h in handles])
+    verdict = settle(fault_client, ledger, [h.id for h in handles], timeout=15)
+    finished = [h.status().finished_at for h in handles]
+    recovery = max(f.timestamp() for f in finished if f is not None) - killed_at
     bound = FAST["lease_seconds"] + FAST["sweep_interval"] * 1.2 + MARGIN
     report(recovery_seconds=round(recovery, 3), bound_seconds=bound, **verdict.summary())
     verdict.assert_sound()
@@ -67,14 +66,10 @@ def test_random_kills_during_five_thousand_jobs_lose_nothing(
         if alive:
             pool.kill(chaos.choice(alive))
             kills += 1
-    wait_until(
-        lambda: fault_client.counts()["completed"] == jobs,
-        timeout=max(bound - (time.monotonic() - started), 1.0),
-        message=f"{jobs} jobs completed",
-    )
+    remaining = max(bound - (time.monotonic() - started), 1.0)
+    verdict = settle(fault_client, ledger, [h.id for h in handles], timeout=remaining)
     elapsed = time.monotonic() - started
-
-    verdict = check(fault_client, ledger, [h.id for h in handles])
     report(kills=kills, restarts=pool.restarts, seconds=round(elapsed, 2), **verdict.summary())
     verdict.assert_sound()
+    assert elapsed < bound
     assert kills >= 5
