@@ -26,7 +26,8 @@ def test_resumed_holder_cannot_overwrite_the_new_holders_progress_or_result(
     pool = workers(concurrency=1)
     paused = pool.start()
     handle = fault_client.enqueue("faults.reporting", str(gate))
-    wait_until(lambda: handle.status().progress == {"pid": paused.pid, "phase": "started"}, timeout=10)
+    started = {"pid": paused.pid, "phase": "started"}
+    wait_until(lambda: handle.status().progress == started, timeout=10, message="the first holder reported progress")
 
     paused.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()

@@ -104,7 +104,11 @@ def test_acknowledged_jobs_survive_redis_kill_9_and_complete(
         try:
             for _ in range(KILLS):
                 target = len(producer.acknowledged) + BETWEEN_KILLS
-                wait_until(lambda t=target: len(producer.acknowledged) >= t or producer.error, timeout=15)  # type: ignore[misc]
+                wait_until(
+                    lambda t=target: len(producer.acknowledged) >= t or producer.error,  # type: ignore[misc]
+                    timeout=15,
+                    message="enqueues acknowledged between two kills",
+                )
                 kill_and_restart(server)
         finally:
             producer.stop()
