@@ -3,7 +3,8 @@
 Hot path: the dispatcher sends every pending update (results, progress) and
 leases as many jobs as there are free slots in one ``step`` script call per
 queue, so finishing a batch and fetching the next costs one round trip.
-Upkeep (lease renewal, stalled-job sweep, the wake-up listener) runs beside it.
+Upkeep (heartbeat, stalled-job sweep, the wake-up listener) runs beside it;
+leases are renewed from a thread of their own (``leases.py``), which a busy loop cannot starve.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ..store.keys import QueueKeys, claim_key, queues_key, workers_key
 from ..store.scripts import Leased, Update
 from ..task import Task
 from .checks import check_server
+from .leases import Held, LeaseKeeper
 from .outcome import JobTimeoutError, error_json, result_json
 from .retry import REDIS_ERRORS, REDIS_RETRY, RedisRetry
 
@@ -134,6 +136,7 @@ class Worker:
         self._loop_thread = 0
         self._redis: aredis.Redis | None = None
         self._blocking: aredis.Redis | None = None
+        self._leases = LeaseKeeper(settings, self._held, self._lease_lost, self._cancel_requested)
         self.started = asyncio.Event()
 
     @classmethod
@@ -227,6 +230,7 @@ class Worker:
         persistence = await self._retrying(lambda: check_server(conn))
         await self._retrying(lambda: self._register())
         await self._retrying(lambda: self._publish_limits())
+        self._leases.start()
         self._waker = asyncio.create_task(self._waker_loop(), name="taskmesh-waker")
         upkeep = [
             asyncio.create_task(self._heartbeat_loop(), name="taskmesh-heartbeat"),
@@ -247,6 +251,7 @@ class Worker:
             if self._retrying.give_up_at is None:  # only a stopping worker gives up on Redis (see retry.py)
                 raise
         finally:
+            await asyncio.to_thread(self._leases.stop)
             self._closing = True
             self._need_wakeup.set()
             for task in upkeep:
@@ -549,12 +554,13 @@ class Worker:
     # -- upkeep ----------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        # Leases are renewed by the LeaseKeeper's thread, which a task hogging this loop cannot starve.
         while True:
             await asyncio.sleep(self.settings.renew_interval)
             try:
-                await self._retrying(self._renew)
+                await self._retrying(self._register)
             except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY: log and try again next beat
-                log.error("lease renewal failed: %s", exc)
+                log.error("worker heartbeat failed: %s", exc)
             self._release_held_back()
 
     def _release_held_back(self) -> None:
@@ -567,23 +573,31 @@ class Worker:
                 self._buffer.remove(running)
                 self._finish(running, Update("r", running.job.id, running.job.token))
 
-    async def _renew(self) -> None:
-        assert self._redis is not None
-        for queue in self._queues:
-            held = [(r.job.id, r.job.token) for r in self._running.values() if r.queue is queue]
-            if held:
-                args = scripts.renew_args(self.settings, held)
-                lost, cancel = scripts.parse_renew(await scripts.acall(self._redis, "renew", queue.keys.all, args))
-                for job_id in lost:
-                    running = self._running.get(job_id)
-                    if running is not None and not running.job.lease_lost:
-                        running.job.lease_lost = True
-                        log.warning("job %s: lease lost to another holder; its result will be refused", job_id)
-                for job_id in cancel:
-                    running = self._running.get(job_id)
-                    if running is not None:
-                        self._cancel_run(running)
-        await self._register()
+    def _held(self) -> list[Held]:
+        """The leases this worker holds; called on the LeaseKeeper's thread, so it copies first."""
+        while True:
+            try:
+                return [(r.queue.keys, r.job.id, r.job.token) for r in list(self._running.values())]
+            except RuntimeError:  # the loop changed the dict while it was being copied
+                continue
+
+    def _lease_lost(self, job_id: str, token: int) -> None:
+        """Called on the LeaseKeeper's thread: this run's lease is another holder's now."""
+        running = self._running.get(job_id)
+        if running is not None and running.job.token == token and not running.job.lease_lost:
+            running.job.lease_lost = True
+            log.warning("job %s: lease lost to another holder; its result will be refused", job_id)
+
+    def _cancel_requested(self, job_id: str, token: int) -> None:
+        """Called on the LeaseKeeper's thread: the job's cancellation was requested; stop it on the loop."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing runs any more
+            self._loop.call_soon_threadsafe(self._cancel_token, job_id, token)
+
+    def _cancel_token(self, job_id: str, token: int) -> None:
+        running = self._running.get(job_id)
+        if running is not None and running.job.token == token:
+            self._cancel_run(running)
 
     def _cancel_run(self, running: _Running) -> None:
         """The job's cancellation was requested: flag it, and stop its run (async tasks are cancelled;

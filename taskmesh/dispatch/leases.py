@@ -1,0 +1,93 @@
+"""Lease renewal on a thread of its own, so a task that hogs the event loop keeps its lease."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import redis
+
+from ..settings import Settings
+from ..store import scripts
+from ..store.keys import QueueKeys
+from .retry import REDIS_ERRORS
+
+log = logging.getLogger("taskmesh.worker")
+#: One held lease: the queue's keys, the job id and the fencing token.
+Held = tuple[QueueKeys, str, int]
+
+
+class LeaseKeeper:
+    """Renews every lease a worker holds each ``renew_interval``, from a daemon thread with its own
+    (sync) Redis connection.
+
+    An async task that runs without awaiting starves the worker's event loop, but not this thread
+    (the interpreter switches threads every few milliseconds), so its job is not taken for a stalled
+    one and run again elsewhere. ``held`` is called on this thread and must return a snapshot;
+    ``lost(job_id, token)`` is called on this thread for each lease that is no longer this holder's,
+    ``cancel(job_id, token)`` for each held job whose cancellation was requested.
+    While Redis is unreachable the renewal is retried with a short backoff (at most ``renew_interval``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        held: Callable[[], list[Held]],
+        lost: Callable[[str, int], None],
+        cancel: Callable[[str, int], None],
+    ) -> None:
+        self.settings = settings
+        self._held = held
+        self._lost = lost
+        self._cancel = cancel
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="taskmesh-leases", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop renewing; returns once the thread has ended (or after ``timeout``)."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _main(self) -> None:
+        interval = self.settings.renew_interval
+        conn = redis.Redis.from_url(
+            self.settings.redis_url,
+            decode_responses=True,
+            socket_timeout=self.settings.lease_seconds,
+            socket_connect_timeout=interval,
+        )
+        delay, failures = interval, 0
+        try:
+            while not self._stopped.wait(delay):
+                try:
+                    self.renew(conn)
+                except REDIS_ERRORS as exc:
+                    if failures == 0:
+                        log.warning("lease renewal: redis unreachable (%s); retrying", exc)
+                    failures += 1
+                    delay = min(interval, 0.05 * 2**failures)
+                    continue
+                except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY: log and try again next beat
+                    log.error("lease renewal failed: %s", exc)
+                delay, failures = interval, 0
+        finally:
+            conn.close()
+
+    def renew(self, conn: redis.Redis) -> None:
+        """One renewal of every held lease, one script call per queue."""
+        by_queue: dict[QueueKeys, list[tuple[str, int]]] = {}
+        for keys, job_id, token in self._held():
+            by_queue.setdefault(keys, []).append((job_id, token))
+        for keys, held in by_queue.items():
+            tokens = dict(held)
+            result = scripts.call(conn, "renew", keys.all, scripts.renew_args(self.settings, held))
+            lost, cancel = scripts.parse_renew(result)
+            for job_id in lost:
+                self._lost(job_id, tokens[job_id])
+            for job_id in cancel:
+                self._cancel(job_id, tokens[job_id])

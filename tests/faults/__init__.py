@@ -1,0 +1,1 @@
+"""Fault injection: killed, paused and crashing workers, a killed Redis; checked against a ledger kept outside Redis."""
