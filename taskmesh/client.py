@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import wraps
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis
 import redis.asyncio as aredis
@@ -20,7 +21,7 @@ import redis.asyncio as aredis
 from .events import FINAL_EVENTS, Event
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .settings import Settings
-from .store import scripts
+from .store import connect, scripts
 from .store.keys import QueueKeys, check_job_id, check_name, queues_key, workers_key
 from .task import Task, check_delay, check_priority, check_run_at
 
@@ -33,6 +34,66 @@ _NAME_CACHE_SIZE = 1000
 _BLOCK_MS = 1000
 # A waiter re-reads the job's status at least this often, in case its final event was trimmed unseen.
 _RECHECK_SECONDS = 1.0
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reaching(method: Callable[Concatenate[Client, P], R]) -> Callable[Concatenate[Client, P], R]:
+    """Redis unreachable (or frozen) during ``method``: raise :class:`RedisUnavailable`, promptly."""
+
+    @wraps(method)
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except connect.UNAVAILABLE_ERRORS as exc:
+            raise connect.unavailable(self.settings.redis_url, exc) from exc
+
+    return call
+
+
+def _areaching(
+    method: Callable[Concatenate[Client, P], Awaitable[R]],
+) -> Callable[Concatenate[Client, P], Awaitable[R]]:
+    """The asyncio twin of :func:`_reaching`."""
+
+    @wraps(method)
+    async def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(self, *args, **kwargs)
+        except connect.UNAVAILABLE_ERRORS as exc:
+            raise connect.unavailable(self.settings.redis_url, exc) from exc
+
+    return call
+
+def _reaching_iter(
+    method: Callable[Concatenate[Client, P], Iterator[R]],
+) -> Callable[Concatenate[Client, P], Iterator[R]]:
+    """:func:`_reaching` for a generator."""
+
+    @wraps(method)
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
+        try:
+            yield from method(self, *args, **kwargs)
+        except connect.UNAVAILABLE_ERRORS as exc:
+            raise connect.unavailable(self.settings.redis_url, exc) from exc
+
+    return call
+
+
+def _areaching_iter(
+    method: Callable[Concatenate[Client, P], AsyncIterator[R]],
+) -> Callable[Concatenate[Client, P], AsyncIterator[R]]:
+    """:func:`_reaching` for an async generator."""
+
+    @wraps(method)
+    async def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[R]:
+        try:
+            async for item in method(self, *args, **kwargs):
+                yield item
+        except connect.UNAVAILABLE_ERRORS as exc:
+            raise connect.unavailable(self.settings.redis_url, exc) from exc
+
+    return call
 
 
 @dataclass(slots=True)
@@ -64,7 +125,7 @@ class Client:
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+            self._redis = connect.sync_client(self.settings.redis_url)
         return self._redis
 
     @property
@@ -72,7 +133,7 @@ class Client:
         """The async connection pool of the running event loop (made anew for a new loop)."""
         loop = asyncio.get_running_loop()
         if self._aredis is None or self._aloop is not loop:
-            self._aredis = aredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+            self._aredis = connect.async_client(self.settings.redis_url)
             self._aloop = loop
         return self._aredis
 
@@ -112,6 +173,7 @@ class Client:
     async def asubmit(self, call: Call) -> JobHandle[Any]:
         return await self._asubmit(call.queue, self._call_job(call))
 
+    @_reaching
     def _submit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).all
         if queue not in self._known_queues:
@@ -120,6 +182,7 @@ class Client:
         result = scripts.call(self.redis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
         return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
 
+    @_areaching
     async def _asubmit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).all
         if queue not in self._known_queues:
@@ -128,6 +191,7 @@ class Client:
         result = await scripts.acall(self.aredis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
         return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
 
+    @_reaching
     def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         """Queue many jobs in one round trip (one script call per queue). Nothing is written if one is invalid."""
         batches = self._prepare(calls)
@@ -139,6 +203,7 @@ class Client:
         self._known_queues |= new_queues
         return self._handles(batches, results[-len(batches) :])
 
+    @_areaching
     async def aenqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         batches = self._prepare(calls)
         async with self.aredis.pipeline(transaction=False) as pipe:
@@ -164,7 +229,9 @@ class Client:
     def _pipe_enqueue(self, pipe: Any, queue: str, batch: _Batch) -> None:
         keys = self.keys(queue).all
         count = len(batch.indexes)
-        pipe.evalsha(scripts.sha("enqueue"), len(keys), *keys, self.settings.events_maxlen, count, *batch.values)
+        # EVALSHA by name: a cluster pipeline refuses pipe.evalsha(), not the command.
+        values = (self.settings.events_maxlen, count, *batch.values)
+        pipe.execute_command("EVALSHA", scripts.sha("enqueue"), len(keys), *keys, *values)
 
     def _call_job(self, call: Call) -> _JobValues:
         return self._job(call.task, call.args, call.kwargs, call.priority, call.job_id, call.delay, call.run_at)
@@ -213,23 +280,28 @@ class Client:
 
     # -- reading -------------------------------------------------------------
 
+    @_reaching
     def status(self, job_id: str, queue: str = "default") -> JobStatus | None:
         raw = self.redis.hget(self.keys(queue).jobs, job_id)
         return None if raw is None else JobStatus.from_record(job_id, queue, raw)
 
+    @_areaching
     async def astatus(self, job_id: str, queue: str = "default") -> JobStatus | None:
         raw = await self.aredis.hget(self.keys(queue).jobs, job_id)
         return None if raw is None else JobStatus.from_record(job_id, queue, raw)
 
+    @_reaching
     def job(self, job_id: str, queue: str = "default") -> JobHandle[Any] | None:
         """A handle on an existing job, or None."""
         exists = self.redis.hexists(self.keys(queue).jobs, job_id)
         return JobHandle(self, job_id, queue, created=False) if exists else None
 
+    @_areaching
     async def ajob(self, job_id: str, queue: str = "default") -> JobHandle[Any] | None:
         exists = await self.aredis.hexists(self.keys(queue).jobs, job_id)
         return JobHandle(self, job_id, queue, created=False) if exists else None
 
+    @_reaching
     def counts(self, queue: str = "default") -> dict[str, int]:
         """Number of jobs per state in ``queue``."""
         keys = self.keys(queue)
@@ -238,6 +310,7 @@ class Client:
                 pipe.zcard(getattr(keys, state))
             return dict(zip(STATES, pipe.execute(), strict=True))
 
+    @_areaching
     async def acounts(self, queue: str = "default") -> dict[str, int]:
         keys = self.keys(queue)
         async with self.aredis.pipeline(transaction=False) as pipe:
@@ -245,10 +318,12 @@ class Client:
                 pipe.zcard(getattr(keys, state))
             return dict(zip(STATES, await pipe.execute(), strict=True))
 
+    @_reaching
     def queues(self) -> list[str]:
         """Queue names used under this prefix (by producers or workers)."""
         return sorted(str(q) for q in self.redis.smembers(queues_key(self.settings.prefix)))
 
+    @_reaching
     def workers(self) -> list[str]:
         """Ids of workers whose heartbeat is current."""
         key = workers_key(self.settings.prefix)
@@ -256,6 +331,7 @@ class Client:
 
     # -- waiting and events ----------------------------------------------------
 
+    @_reaching
     def wait(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Block until the job is finished (None on timeout).
 
@@ -279,6 +355,7 @@ class Client:
                 if _recheck(job_id, entries, read_at):
                     break
 
+    @_areaching
     async def await_(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Async twin of :meth:`wait`."""
         stream = self.keys(queue).events
@@ -298,6 +375,7 @@ class Client:
                 if _recheck(job_id, entries, read_at):
                     break
 
+    @_reaching
     def events(
         self, queues: Sequence[str] = ("default",), since: str = "$", timeout: float | None = None
     ) -> Iterator[Event]:
@@ -315,11 +393,12 @@ class Client:
                 streams = {s: _last_id(last) for s, last in zip(streams, pipe.execute(), strict=True)}
         return self._follow(streams, timeout)
 
+    @_reaching_iter
     def _follow(self, streams: dict[Any, Any], timeout: float | None) -> Iterator[Event]:
         deadline = _deadline(timeout)
         while True:
             block = _block_ms(deadline)  # None once the deadline passed: one last look without blocking
-            entries = _entries(self.redis.xread(streams, count=500, block=block))
+            entries = _entries(connect.xread(self.redis, streams, count=500, block=block))
             if entries:
                 deadline = _deadline(timeout)
             elif block is None:
@@ -328,6 +407,7 @@ class Client:
                 streams[stream] = entry_id
                 yield Event.from_entry(self._queue_of(stream), entry_id, fields)
 
+    @_areaching_iter
     async def aevents(
         self, queues: Sequence[str] = ("default",), since: str = "$", timeout: float | None = None
     ) -> AsyncIterator[Event]:
@@ -342,7 +422,7 @@ class Client:
         deadline = _deadline(timeout)
         while True:
             block = _block_ms(deadline)
-            entries = _entries(await self.aredis.xread(streams, count=500, block=block))
+            entries = _entries(await connect.axread(self.aredis, streams, count=500, block=block))
             if entries:
                 deadline = _deadline(timeout)
             elif block is None:

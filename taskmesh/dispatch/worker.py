@@ -35,7 +35,7 @@ from ..plugins import plugin_manager
 from ..registry import Registry
 from ..runners.base import Runner, RunnerRegistry
 from ..settings import Settings
-from ..store import scripts
+from ..store import connect, scripts
 from ..store.keys import QueueKeys, claim_key, queues_key, workers_key
 from ..store.scripts import Leased, Update
 from ..task import Task
@@ -209,15 +209,10 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         url = self.settings.redis_url
-        self._redis = aredis.Redis.from_url(url, decode_responses=True, retry=REDIS_RETRY)
-        block_timeout = self.settings.idle_timeout + 5
-        self._blocking = aredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=block_timeout,
-            retry=REDIS_RETRY,
-            redis_connect_func=self._on_blocking_connect,
-        )
+        self._redis = connect.async_client(url, retry=REDIS_RETRY)
+        # Its socket timeout exceeds the longest wait, so a dead connection ends the wait.
+        on_connect = self._on_blocking_connect
+        self._blocking = connect.blocking_client(url, self.settings.idle_timeout, on_connect, retry=REDIS_RETRY)
         conn = self._redis
         persistence = await self._retrying(lambda: check_server(conn))
         await self._retrying(lambda: self._register())
@@ -613,8 +608,8 @@ class Worker:
         extra round trip, and :meth:`stop` ends the wait with ``CLIENT UNBLOCK`` so nothing is leased.
         """
         assert self._blocking is not None
-        if self.burst or len(self._queues) != 1 or self._room() <= 0:
-            return await self._blocking.blpop(keys, timeout=timeout)
+        if self.burst or len(self._queues) != 1 or self._room() <= 0 or connect.is_cluster(self._blocking):
+            return await connect.blpop(self._blocking, keys, timeout)
         queue = self._queues[0]
         claim = claim_key(queue.keys, self.id)
         step_keys = (*queue.keys.all, claim)
