@@ -49,7 +49,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,  # includes authentication failures, loading, no master found
     redis.exceptions.TimeoutError,
     redis.exceptions.ClusterDownError,
-    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.RedisClusterException,  # a cluster client reaches none of its nodes, or no node owns a slot
     redis.exceptions.ReadOnlyError,  # the URL names a replica (or a demoted master)
     OSError,
 )
@@ -288,5 +288,5 @@ def redact(url: str) -> str:
 
 def unavailable(url: str, exc: BaseException) -> RedisUnavailable:
     """The error taskmesh raises when Redis at ``url`` cannot be reached (or serve) now."""
-    reason = str(exc) or type(exc).__name__
+    reason = (str(exc) or type(exc).__name__).split(" : <", 1)[0]  # not the client reprs a Sentinel error lists
     return RedisUnavailable(f"cannot reach Redis at {redact(url)}: {reason}")
