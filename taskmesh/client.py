@@ -195,22 +195,16 @@ class Client:
     def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         """Queue many jobs in one round trip (one script call per queue). Nothing is written if one is invalid."""
         batches = self._prepare(calls)
-        with self.redis.pipeline(transaction=False) as pipe:
-            new_queues = self._register_queues(pipe, batches)
-            for queue, batch in batches.items():
-                self._pipe_enqueue(pipe, queue, batch)
-            results = scripts.run_pipeline(self.redis, pipe)
+        commands, new_queues = self._enqueue_commands(batches)
+        results = scripts.run_pipeline(self.redis, commands)
         self._known_queues |= new_queues
         return self._handles(batches, results[-len(batches) :])
 
     @_areaching
     async def aenqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         batches = self._prepare(calls)
-        async with self.aredis.pipeline(transaction=False) as pipe:
-            new_queues = self._register_queues(pipe, batches)
-            for queue, batch in batches.items():
-                self._pipe_enqueue(pipe, queue, batch)
-            results = await scripts.arun_pipeline(self.aredis, pipe)
+        commands, new_queues = self._enqueue_commands(batches)
+        results = await scripts.arun_pipeline(self.aredis, commands)
         self._known_queues |= new_queues
         return self._handles(batches, results[-len(batches) :])
 
@@ -226,12 +220,17 @@ class Client:
             batch.values += self._call_job(call)
         return batches
 
-    def _pipe_enqueue(self, pipe: Any, queue: str, batch: _Batch) -> None:
-        keys = self.keys(queue).all
-        count = len(batch.indexes)
-        # EVALSHA by name: a cluster pipeline refuses pipe.evalsha(), not the command.
-        values = (self.settings.events_maxlen, count, *batch.values)
-        pipe.execute_command("EVALSHA", scripts.sha("enqueue"), len(keys), *keys, *values)
+    def _enqueue_commands(self, batches: dict[str, _Batch]) -> tuple[list[tuple[Any, ...]], set[str]]:
+        """The SADD of queues not yet registered (the caller records them once it ran), then one EVALSHA per queue."""
+        commands: list[tuple[Any, ...]] = []
+        new = set(batches) - self._known_queues
+        if new:
+            commands.append(("SADD", queues_key(self.settings.prefix), *new))
+        for queue, batch in batches.items():
+            keys = self.keys(queue).all
+            values = (self.settings.events_maxlen, len(batch.indexes), *batch.values)
+            commands.append(("EVALSHA", scripts.sha("enqueue"), len(keys), *keys, *values))
+        return commands, new
 
     def _call_job(self, call: Call) -> _JobValues:
         return self._job(call.task, call.args, call.kwargs, call.priority, call.job_id, call.delay, call.run_at)
@@ -261,13 +260,6 @@ class Client:
             run_at_ms = int(run_at.timestamp() * 1000)
         payload = encode_payload(task, args, kwargs, self.settings.max_payload_bytes)
         return job_id, task, payload, check_priority(priority), delay_ms, run_at_ms
-
-    def _register_queues(self, pipe: Any, batches: dict[str, _Batch]) -> set[str]:
-        """Queue the SADD of queues not yet registered; the caller records them once the pipeline ran."""
-        new = set(batches) - self._known_queues
-        if new:
-            pipe.sadd(queues_key(self.settings.prefix), *new)
-        return new
 
     def _handles(self, batches: dict[str, _Batch], results: list[Any]) -> list[JobHandle[Any]]:
         """Handles in call order, from each queue's script result."""

@@ -222,9 +222,12 @@ async def blpop(conn: aredis.Redis, keys: list[str], timeout: float) -> Any:
     try:
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for wait in waits:
-            wait.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
+        # Cancel until cancelled: on Python 3.11 a cancel that lands as redis-py's send (an
+        # asyncio.wait_for) completes is swallowed, and that BLPOP would block on to its timeout.
+        while pending := [wait for wait in waits if not wait.done()]:
+            for wait in pending:
+                wait.cancel()
+            await asyncio.wait(pending, timeout=0.01)
     popped = [wait.result() for wait in done]  # raises the first error, if any
     for extra in [p for p in popped if p][1:]:  # two arrived together: hand the others back
         await conn.lpush(extra[0], extra[1])
