@@ -194,16 +194,25 @@ class Worker:
         for _ in range(100):
             if not self._listening or self._blocking_id is None:
                 return
-            with contextlib.suppress(*REDIS_ERRORS):
+            try:
                 if await self._redis.client_unblock(self._blocking_id):
                     return
+            except REDIS_ERRORS:
+                pass
+            except redis.exceptions.ResponseError as exc:  # e.g. an ACL user without CLIENT UNBLOCK
+                log.warning("cannot end the wake-up wait early (%s); stopping waits for it to time out", exc)
+                return
             await asyncio.sleep(0.01)
 
     async def _on_blocking_connect(self, conn: Any) -> None:
-        """Every (re)connection of the listener records its client id, for ``CLIENT UNBLOCK``."""
+        """Every (re)connection of the listener records its client id, for ``CLIENT UNBLOCK``
+        (None where an ACL forbids ``CLIENT ID``: a stopping worker then lets the wait time out)."""
         await conn.on_connect()
         await conn.send_command("CLIENT", "ID")
-        self._blocking_id = int(await conn.read_response())
+        try:
+            self._blocking_id = int(await conn.read_response())
+        except redis.exceptions.ResponseError:
+            self._blocking_id = None
 
     async def run(self) -> WorkerStats:
         self._loop = asyncio.get_running_loop()
