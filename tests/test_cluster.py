@@ -18,7 +18,19 @@ import pytest
 import redis
 from servers import Cluster
 
-from taskmesh import Call, Client, Job, JobFailed, JobState, RedisUnavailable, Retry, task
+from taskmesh import (
+    Call,
+    Client,
+    ConfigurationError,
+    Job,
+    JobFailed,
+    JobState,
+    RedisUnavailable,
+    Registry,
+    Retry,
+    Worker,
+    task,
+)
 from taskmesh.embedded import free_port
 from taskmesh.store import scripts
 from taskmesh.store.keys import QueueKeys, queues_key
@@ -124,6 +136,17 @@ def test_the_job_of_a_vanished_worker_is_recovered_by_another(client: Client) ->
     with running_worker(client, [echo], queues=["default"], idle_timeout=1, **FAST):
         assert handle.result(timeout=10) == "recovered"
     assert handle.status().stalls == 1
+
+
+def test_worker_refuses_a_cluster_where_one_master_evicts_keys(redis_cluster: Cluster, client: Client) -> None:
+    with redis_cluster.nodes[-1].client() as conn:
+        conn.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            worker = Worker.create(Registry(), client.settings, burst=True, entry_points=False)
+            with pytest.raises(ConfigurationError, match="allkeys-lru"):
+                asyncio.run(worker.run())
+        finally:
+            conn.config_set("maxmemory-policy", "noeviction")
 
 
 def test_cli_reports_queues_of_a_cluster(redis_cluster: Cluster, client: Client, tmp_path: Path) -> None:

@@ -151,9 +151,12 @@ def test_worker_notices_a_frozen_server_and_resumes_leasing_after_it_thaws(
     Without them an idle worker would wait on a dead connection forever.
     """
     caplog.set_level(logging.WARNING, logger="taskmesh")
-    client = Client(server.url + "?socket_timeout=1", prefix=prefix())
+    name = prefix()
+    client = Client(server.url, prefix=name)  # the producer keeps the default timeouts
+    # The worker's 1 s socket timeout (2 s for its wake-up wait) shortens the test.
+    worker_client = Client(server.url + "?socket_timeout=1", prefix=name)
     try:
-        with running_worker(client, [echo], **FAST) as running:
+        with running_worker(worker_client, [echo], **FAST) as running:
             assert client.enqueue(echo, 1).result(timeout=10) == 1
             server.pause()
             try:
@@ -167,3 +170,4 @@ def test_worker_notices_a_frozen_server_and_resumes_leasing_after_it_thaws(
             assert running.stats is None and running.error is None  # still running
     finally:
         client.close()
+        worker_client.close()
