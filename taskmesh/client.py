@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import wraps
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -34,66 +33,6 @@ _NAME_CACHE_SIZE = 1000
 _BLOCK_MS = 1000
 # A waiter re-reads the job's status at least this often, in case its final event was trimmed unseen.
 _RECHECK_SECONDS = 1.0
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _reaching(method: Callable[Concatenate[Client, P], R]) -> Callable[Concatenate[Client, P], R]:
-    """Redis unreachable (or frozen) during ``method``: raise :class:`RedisUnavailable`, promptly."""
-
-    @wraps(method)
-    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(self, *args, **kwargs)
-        except connect.UNAVAILABLE_ERRORS as exc:
-            raise connect.unavailable(self.settings.redis_url, exc) from exc
-
-    return call
-
-
-def _areaching(
-    method: Callable[Concatenate[Client, P], Awaitable[R]],
-) -> Callable[Concatenate[Client, P], Awaitable[R]]:
-    """The asyncio twin of :func:`_reaching`."""
-
-    @wraps(method)
-    async def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(self, *args, **kwargs)
-        except connect.UNAVAILABLE_ERRORS as exc:
-            raise connect.unavailable(self.settings.redis_url, exc) from exc
-
-    return call
-
-def _reaching_iter(
-    method: Callable[Concatenate[Client, P], Iterator[R]],
-) -> Callable[Concatenate[Client, P], Iterator[R]]:
-    """:func:`_reaching` for a generator."""
-
-    @wraps(method)
-    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
-        try:
-            yield from method(self, *args, **kwargs)
-        except connect.UNAVAILABLE_ERRORS as exc:
-            raise connect.unavailable(self.settings.redis_url, exc) from exc
-
-    return call
-
-
-def _areaching_iter(
-    method: Callable[Concatenate[Client, P], AsyncIterator[R]],
-) -> Callable[Concatenate[Client, P], AsyncIterator[R]]:
-    """:func:`_reaching` for an async generator."""
-
-    @wraps(method)
-    async def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[R]:
-        try:
-            async for item in method(self, *args, **kwargs):
-                yield item
-        except connect.UNAVAILABLE_ERRORS as exc:
-            raise connect.unavailable(self.settings.redis_url, exc) from exc
-
-    return call
 
 
 @dataclass(slots=True)
@@ -173,7 +112,7 @@ class Client:
     async def asubmit(self, call: Call) -> JobHandle[Any]:
         return await self._asubmit(call.queue, self._call_job(call))
 
-    @_reaching
+    @connect.guard
     def _submit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).all
         if queue not in self._known_queues:
@@ -182,7 +121,7 @@ class Client:
         result = scripts.call(self.redis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
         return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
 
-    @_areaching
+    @connect.aguard
     async def _asubmit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).all
         if queue not in self._known_queues:
@@ -191,7 +130,7 @@ class Client:
         result = await scripts.acall(self.aredis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
         return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
 
-    @_reaching
+    @connect.guard
     def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         """Queue many jobs in one round trip (one script call per queue). Nothing is written if one is invalid."""
         batches = self._prepare(calls)
@@ -200,7 +139,7 @@ class Client:
         self._known_queues |= new_queues
         return self._handles(batches, results[-len(batches) :])
 
-    @_areaching
+    @connect.aguard
     async def aenqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         batches = self._prepare(calls)
         commands, new_queues = self._enqueue_commands(batches)
@@ -272,28 +211,28 @@ class Client:
 
     # -- reading -------------------------------------------------------------
 
-    @_reaching
+    @connect.guard
     def status(self, job_id: str, queue: str = "default") -> JobStatus | None:
         raw = self.redis.hget(self.keys(queue).jobs, job_id)
         return None if raw is None else JobStatus.from_record(job_id, queue, raw)
 
-    @_areaching
+    @connect.aguard
     async def astatus(self, job_id: str, queue: str = "default") -> JobStatus | None:
         raw = await self.aredis.hget(self.keys(queue).jobs, job_id)
         return None if raw is None else JobStatus.from_record(job_id, queue, raw)
 
-    @_reaching
+    @connect.guard
     def job(self, job_id: str, queue: str = "default") -> JobHandle[Any] | None:
         """A handle on an existing job, or None."""
         exists = self.redis.hexists(self.keys(queue).jobs, job_id)
         return JobHandle(self, job_id, queue, created=False) if exists else None
 
-    @_areaching
+    @connect.aguard
     async def ajob(self, job_id: str, queue: str = "default") -> JobHandle[Any] | None:
         exists = await self.aredis.hexists(self.keys(queue).jobs, job_id)
         return JobHandle(self, job_id, queue, created=False) if exists else None
 
-    @_reaching
+    @connect.guard
     def counts(self, queue: str = "default") -> dict[str, int]:
         """Number of jobs per state in ``queue``."""
         keys = self.keys(queue)
@@ -302,7 +241,7 @@ class Client:
                 pipe.zcard(getattr(keys, state))
             return dict(zip(STATES, pipe.execute(), strict=True))
 
-    @_areaching
+    @connect.aguard
     async def acounts(self, queue: str = "default") -> dict[str, int]:
         keys = self.keys(queue)
         async with self.aredis.pipeline(transaction=False) as pipe:
@@ -310,12 +249,12 @@ class Client:
                 pipe.zcard(getattr(keys, state))
             return dict(zip(STATES, await pipe.execute(), strict=True))
 
-    @_reaching
+    @connect.guard
     def queues(self) -> list[str]:
         """Queue names used under this prefix (by producers or workers)."""
         return sorted(str(q) for q in self.redis.smembers(queues_key(self.settings.prefix)))
 
-    @_reaching
+    @connect.guard
     def workers(self) -> list[str]:
         """Ids of workers whose heartbeat is current."""
         key = workers_key(self.settings.prefix)
@@ -323,7 +262,7 @@ class Client:
 
     # -- waiting and events ----------------------------------------------------
 
-    @_reaching
+    @connect.guard
     def wait(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Block until the job is finished (None on timeout).
 
@@ -347,7 +286,7 @@ class Client:
                 if _recheck(job_id, entries, read_at):
                     break
 
-    @_areaching
+    @connect.aguard
     async def await_(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Async twin of :meth:`wait`."""
         stream = self.keys(queue).events
@@ -367,7 +306,7 @@ class Client:
                 if _recheck(job_id, entries, read_at):
                     break
 
-    @_reaching
+    @connect.guard
     def events(
         self, queues: Sequence[str] = ("default",), since: str = "$", timeout: float | None = None
     ) -> Iterator[Event]:
@@ -385,7 +324,7 @@ class Client:
                 streams = {s: _last_id(last) for s, last in zip(streams, pipe.execute(), strict=True)}
         return self._follow(streams, timeout)
 
-    @_reaching_iter
+    @connect.guard_iter
     def _follow(self, streams: dict[Any, Any], timeout: float | None) -> Iterator[Event]:
         deadline = _deadline(timeout)
         while True:
@@ -399,7 +338,7 @@ class Client:
                 streams[stream] = entry_id
                 yield Event.from_entry(self._queue_of(stream), entry_id, fields)
 
-    @_areaching_iter
+    @connect.aguard_iter
     async def aevents(
         self, queues: Sequence[str] = ("default",), since: str = "$", timeout: float | None = None
     ) -> AsyncIterator[Event]:

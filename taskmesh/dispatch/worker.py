@@ -615,6 +615,8 @@ class Worker:
         connection: the wake-up is moved to this worker's claim list and the step, run by Redis at
         once, leases a job only if it finds the claim. An idle worker's next job then costs no
         extra round trip, and :meth:`stop` ends the wait with ``CLIENT UNBLOCK`` so nothing is leased.
+        Not on a cluster, whose client cannot pin a wait and a step to one connection: there it is a
+        plain BLPOP per queue (see ``connect.blpop``).
         """
         assert self._blocking is not None
         if self.burst or len(self._queues) != 1 or self._room() <= 0 or connect.is_cluster(self._blocking):

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from functools import wraps
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
@@ -39,6 +40,7 @@ import redis.sentinel as sentinel
 from redis.backoff import NoBackoff
 
 from ..errors import RedisUnavailable
+from ..settings import Settings
 
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
@@ -293,3 +295,69 @@ def unavailable(url: str, exc: BaseException) -> RedisUnavailable:
     """The error taskmesh raises when Redis at ``url`` cannot be reached (or serve) now."""
     reason = (str(exc) or type(exc).__name__).split(" : <", 1)[0]  # not the client reprs a Sentinel error lists
     return RedisUnavailable(f"cannot reach Redis at {redact(url)}: {reason}")
+
+
+class _Connected(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+
+S = TypeVar("S", bound=_Connected)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def guard(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+    """Make ``method`` raise :class:`RedisUnavailable` (naming ``self.settings.redis_url``) where Redis
+    cannot be reached or does not answer, instead of a redis-py error."""
+
+    @wraps(method)
+    def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(self.settings.redis_url, exc) from exc
+
+    return call
+
+
+def aguard(method: Callable[Concatenate[S, P], Awaitable[R]]) -> Callable[Concatenate[S, P], Awaitable[R]]:
+    """:func:`guard` for a coroutine function."""
+
+    @wraps(method)
+    async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(self, *args, **kwargs)
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(self.settings.redis_url, exc) from exc
+
+    return call
+
+
+def guard_iter(method: Callable[Concatenate[S, P], Iterator[R]]) -> Callable[Concatenate[S, P], Iterator[R]]:
+    """:func:`guard` for a generator."""
+
+    @wraps(method)
+    def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
+        try:
+            yield from method(self, *args, **kwargs)
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(self.settings.redis_url, exc) from exc
+
+    return call
+
+
+def aguard_iter(
+    method: Callable[Concatenate[S, P], AsyncIterator[R]],
+) -> Callable[Concatenate[S, P], AsyncIterator[R]]:
+    """:func:`guard` for an async generator."""
+
+    @wraps(method)
+    async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[R]:
+        try:
+            async for item in method(self, *args, **kwargs):
+                yield item
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(self.settings.redis_url, exc) from exc
+
+    return call
