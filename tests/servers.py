@@ -148,13 +148,16 @@ def make_certs(directory: Path, name: str = "ca") -> dict[str, Path]:
 def tls_server(workdir: Path, certs: dict[str, Path]) -> Server:
     """A server that speaks only TLS (``--port 0``), and does not ask clients for certificates."""
     port = free_port()
-    args = (
-        *("--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"),
-        *("--tls-cert-file", str(certs["cert"]), "--tls-key-file", str(certs["key"])),
-        *("--tls-ca-cert-file", str(certs["ca"])),
-    )
+    args = ("--port", "0", "--tls-port", str(port), *_tls_files(certs))
     # "--port 0" comes after Server's own "--port" and wins: the TLS port is the only one.
     return Server(workdir, *args, port=port, conn_kwargs={"ssl": True, "ssl_ca_certs": str(certs["ca"])})
+
+
+def _tls_files(certs: dict[str, Path]) -> tuple[str, ...]:
+    return (
+        *("--tls-cert-file", str(certs["cert"]), "--tls-key-file", str(certs["key"])),
+        *("--tls-ca-cert-file", str(certs["ca"]), "--tls-auth-clients", "no"),
+    )
 
 
 # -- Sentinel ----------------------------------------------------------------------
@@ -180,7 +183,7 @@ CLUSTER_SLOTS = 16384
 class Cluster:
     """Masters with ``--cluster-enabled yes``, slots split evenly, joined with CLUSTER MEET."""
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
+    def __init__(self, workdir: Path, masters: int = 3, tls_certs: dict[str, Path] | None = None) -> None:
         self.bus_ports = [free_port() for _ in range(masters)]  # not port + 10000, which may be taken
         self.nodes = [
             Server(
@@ -190,6 +193,11 @@ class Cluster:
             )
             for i in range(masters)
         ]
+        self.tls_ports: list[int] = []
+        if tls_certs is not None:  # TLS on a port of its own (the plain one stays for the admin connections)
+            for node in self.nodes:
+                self.tls_ports.append(free_port())
+                node.args += ("--tls-port", str(self.tls_ports[-1]), "--tls-cluster", "yes", *_tls_files(tls_certs))
         self._stack = ExitStack()
 
     @property

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import Server, make_certs, tls_server
+from servers import Cluster, Server, make_certs, tls_server
 
 from taskmesh import Client, RedisUnavailable, task
 from taskmesh.testing import running_worker
@@ -61,3 +61,14 @@ def test_the_certificate_is_checked_by_default(server: Server) -> None:
     client = Client(url(server), prefix="noca")  # the system's CAs do not know the test CA
     with pytest.raises(RedisUnavailable, match="certificate verify failed"):
         client.enqueue(echo, 1)
+
+
+def test_a_cluster_over_tls(tmp_path: Path, certs: dict[str, Path]) -> None:
+    with Cluster(tmp_path / "cluster", tls_certs=certs) as cluster:
+        nodes = ",".join(f"127.0.0.1:{port}" for port in cluster.tls_ports)
+        client = Client(f"rediss+cluster://{nodes}?ssl_ca_certs={certs['ca']}", prefix=f"t{uuid.uuid4().hex[:12]}")
+        try:
+            with running_worker(client, [echo], **FAST):
+                assert client.enqueue(echo, 3).result(timeout=10) == 3
+        finally:
+            client.close()
