@@ -22,7 +22,7 @@ from .events import FINAL_EVENTS, Event
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .limits import Limit, QueueSettings, parse_settings
 from .settings import Settings
-from .store import scripts
+from .store import connect, scripts
 from .store.keys import QueueKeys, check_job_id, check_name, queues_key, workers_key
 from .task import Task, check_delay, check_priority, check_run_at
 
@@ -66,7 +66,7 @@ class Client:
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+            self._redis = connect.sync_client(self.settings.redis_url)
         return self._redis
 
     @property
@@ -74,7 +74,7 @@ class Client:
         """The async connection pool of the running event loop (made anew for a new loop)."""
         loop = asyncio.get_running_loop()
         if self._aredis is None or self._aloop is not loop:
-            self._aredis = aredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+            self._aredis = connect.async_client(self.settings.redis_url)
             self._aloop = loop
         return self._aredis
 
@@ -114,12 +114,14 @@ class Client:
     async def asubmit(self, call: Call) -> JobHandle[Any]:
         return await self._asubmit(call.queue, self._call_job(call))
 
+    @connect.guard
     def _submit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).all
         self._remember(queue)
         result = scripts.call(self.redis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
         return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
 
+    @connect.aguard
     async def _asubmit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).all
         await self._aremember(queue)
@@ -139,24 +141,20 @@ class Client:
             await self.aredis.sadd(queues_key(self.settings.prefix), queue)
             self._known_queues.add(queue)
 
+    @connect.guard
     def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         """Queue many jobs in one round trip (one script call per queue). Nothing is written if one is invalid."""
         batches = self._prepare(calls)
-        with self.redis.pipeline(transaction=False) as pipe:
-            new_queues = self._register_queues(pipe, batches)
-            for queue, batch in batches.items():
-                self._pipe_enqueue(pipe, queue, batch)
-            results = scripts.run_pipeline(self.redis, pipe)
+        commands, new_queues = self._enqueue_commands(batches)
+        results = scripts.run_pipeline(self.redis, commands)
         self._known_queues |= new_queues
         return self._handles(batches, results[-len(batches) :])
 
+    @connect.aguard
     async def aenqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         batches = self._prepare(calls)
-        async with self.aredis.pipeline(transaction=False) as pipe:
-            new_queues = self._register_queues(pipe, batches)
-            for queue, batch in batches.items():
-                self._pipe_enqueue(pipe, queue, batch)
-            results = await scripts.arun_pipeline(self.aredis, pipe)
+        commands, new_queues = self._enqueue_commands(batches)
+        results = await scripts.arun_pipeline(self.aredis, commands)
         self._known_queues |= new_queues
         return self._handles(batches, results[-len(batches) :])
 
@@ -172,10 +170,17 @@ class Client:
             batch.values += self._call_job(call)
         return batches
 
-    def _pipe_enqueue(self, pipe: Any, queue: str, batch: _Batch) -> None:
-        keys = self.keys(queue).all
-        count = len(batch.indexes)
-        pipe.evalsha(scripts.sha("enqueue"), len(keys), *keys, self.settings.events_maxlen, count, *batch.values)
+    def _enqueue_commands(self, batches: dict[str, _Batch]) -> tuple[list[tuple[Any, ...]], set[str]]:
+        """The SADD of queues not yet registered (the caller records them once it ran), then one EVALSHA per queue."""
+        commands: list[tuple[Any, ...]] = []
+        new = set(batches) - self._known_queues
+        if new:
+            commands.append(("SADD", queues_key(self.settings.prefix), *new))
+        for queue, batch in batches.items():
+            keys = self.keys(queue).all
+            values = (self.settings.events_maxlen, len(batch.indexes), *batch.values)
+            commands.append(("EVALSHA", scripts.sha("enqueue"), len(keys), *keys, *values))
+        return commands, new
 
     def _call_job(self, call: Call) -> _JobValues:
         return self._job(call.task, call.args, call.kwargs, call.priority, call.job_id, call.delay, call.run_at)
@@ -206,13 +211,6 @@ class Client:
         payload = encode_payload(task, args, kwargs, self.settings.max_payload_bytes)
         return job_id, task, payload, check_priority(priority), delay_ms, run_at_ms
 
-    def _register_queues(self, pipe: Any, batches: dict[str, _Batch]) -> set[str]:
-        """Queue the SADD of queues not yet registered; the caller records them once the pipeline ran."""
-        new = set(batches) - self._known_queues
-        if new:
-            pipe.sadd(queues_key(self.settings.prefix), *new)
-        return new
-
     def _handles(self, batches: dict[str, _Batch], results: list[Any]) -> list[JobHandle[Any]]:
         """Handles in call order, from each queue's script result."""
         found: dict[int, JobHandle[Any]] = {}
@@ -224,23 +222,28 @@ class Client:
 
     # -- reading -------------------------------------------------------------
 
+    @connect.guard
     def status(self, job_id: str, queue: str = "default") -> JobStatus | None:
         raw = self.redis.hget(self.keys(queue).jobs, job_id)
         return None if raw is None else JobStatus.from_record(job_id, queue, raw)
 
+    @connect.aguard
     async def astatus(self, job_id: str, queue: str = "default") -> JobStatus | None:
         raw = await self.aredis.hget(self.keys(queue).jobs, job_id)
         return None if raw is None else JobStatus.from_record(job_id, queue, raw)
 
+    @connect.guard
     def job(self, job_id: str, queue: str = "default") -> JobHandle[Any] | None:
         """A handle on an existing job, or None."""
         exists = self.redis.hexists(self.keys(queue).jobs, job_id)
         return JobHandle(self, job_id, queue, created=False) if exists else None
 
+    @connect.aguard
     async def ajob(self, job_id: str, queue: str = "default") -> JobHandle[Any] | None:
         exists = await self.aredis.hexists(self.keys(queue).jobs, job_id)
         return JobHandle(self, job_id, queue, created=False) if exists else None
 
+    @connect.guard
     def counts(self, queue: str = "default") -> dict[str, int]:
         """Number of jobs per state in ``queue``."""
         keys = self.keys(queue)
@@ -249,6 +252,7 @@ class Client:
                 pipe.zcard(getattr(keys, state))
             return dict(zip(STATES, pipe.execute(), strict=True))
 
+    @connect.aguard
     async def acounts(self, queue: str = "default") -> dict[str, int]:
         keys = self.keys(queue)
         async with self.aredis.pipeline(transaction=False) as pipe:
@@ -258,6 +262,7 @@ class Client:
 
     # -- control ---------------------------------------------------------------
 
+    @connect.guard
     def cancel(self, job_id: str, queue: str = "default") -> str:
         """Cancel a job. Returns ``"cancelled"`` (it was waiting or delayed: done at once),
         ``"cancelling"`` (it is running: its worker stops it within ``renew_interval`` and it ends
@@ -265,28 +270,34 @@ class Client:
         args = scripts.cancel_args(self.settings, check_job_id(job_id))
         return _cancelled(job_id, queue, scripts.call(self.redis, "cancel", self.keys(queue).all, args))
 
+    @connect.aguard
     async def acancel(self, job_id: str, queue: str = "default") -> str:
         args = scripts.cancel_args(self.settings, check_job_id(job_id))
         return _cancelled(job_id, queue, await scripts.acall(self.aredis, "cancel", self.keys(queue).all, args))
 
+    @connect.guard
     def pause(self, queue: str = "default") -> None:
         """Workers stop leasing from ``queue`` (running jobs go on; enqueue still works)."""
         self._remember(queue)
         scripts.call(self.redis, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
 
+    @connect.aguard
     async def apause(self, queue: str = "default") -> None:
         await self._aremember(queue)
         await scripts.acall(self.aredis, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
 
+    @connect.guard
     def resume(self, queue: str = "default") -> None:
         """Undo :meth:`pause`; idle workers are woken at once."""
         self._remember(queue)
         scripts.call(self.redis, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
 
+    @connect.aguard
     async def aresume(self, queue: str = "default") -> None:
         await self._aremember(queue)
         await scripts.acall(self.aredis, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
 
+    @connect.guard
     def set_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
         """Set (None: remove) the limit of ``queue``, or of ``task``'s jobs in it, for every worker.
 
@@ -295,6 +306,7 @@ class Client:
         self._remember(queue)
         scripts.call(self.redis, "control", self.keys(queue).all, self._limit_args(limit, task))
 
+    @connect.aguard
     async def aset_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
         await self._aremember(queue)
         await scripts.acall(self.aredis, "control", self.keys(queue).all, self._limit_args(limit, task))
@@ -303,17 +315,21 @@ class Client:
         name = "" if task is None else check_name("task name", task)
         return [self.settings.events_maxlen, "limit", name, "" if limit is None else limit.to_json()]
 
+    @connect.guard
     def queue_settings(self, queue: str = "default") -> QueueSettings:
         """Whether ``queue`` is paused, and its limits."""
         return parse_settings(self.redis.hgetall(self.keys(queue).meta))  # type: ignore[arg-type]
 
+    @connect.aguard
     async def aqueue_settings(self, queue: str = "default") -> QueueSettings:
         return parse_settings(await self.aredis.hgetall(self.keys(queue).meta))  # type: ignore[arg-type]
 
+    @connect.guard
     def queues(self) -> list[str]:
         """Queue names used under this prefix (by producers or workers)."""
         return sorted(str(q) for q in self.redis.smembers(queues_key(self.settings.prefix)))
 
+    @connect.guard
     def workers(self) -> list[str]:
         """Ids of workers whose heartbeat is current."""
         key = workers_key(self.settings.prefix)
@@ -321,6 +337,7 @@ class Client:
 
     # -- waiting and events ----------------------------------------------------
 
+    @connect.guard
     def wait(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Block until the job is finished (None on timeout).
 
@@ -344,6 +361,7 @@ class Client:
                 if _recheck(job_id, entries, read_at):
                     break
 
+    @connect.aguard
     async def await_(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Async twin of :meth:`wait`."""
         stream = self.keys(queue).events
@@ -363,6 +381,7 @@ class Client:
                 if _recheck(job_id, entries, read_at):
                     break
 
+    @connect.guard
     def events(
         self, queues: Sequence[str] = ("default",), since: str = "$", timeout: float | None = None
     ) -> Iterator[Event]:
@@ -380,11 +399,12 @@ class Client:
                 streams = {s: _last_id(last) for s, last in zip(streams, pipe.execute(), strict=True)}
         return self._follow(streams, timeout)
 
+    @connect.guard_iter
     def _follow(self, streams: dict[Any, Any], timeout: float | None) -> Iterator[Event]:
         deadline = _deadline(timeout)
         while True:
             block = _block_ms(deadline)  # None once the deadline passed: one last look without blocking
-            entries = _entries(self.redis.xread(streams, count=500, block=block))
+            entries = _entries(connect.xread(self.redis, streams, count=500, block=block))
             if entries:
                 deadline = _deadline(timeout)
             elif block is None:
@@ -393,6 +413,7 @@ class Client:
                 streams[stream] = entry_id
                 yield Event.from_entry(self._queue_of(stream), entry_id, fields)
 
+    @connect.aguard_iter
     async def aevents(
         self, queues: Sequence[str] = ("default",), since: str = "$", timeout: float | None = None
     ) -> AsyncIterator[Event]:
@@ -407,7 +428,7 @@ class Client:
         deadline = _deadline(timeout)
         while True:
             block = _block_ms(deadline)
-            entries = _entries(await self.aredis.xread(streams, count=500, block=block))
+            entries = _entries(await connect.axread(self.aredis, streams, count=500, block=block))
             if entries:
                 deadline = _deadline(timeout)
             elif block is None:

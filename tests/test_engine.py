@@ -9,11 +9,15 @@ import json
 from collections.abc import Callable
 from typing import cast
 
+import pytest
+
 from taskmesh import Client, JobState, Settings, WorkerStats, task
 from taskmesh.store import scripts
 from taskmesh.store.keys import claim_key
 from taskmesh.store.scripts import Leased, Update
 from taskmesh.testing import wait_until
+
+pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py)
 
 TASK = "engine.noop"
 

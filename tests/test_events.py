@@ -6,7 +6,11 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import pytest
+
 from taskmesh import Client, Event, Job, WorkerStats, task
+
+pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py)
 
 Drain = Callable[..., WorkerStats]
 

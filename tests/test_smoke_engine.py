@@ -1,4 +1,8 @@
+import pytest
+
 from taskmesh import Client, Job, task
+
+pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py)
 
 
 @task

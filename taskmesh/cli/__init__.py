@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import redis
 
-from ..errors import TaskmeshError
+from ..errors import RedisUnavailable, TaskmeshError
 from . import control, enqueue, events, queues, run, status, tasks
 from .common import EXIT_ERROR, EXIT_UNREACHABLE, CliError, load_settings, unreachable
 
@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except CliError as exc:
         return _fail(str(exc), exc.code)
+    except RedisUnavailable as exc:
+        return _fail(str(exc), EXIT_UNREACHABLE)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         return _fail(str(unreachable(_redis_url(args), exc)), EXIT_UNREACHABLE)
     except BrokenPipeError:

@@ -6,19 +6,16 @@ import argparse
 import json
 import sys
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import redis
 
 from ..client import Client
 from ..settings import Settings
+from ..store import connect as connections
 
 #: Exit codes: 1 for a usage or library error, 2 when Redis cannot be reached.
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 2
 
-CONNECT_TIMEOUT = 5.0
-CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+CONNECTION_ERRORS = connections.UNAVAILABLE_ERRORS
 
 
 class CliError(Exception):
@@ -49,15 +46,7 @@ def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def display_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, fit for an error message."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        userinfo = f"{parts.username or ''}:***"
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
-    except ValueError:
-        return url
+    return connections.redact(url)
 
 
 def unreachable(url: str, reason: object) -> CliError:
@@ -65,11 +54,15 @@ def unreachable(url: str, reason: object) -> CliError:
 
 
 def check_redis(url: str) -> None:
-    """PING ``url`` once (bounded by a connect timeout) so a dead server is one clear line, not a hang."""
+    """PING ``url`` once (bounded by the connection timeouts) so a dead server is one clear line, not a hang."""
     try:
-        conn = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
+        connections.parse(url)
     except ValueError as exc:
         raise CliError(f"invalid Redis URL {display_url(url)}: {exc}", EXIT_UNREACHABLE) from None
+    try:
+        conn = connections.sync_client(url)
+    except CONNECTION_ERRORS as exc:  # a cluster client looks for the cluster at once
+        raise unreachable(url, exc) from None
     try:
         conn.ping()
     except CONNECTION_ERRORS as exc:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
 
 from ..errors import ConfigurationError
+from ..store import connect
 
 log = logging.getLogger("taskmesh.worker")
 
@@ -19,17 +24,28 @@ async def check_server(conn: aredis.Redis) -> str:
 
     Too old a version, or a ``maxmemory-policy`` that evicts keys (it would silently drop jobs),
     is a :class:`ConfigurationError`. Where ``CONFIG`` is forbidden (managed Redis, ACL users)
-    the policy cannot be read: that is a warning, not an error.
+    the policy cannot be read: that is a warning, not an error. On a cluster every master is checked.
     """
-    info = await conn.info("server")
+    if not connect.is_cluster(conn):
+        return await _check(conn.info, conn.config_get)
+    cluster = cast(acluster.RedisCluster, conn)
+    await cluster.initialize()
+    modes = [
+        await _check(partial(cluster.info, target_nodes=node), partial(cluster.config_get, target_nodes=node))
+        for node in cluster.get_primaries()
+    ]
+    return ", ".join(sorted(set(modes)))
+
+
+async def _check(info_of: Callable[[str], Awaitable[Any]], config_get: Callable[[str], Awaitable[Any]]) -> str:
+    info = await info_of("server")
     version = str(info.get("redis_version", "0"))
     if tuple(int(part) for part in version.split(".")[:2]) < MIN_VERSION:
         raise ConfigurationError(f"Redis {version} is too old: taskmesh needs {'.'.join(map(str, MIN_VERSION))}+")
     try:
-        config = await conn.config_get("maxmemory-policy")
-        config.update(await conn.config_get("appendonly"))
-        config.update(await conn.config_get("appendfsync"))
-        config.update(await conn.config_get("save"))
+        config = dict(await config_get("maxmemory-policy"))
+        for name in ("appendonly", "appendfsync", "save"):
+            config.update(await config_get(name))
     except redis.exceptions.ResponseError as exc:
         log.warning("cannot read the server's configuration (%s); make sure maxmemory-policy is noeviction", exc)
         return "unknown"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import redis
 
 from ..settings import Settings
-from ..store import scripts
+from ..store import connect, scripts
 from ..store.keys import QueueKeys
 from .retry import REDIS_ERRORS
 
@@ -55,11 +55,8 @@ class LeaseKeeper:
 
     def _main(self) -> None:
         interval = self.settings.renew_interval
-        conn = redis.Redis.from_url(
-            self.settings.redis_url,
-            decode_responses=True,
-            socket_timeout=self.settings.lease_seconds,
-            socket_connect_timeout=interval,
+        conn = connect.sync_client(
+            self.settings.redis_url, socket_timeout=self.settings.lease_seconds, socket_connect_timeout=interval
         )
         delay, failures = interval, 0
         try:

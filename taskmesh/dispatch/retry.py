@@ -16,12 +16,20 @@ from ..settings import Settings
 
 log = logging.getLogger("taskmesh.worker")
 T = TypeVar("T")
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+REDIS_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+    # A cluster that is failing over, or whose nodes are all out of reach (redis-py raises it then).
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,
+)
 #: Backoff between attempts while Redis is unreachable (capped further by ``RedisRetry._backoff``).
 BACKOFF = wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05)
 #: redis-py's own retries: one immediate reconnect (a restarted server closed the pooled connections);
 #: the backoff is ``RedisRetry``'s, so a failed call returns at once and a stopping worker is not held up.
-REDIS_RETRY = ConnectionRetry(NoBackoff(), 1)
+#: Never after a timeout: a frozen server would cost a second full socket timeout.
+REDIS_RETRY = ConnectionRetry(NoBackoff(), 1, (redis.exceptions.ConnectionError,))
 
 
 class RedisRetry:

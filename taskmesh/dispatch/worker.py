@@ -36,7 +36,7 @@ from ..plugins import plugin_manager
 from ..registry import Registry
 from ..runners.base import Runner, RunnerRegistry
 from ..settings import Settings
-from ..store import scripts
+from ..store import connect, scripts
 from ..store.keys import QueueKeys, claim_key, queues_key, workers_key
 from ..store.scripts import Leased, Update
 from ..task import Task
@@ -201,30 +201,35 @@ class Worker:
         for _ in range(100):
             if not self._listening or self._blocking_id is None:
                 return
-            with contextlib.suppress(*REDIS_ERRORS):
+            try:
                 if await self._redis.client_unblock(self._blocking_id):
                     return
+            except REDIS_ERRORS:
+                pass
+            except redis.exceptions.ResponseError as exc:  # e.g. an ACL user without CLIENT UNBLOCK
+                log.warning("cannot end the wake-up wait early (%s); stopping waits for it to time out", exc)
+                return
             await asyncio.sleep(0.01)
 
     async def _on_blocking_connect(self, conn: Any) -> None:
-        """Every (re)connection of the listener records its client id, for ``CLIENT UNBLOCK``."""
+        """Every (re)connection of the listener records its client id, for ``CLIENT UNBLOCK``
+        (None where an ACL forbids ``CLIENT ID``: a stopping worker then lets the wait time out)."""
         await conn.on_connect()
         await conn.send_command("CLIENT", "ID")
-        self._blocking_id = int(await conn.read_response())
+        try:
+            self._blocking_id = int(await conn.read_response())
+        except redis.exceptions.ResponseError:
+            self._blocking_id = None
 
     async def run(self) -> WorkerStats:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         url = self.settings.redis_url
-        self._redis = aredis.Redis.from_url(url, decode_responses=True, encoding_errors="replace", retry=REDIS_RETRY)
-        block_timeout = self.settings.idle_timeout + 5
-        self._blocking = aredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            encoding_errors="replace",
-            socket_timeout=block_timeout,
-            retry=REDIS_RETRY,
-            redis_connect_func=self._on_blocking_connect,
+        self._redis = connect.async_client(url, retry=REDIS_RETRY, encoding_errors="replace")
+        # Its socket timeout exceeds the longest wait, so a dead connection ends the wait.
+        on_connect = self._on_blocking_connect
+        self._blocking = connect.blocking_client(
+            url, self.settings.idle_timeout, on_connect, retry=REDIS_RETRY, encoding_errors="replace"
         )
         conn = self._redis
         persistence = await self._retrying(lambda: check_server(conn))
@@ -673,10 +678,12 @@ class Worker:
         connection: the wake-up is moved to this worker's claim list and the step, run by Redis at
         once, leases a job only if it finds the claim. An idle worker's next job then costs no
         extra round trip, and :meth:`stop` ends the wait with ``CLIENT UNBLOCK`` so nothing is leased.
+        Not on a cluster, whose client cannot pin a wait and a step to one connection: there it is a
+        plain BLPOP per queue (see ``connect.blpop``).
         """
         assert self._blocking is not None
-        if self.burst or len(self._queues) != 1 or self._room() <= 0:
-            return await self._blocking.blpop(keys, timeout=timeout)
+        if self.burst or len(self._queues) != 1 or self._room() <= 0 or connect.is_cluster(self._blocking):
+            return await connect.blpop(self._blocking, keys, timeout)
         queue = self._queues[0]
         claim = claim_key(queue.keys, self.id)
         step_keys = (*queue.keys.all, claim)

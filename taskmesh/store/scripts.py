@@ -49,16 +49,35 @@ async def acall(conn: aredis.Redis, name: str, keys: tuple[str, ...], args: list
         return await conn.evalsha(sha(name), len(keys), *keys, *args)
 
 
-def run_pipeline(conn: redis.Redis, pipe: Any) -> list[Any]:
-    """Execute a pipeline holding EVALSHA calls, loading the scripts once if Redis lacks them."""
-    commands = list(pipe.command_stack)
-    try:
-        return list(pipe.execute())
-    except redis.exceptions.NoScriptError:
+def run_pipeline(conn: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``commands`` (EVALSHA calls among them) in one round trip; raises the first error.
+
+    The calls that found their script missing (a new, restarted or failed-over server; on a cluster
+    only some nodes may lack it) run again once the scripts are loaded; the others ran once.
+    """
+    results = _pipeline(conn, commands)
+    missing = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
+    if missing:
         for name in SCRIPT_NAMES:
             conn.script_load(source(name))
-        pipe.command_stack = commands
-        return list(pipe.execute())
+        for i, result in zip(missing, _pipeline(conn, [commands[i] for i in missing]), strict=True):
+            results[i] = result
+    return _raise_first(results)
+
+
+def _pipeline(conn: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    pipe: Any = conn.pipeline(transaction=False)  # redis-py leaves Pipeline.execute_command untyped
+    with pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute(raise_on_error=False))
+
+
+def _raise_first(results: list[Any]) -> list[Any]:
+    error = next((result for result in results if isinstance(result, Exception)), None)
+    if error is not None:
+        raise error
+    return results
 
 
 async def aload_all(conn: aredis.Redis) -> None:
@@ -66,15 +85,22 @@ async def aload_all(conn: aredis.Redis) -> None:
         await conn.script_load(source(name))
 
 
-async def arun_pipeline(conn: aredis.Redis, pipe: Any) -> list[Any]:
-    commands = list(pipe.command_stack)
-    try:
-        return list(await pipe.execute())
-    except redis.exceptions.NoScriptError:
-        for name in SCRIPT_NAMES:
-            await conn.script_load(source(name))
-        pipe.command_stack = commands
-        return list(await pipe.execute())
+async def arun_pipeline(conn: aredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The asyncio twin of :func:`run_pipeline`."""
+    results = await _apipeline(conn, commands)
+    missing = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
+    if missing:
+        await aload_all(conn)
+        for i, result in zip(missing, await _apipeline(conn, [commands[i] for i in missing]), strict=True):
+            results[i] = result
+    return _raise_first(results)
+
+
+async def _apipeline(conn: aredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async with conn.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
 
 
 def parse_enqueue(result: list[Any]) -> list[tuple[bool, str]]:

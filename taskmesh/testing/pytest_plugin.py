@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from ..client import Client, set_default_client
 from ..dispatch import WorkerStats
 from ..embedded import EmbeddedRedis
 from ..registry import Registry
+from ..store import connect
 from ..task import Task
 from . import RunningWorker, drain, running_worker
 
@@ -43,7 +43,7 @@ def taskmesh_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 def taskmesh_prefix(taskmesh_redis_url: str) -> Iterator[str]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     yield prefix
-    conn = redis.Redis.from_url(taskmesh_redis_url)
+    conn = connect.sync_client(taskmesh_redis_url, decode_responses=False)
     try:
         keys = list(conn.scan_iter(match=f"{{{prefix}*", count=1000))
         if keys:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from taskmesh import Call, Client, Settings
+from taskmesh import Call, Client, RedisUnavailable, Settings
 from taskmesh.embedded import EmbeddedRedis, free_port
 from taskmesh.testing import running_worker, wait_until
 
@@ -79,7 +79,7 @@ class Producer:
             try:
                 self.client.submit(call)
                 return
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            except (RedisUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 if time.monotonic() > deadline:
                     raise
                 self.retries += 1

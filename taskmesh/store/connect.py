@@ -1,0 +1,363 @@
+"""Every Redis connection taskmesh makes starts here, from one URL.
+
+URL forms (see README, "Connecting to Redis"):
+
+- ``redis://[user:password@]host[:port][/db]``, ``rediss://...`` (TLS), ``unix:///path/to/socket[?db=N]``
+- ``redis+sentinel://[user:password@]host[:port][,host[:port]...]/service[/db]``: the master of
+  ``service`` as the Sentinels name it, looked up again on every new connection (so after a failover).
+- ``redis+cluster://[user:password@]host[:port][,host[:port]...]`` (``rediss+cluster://`` with TLS):
+  a Redis Cluster, found from any of the seed nodes.
+
+Query parameters are redis-py's (``socket_timeout``, ``socket_connect_timeout``, ``ssl_ca_certs``,
+``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``, ``max_connections`` ...),
+plus ``sentinel_username`` / ``sentinel_password`` for Sentinels that require their own login.
+
+Defaults fit a job queue that must fail fast rather than hang: a 2 s connect timeout, a 5 s socket
+timeout, TCP keepalive, and one immediate reconnect on a broken connection (never a second wait on
+a timeout). Values in the URL win over these defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
+import redis.asyncio.connection as aconnection
+import redis.asyncio.retry as aretry
+import redis.asyncio.sentinel as asentinel
+import redis.cluster as cluster
+import redis.connection as connection
+import redis.retry as retry
+import redis.sentinel as sentinel
+from redis.backoff import NoBackoff
+
+from ..errors import RedisUnavailable
+from ..settings import Settings
+
+CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 5.0
+SENTINEL_PORT = 26379
+REDIS_PORT = 6379
+#: Errors that mean "Redis cannot be reached or cannot serve now", as opposed to a refused command.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,  # includes authentication failures, loading, no master found
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,  # a cluster client reaches none of its nodes, or no node owns a slot
+    redis.exceptions.ReadOnlyError,  # the URL names a replica (or a demoted master)
+    OSError,
+)
+_SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
+_QUERY_PASSWORD = re.compile(r"([?&][a-z_]*password=)[^&]*", re.IGNORECASE)
+# redis-py leaves these untyped; typed here once.
+_parse_url: Callable[[str], Mapping[str, Any]] = connection.parse_url
+_aparse_url: Callable[[str], Mapping[str, Any]] = aconnection.parse_url
+_ClusterNode: Callable[[str, int], Any] = cluster.ClusterNode
+_Sentinel: Callable[..., Any] = sentinel.Sentinel
+_ASentinel: Callable[..., Any] = asentinel.Sentinel
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a URL names: one ``server``, a ``sentinel``-managed master, or a ``cluster``."""
+
+    kind: str
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()  # the Sentinels, or the cluster's seed nodes
+    service: str = ""  # the Sentinel master name
+    options: dict[str, Any] = field(default_factory=dict)  # connection options (auth, db, timeouts, TLS)
+    sentinel_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def socket_timeout(self) -> float:
+        value = self.options.get("socket_timeout", SOCKET_TIMEOUT)
+        return SOCKET_TIMEOUT if value is None else float(value)
+
+
+def parse(url: str) -> Target:
+    """Read a taskmesh Redis URL; raises ValueError for an unknown form."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("redis", "rediss", "unix"):
+        options = dict(_parse_url(url))
+        options.pop("connection_class", None)
+        return Target("server", url, options=options)
+    base, _, mode = scheme.partition("+")
+    if base not in ("redis", "rediss") or mode not in ("sentinel", "cluster"):
+        raise ValueError(
+            f"unsupported Redis URL scheme {parts.scheme!r}: use redis://, rediss://, unix://, "
+            "redis+sentinel://, redis+cluster:// or rediss+cluster://"
+        )
+    if scheme == "rediss+sentinel":
+        raise ValueError("TLS to Sentinel-managed servers is not supported yet: use redis+sentinel://")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    default_port = SENTINEL_PORT if mode == "sentinel" else REDIS_PORT
+    nodes = tuple(_host_port(part, default_port) for part in hosts.split(","))
+    # Credentials and query options go through redis-py's own URL parser, for its exact semantics.
+    netloc = f"{userinfo}@localhost" if userinfo else "localhost"
+    options = dict(_parse_url(urlunsplit((base, netloc, "", parts.query, ""))))
+    for name in ("connection_class", "host", "port"):
+        options.pop(name, None)
+    if base == "rediss":
+        options["ssl"] = True
+    sentinel_options = {name[len("sentinel_") :]: options.pop(name) for name in _SENTINEL_OPTIONS if name in options}
+    segments = [unquote(s) for s in parts.path.split("/") if s]
+    if mode == "cluster":
+        if segments not in ([], ["0"]) or options.get("db"):
+            raise ValueError("a Redis Cluster has only database 0: drop the path from the redis+cluster:// URL")
+        options.pop("db", None)
+        return Target("cluster", url, nodes, options=options)
+    if not segments or len(segments) > 2:
+        raise ValueError("a redis+sentinel:// URL needs the master's service name: redis+sentinel://host:port/mymaster")
+    if len(segments) == 2:
+        options["db"] = _int(segments[1], "database number")
+    return Target("sentinel", url, nodes, segments[0], options, sentinel_options)
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    if not text:
+        raise ValueError("a Redis URL lists an empty host")
+    if text.startswith("["):  # [IPv6]:port
+        host, _, rest = text[1:].partition("]")
+        return host, _int(rest[1:], "port") if rest.startswith(":") else default_port
+    host, colon, port = text.rpartition(":")
+    return (host, _int(port, "port")) if colon else (text, default_port)
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"invalid {what} {text!r} in a Redis URL") from None
+
+
+def _defaults(target: Target) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT}
+    if not target.url.lower().startswith("unix:"):
+        defaults["socket_keepalive"] = True
+    return defaults
+
+
+def _options(target: Target, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Connection options: taskmesh defaults < the URL < the caller's ``overrides``."""
+    return {**_defaults(target), **target.options, "decode_responses": True, **overrides}
+
+
+def _sentinel_options(target: Target, options: Mapping[str, Any]) -> dict[str, Any]:
+    shared = {k: v for k, v in options.items() if k.startswith("socket_") or k == "retry"}
+    return {**shared, **target.sentinel_options}
+
+
+# -- sync ------------------------------------------------------------------------
+
+
+def sync_client(url: str, **overrides: Any) -> redis.Redis:
+    """A client for ``url`` (``decode_responses`` on). A cluster client is typed as ``redis.Redis``:
+    it answers the same commands, and taskmesh sends it only commands that fit a cluster."""
+    target = parse(url)
+    options = _options(target, {"retry": retry.Retry(NoBackoff(), 1, (redis.exceptions.ConnectionError,)), **overrides})
+    if target.kind == "cluster":
+        nodes = [_ClusterNode(host, port) for host, port in target.nodes]
+        return cast(redis.Redis, cluster.RedisCluster(startup_nodes=nodes, **options))
+    if target.kind == "sentinel":
+        manager = _Sentinel(target.nodes, sentinel_kwargs=_sentinel_options(target, options))
+        return cast(redis.Redis, manager.master_for(target.service, **options))
+    pool_options = {**dict(_parse_url(url)), **options}
+    return redis.Redis.from_pool(redis.ConnectionPool(**pool_options))
+
+
+# -- async -----------------------------------------------------------------------
+
+
+def async_client(url: str, **overrides: Any) -> aredis.Redis:
+    """The asyncio twin of :func:`sync_client`."""
+    target = parse(url)
+    error_retry = aretry.Retry(NoBackoff(), 1, (redis.exceptions.ConnectionError,))
+    options = _options(target, {"retry": error_retry, **overrides})
+    if target.kind == "cluster":
+        options.pop("redis_connect_func", None)  # cluster nodes make their own connections
+        nodes = [acluster.ClusterNode(host, port) for host, port in target.nodes]
+        return cast(aredis.Redis, acluster.RedisCluster(startup_nodes=nodes, **options))
+    if target.kind == "sentinel":
+        manager = _ASentinel(target.nodes, sentinel_kwargs=_sentinel_options(target, options))
+        return cast(aredis.Redis, manager.master_for(target.service, **options))
+    pool_options = {**dict(_aparse_url(url)), **options}
+    return aredis.Redis.from_pool(aredis.ConnectionPool(**pool_options))
+
+
+def blocking_client(
+    url: str, block_seconds: float, on_connect: Callable[[Any], Any] | None = None, **overrides: Any
+) -> aredis.Redis:
+    """An asyncio client for blocking waits of up to ``block_seconds``.
+
+    Its socket timeout is the wait plus the URL's socket timeout, so a wait on a dead connection
+    (a frozen server, a dropped route) ends with a TimeoutError instead of hanging forever.
+    ``on_connect(connection)`` replaces redis-py's connection handshake on every (re)connection
+    (it must call ``connection.on_connect()``); it is not called on a cluster.
+    """
+    timeout = block_seconds + parse(url).socket_timeout
+    if on_connect is not None:
+        overrides["redis_connect_func"] = on_connect
+    return async_client(url, socket_timeout=timeout, **overrides)
+
+
+def is_cluster(conn: object) -> bool:
+    return isinstance(conn, (cluster.RedisCluster, acluster.RedisCluster))
+
+
+async def blpop(conn: aredis.Redis, keys: list[str], timeout: float) -> Any:
+    """BLPOP on ``keys``. On a cluster, where keys of different slots cannot share one command,
+    one BLPOP per key runs at once and the first answer wins; the others are cancelled (their
+    connections are closed, and a token one of them popped in that instant is lost: it only
+    meant "look again", which the caller does anyway)."""
+    if len(keys) == 1 or not is_cluster(conn):
+        return await conn.blpop(keys, timeout=timeout)
+    waits = [asyncio.ensure_future(conn.blpop([key], timeout=timeout)) for key in keys]
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Cancel until cancelled: on Python 3.11 a cancel that lands as redis-py's send (an
+        # asyncio.wait_for) completes is swallowed, and that BLPOP would block on to its timeout.
+        while pending := [wait for wait in waits if not wait.done()]:
+            for wait in pending:
+                wait.cancel()
+            await asyncio.wait(pending, timeout=0.01)
+    popped = [wait.result() for wait in done]  # raises the first error, if any
+    for extra in [p for p in popped if p][1:]:  # two arrived together: hand the others back
+        await conn.lpush(extra[0], extra[1])
+    return next((p for p in popped if p), None)
+
+
+def xread(conn: redis.Redis, streams: dict[Any, Any], count: int, block: int | None) -> Any:
+    """XREAD over ``streams``. On a cluster each stream is read on its own (streams of different
+    queues live in different slots): first a look at each, then a block shared out between them."""
+    if len(streams) < 2 or not is_cluster(conn):
+        return conn.xread(streams, count=count, block=block)
+    found: list[Any] = []
+    for stream, since in streams.items():
+        part: Any = conn.xread({stream: since}, count=count)
+        found += part or []
+    if found or block is None:
+        return found
+    share = max(1, block // len(streams))
+    for stream, since in streams.items():
+        part = conn.xread({stream: since}, count=count, block=share)
+        found = part or []
+        if found:
+            return found
+    return found
+
+
+async def axread(conn: aredis.Redis, streams: dict[Any, Any], count: int, block: int | None) -> Any:
+    """The asyncio twin of :func:`xread`."""
+    if len(streams) < 2 or not is_cluster(conn):
+        return await conn.xread(streams, count=count, block=block)
+    found: list[Any] = []
+    for stream, since in streams.items():
+        part: Any = await conn.xread({stream: since}, count=count)
+        found += part or []
+    if found or block is None:
+        return found
+    share = max(1, block // len(streams))
+    for stream, since in streams.items():
+        part = await conn.xread({stream: since}, count=count, block=share)
+        found = part or []
+        if found:
+            return found
+    return found
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+def redact(url: str) -> str:
+    """``url`` with its passwords (user info, ``*password=`` query values) replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    tail = _QUERY_PASSWORD.sub(r"\1***", tail)
+    if not slash and "?" in netloc:  # redis://host?password=...
+        netloc = _QUERY_PASSWORD.sub(r"\1***", netloc)
+    return f"{scheme}{sep}{netloc}{slash}{tail}"
+
+
+def unavailable(url: str, exc: BaseException) -> RedisUnavailable:
+    """The error taskmesh raises when Redis at ``url`` cannot be reached (or serve) now."""
+    reason = (str(exc) or type(exc).__name__).split(" : <", 1)[0]  # not the client reprs a Sentinel error lists
+    return RedisUnavailable(f"cannot reach Redis at {redact(url)}: {reason}")
+
+
+class _Connected(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+
+S = TypeVar("S", bound=_Connected)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def guard(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+    """Make ``method`` raise :class:`RedisUnavailable` (naming ``self.settings.redis_url``) where Redis
+    cannot be reached or does not answer, instead of a redis-py error."""
+
+    @wraps(method)
+    def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(self.settings.redis_url, exc) from exc
+
+    return call
+
+
+def aguard(method: Callable[Concatenate[S, P], Awaitable[R]]) -> Callable[Concatenate[S, P], Awaitable[R]]:
+    """:func:`guard` for a coroutine function."""
+
+    @wraps(method)
+    async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(self, *args, **kwargs)
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(self.settings.redis_url, exc) from exc
+
+    return call
+
+
+def guard_iter(method: Callable[Concatenate[S, P], Iterator[R]]) -> Callable[Concatenate[S, P], Iterator[R]]:
+    """:func:`guard` for a generator."""
+
+    @wraps(method)
+    def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
+        try:
+            yield from method(self, *args, **kwargs)
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(self.settings.redis_url, exc) from exc
+
+    return call
+
+
+def aguard_iter(
+    method: Callable[Concatenate[S, P], AsyncIterator[R]],
+) -> Callable[Concatenate[S, P], AsyncIterator[R]]:
+    """:func:`guard` for an async generator."""
+
+    @wraps(method)
+    async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[R]:
+        try:
+            async for item in method(self, *args, **kwargs):
+                yield item
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(self.settings.redis_url, exc) from exc
+
+    return call

@@ -1,0 +1,173 @@
+"""Connecting to Redis: URL forms, failing fast on a dead or frozen server, and the worker's watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import Server
+
+from taskmesh import Client, RedisUnavailable, task
+from taskmesh.embedded import free_port
+from taskmesh.store import connect
+from taskmesh.testing import running_worker, wait_until
+
+FAST = {"lease_seconds": 1.0, "renew_interval": 0.3, "sweep_interval": 0.2, "idle_timeout": 1.0}
+
+
+@task(name="connect.echo")
+def echo(value: int) -> int:
+    return value
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with Server(tmp_path / "redis", "--unixsocket", str(tmp_path / "redis.sock")) as redis_server:
+        yield redis_server
+
+
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+# -- URL forms -----------------------------------------------------------------
+
+
+def test_url_forms_name_a_server_a_sentinel_service_or_a_cluster() -> None:
+    server = connect.parse("rediss://app:s3cret@cache.internal:6380/2?ssl_ca_certs=/etc/ca.pem&socket_timeout=1.5")
+    assert (server.kind, server.options["db"], server.options["username"], server.options["password"]) == (
+        "server",
+        2,
+        "app",
+        "s3cret",
+    )
+    assert (server.options["ssl_ca_certs"], server.socket_timeout) == ("/etc/ca.pem", 1.5)
+
+    sentinel = connect.parse("redis+sentinel://app:pw@s1:26380,s2,[::1]:26381/jobs/3?sentinel_password=spw")
+    assert (sentinel.kind, sentinel.service, sentinel.options["db"]) == ("sentinel", "jobs", 3)
+    assert sentinel.nodes == (("s1", 26380), ("s2", 26379), ("::1", 26381))
+    assert (sentinel.options["password"], sentinel.sentinel_options) == ("pw", {"password": "spw"})
+
+    cluster = connect.parse("rediss+cluster://n1:7000,n2:7001")
+    assert (cluster.kind, cluster.nodes, cluster.options["ssl"]) == ("cluster", (("n1", 7000), ("n2", 7001)), True)
+    assert connect.parse("unix:///run/redis.sock?db=1").options == {"path": "/run/redis.sock", "db": 1}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:6379",
+        "redis+sentinel://localhost:26379",  # no service name
+        "redis+cluster://localhost:7000/1",  # a cluster has only database 0
+        "redis+sentinel://localhost:port/mymaster",
+    ],
+)
+def test_a_malformed_url_is_a_value_error_that_says_why(url: str) -> None:
+    with pytest.raises(ValueError, match=r"Redis URL|database 0|service name"):
+        connect.parse(url)
+
+
+def test_passwords_are_masked_in_what_taskmesh_prints() -> None:
+    assert connect.redact("redis://app:s3cret@h:1/0") == "redis://app:***@h:1/0"
+    assert connect.redact("redis+sentinel://:pw@a:1,b:2/m?sentinel_password=x&db=1") == (
+        "redis+sentinel://:***@a:1,b:2/m?sentinel_password=***&db=1"
+    )
+    assert connect.redact("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_a_unix_socket_url_runs_jobs(server: Server, tmp_path: Path) -> None:
+    client = Client(f"unix://{tmp_path / 'redis.sock'}?db=0", prefix=prefix())
+    try:
+        with running_worker(client, [echo], **FAST):
+            assert client.enqueue(echo, 5).result(timeout=10) == 5
+    finally:
+        client.close()
+
+
+# -- failing fast ----------------------------------------------------------------
+
+
+def test_enqueue_to_a_stopped_server_raises_redis_unavailable_at_once() -> None:
+    url = f"redis://app:s3cret@127.0.0.1:{free_port()}/0"
+    client = Client(url, prefix=prefix())
+    started = time.monotonic()
+    with pytest.raises(RedisUnavailable, match=r"cannot reach Redis at redis://app:\*\*\*@127\.0\.0\.1"):
+        client.enqueue(echo, 1)
+    with pytest.raises(RedisUnavailable):
+        asyncio.run(client.aenqueue(echo, 1))
+    assert time.monotonic() - started < 2
+
+
+def test_enqueue_to_a_frozen_server_raises_redis_unavailable_within_the_socket_timeout(server: Server) -> None:
+    """SIGSTOP: connections stay open and nothing answers. The default 5 s socket timeout bounds each call."""
+    client = Client(server.url, prefix=prefix())
+    client.enqueue(echo, 1)  # a pooled connection, open before the freeze
+    outcome: dict[str, object] = {}
+
+    def sync_enqueue() -> None:
+        try:
+            client.enqueue(echo, 2)
+        except RedisUnavailable as exc:
+            outcome["sync"] = exc
+
+    async def async_enqueue() -> None:
+        try:
+            await client.aenqueue(echo, 3)
+        except RedisUnavailable as exc:
+            outcome["async"] = exc
+        finally:
+            await client.aclose()
+
+    server.pause()
+    try:
+        started = time.monotonic()
+        thread = threading.Thread(target=sync_enqueue)
+        thread.start()
+        asyncio.run(asyncio.wait_for(async_enqueue(), 20))
+        thread.join(20)
+        took = time.monotonic() - started
+    finally:
+        server.resume()
+        client.close()
+    assert set(outcome) == {"sync", "async"}
+    assert "Timeout" in str(outcome["sync"])
+    assert connect.SOCKET_TIMEOUT - 0.5 < took < connect.SOCKET_TIMEOUT + 3
+
+
+# -- the worker's watchdog ---------------------------------------------------------
+
+
+def test_worker_notices_a_frozen_server_and_resumes_leasing_after_it_thaws(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every worker connection has a socket timeout; the blocking one's exceeds its longest wait.
+
+    Without them an idle worker would wait on a dead connection forever.
+    """
+    caplog.set_level(logging.WARNING, logger="taskmesh")
+    name = prefix()
+    client = Client(server.url, prefix=name)  # the producer keeps the default timeouts
+    # The worker's 1 s socket timeout (2 s for its wake-up wait) shortens the test.
+    worker_client = Client(server.url + "?socket_timeout=1", prefix=name)
+    try:
+        with running_worker(worker_client, [echo], **FAST) as running:
+            assert client.enqueue(echo, 1).result(timeout=10) == 1
+            server.pause()
+            try:
+                wait_until(lambda: "wake-up listener" in caplog.text, timeout=10, message="listener timed out")
+                wait_until(lambda: "redis unreachable" in caplog.text, timeout=10, message="worker retrying")
+            finally:
+                server.resume()
+            thawed = time.monotonic()
+            assert client.enqueue(echo, 2).result(timeout=10) == 2
+            assert time.monotonic() - thawed < 8
+            assert running.stats is None and running.error is None  # still running
+    finally:
+        client.close()
+        worker_client.close()
