@@ -15,10 +15,12 @@ import pytest
 
 from taskmesh import Client, Job, JobFailed, JobNotFound, JobState, Limit, SlowDown, task
 from taskmesh.store import scripts
+from taskmesh.store.connect import is_cluster
 from taskmesh.store.scripts import Leased, Update
 from taskmesh.testing import RunningWorker, wait_until
 
 StartWorker = Callable[..., RunningWorker]
+pytestmark = pytest.mark.cluster
 BOUND = 10.0
 FAST = {"lease_seconds": 1.0, "renew_interval": 0.1, "sweep_interval": 0.2}
 
@@ -368,7 +370,14 @@ def test_a_rate_limited_worker_waits_the_time_redis_gives_without_spinning(
     taskmesh_client: Client, taskmesh_worker: StartWorker
 ) -> None:
     def script_calls() -> int:
-        return int(taskmesh_client.redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        """EVALSHA calls so far, summed over every node of a cluster."""
+        conn = taskmesh_client.redis
+        if is_cluster(conn):
+            per_node = conn.info("commandstats", target_nodes="all")  # type: ignore[call-arg]
+            stats = list(per_node.values())
+        else:
+            stats = [conn.info("commandstats")]
+        return sum(int(s.get("cmdstat_evalsha", {}).get("calls", 0)) for s in stats)
 
     taskmesh_worker([trickle], idle_timeout=30)
     before = script_calls()
@@ -376,6 +385,7 @@ def test_a_rate_limited_worker_waits_the_time_redis_gives_without_spinning(
     for handle in handles:
         handle.result(timeout=BOUND)
     calls = script_calls() - before
+    assert calls >= 8, "every enqueue and every lease is a script call"
     starts = sorted(h.status().started_at.timestamp() for h in handles)  # type: ignore[union-attr]
     assert starts[-1] - starts[0] >= 1.5 - 0.002
     # 4 enqueues, about one lease per start and a few renewals and sweeps: a polling worker makes hundreds.
