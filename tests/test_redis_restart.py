@@ -12,7 +12,7 @@ from typing import cast
 
 import pytest
 
-from taskmesh import Client, JobState, task
+from taskmesh import Client, JobState, RedisUnavailable, task
 from taskmesh.embedded import EmbeddedRedis, free_port
 from taskmesh.testing import RunningWorker, running_worker, wait_until
 
@@ -147,3 +147,35 @@ def test_worker_stopped_while_redis_is_down_returns_after_the_grace_period(
     status = handle.status()
     assert (status.attempts, status.stalls) == (1, 1)
     assert job_events(client, handle.id).count("completed") == 1
+
+
+def test_thirty_seconds_without_redis_lose_nothing(
+    server: EmbeddedRedis, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis is away for 30 s: every enqueue fails fast with RedisUnavailable, the worker keeps running
+    the job it holds (which finishes meanwhile), then reports it and runs what was waiting."""
+    with running_worker(client, [gated, echo], **FAST, concurrency=1) as running:
+        held = client.enqueue(gated)
+        wait_until(lambda: held.status().state is JobState.ACTIVE, timeout=5, message="job active")
+        waiting = [client.enqueue(echo, n) for n in range(5)]
+        server.stop()
+        down_at = time.monotonic()
+        attempts, slowest = 0, 0.0
+        while time.monotonic() - down_at < 30:
+            began = time.monotonic()
+            with pytest.raises(RedisUnavailable):
+                client.enqueue(echo, 99)
+            slowest = max(slowest, time.monotonic() - began)
+            attempts += 1
+            if time.monotonic() - down_at > 5:
+                gate.set()  # the held job finishes while Redis is away; its outcome waits in the worker
+            assert still_running(running)
+            time.sleep(0.5)  # the pace of the producer's attempts, not a synchronisation
+        server.start()
+        assert held.result(timeout=15) == "released"
+        assert [h.result(timeout=15) for h in waiting] == list(range(5))
+        assert still_running(running)
+    assert attempts >= 30 and slowest < 1.0, (attempts, slowest)
+    for handle in (held, *waiting):
+        assert job_events(client, handle.id).count("completed") == 1
+    assert client.counts()["completed"] == 6, "no enqueue that failed during the outage left a job behind"
