@@ -51,7 +51,8 @@ class Limit:
 
     @property
     def per_ms(self) -> int:
-        return max(1, round(self.per * 1000))
+        """The window in whole milliseconds, rounded up (never shorter than stated)."""
+        return max(1, math.ceil(round(self.per * 1000, 6)))
 
     def to_json(self) -> str:
         """The form the engine scripts read: ``{"rate": N, "per": ms, "max": M}``."""

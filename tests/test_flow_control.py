@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
+import redis
 
 from taskmesh import Client, Job, JobFailed, JobNotFound, JobState, Limit, SlowDown, task
 from taskmesh.store import scripts
@@ -390,3 +391,63 @@ def test_a_rate_limited_worker_waits_the_time_redis_gives_without_spinning(
     assert starts[-1] - starts[0] >= 1.5 - 0.002
     # 4 enqueues, about one lease per start and a few renewals and sweeps: a polling worker makes hundreds.
     assert calls <= 30, f"{calls} script calls for 4 rate-limited jobs"
+
+
+def test_a_queue_cap_set_while_jobs_run_wakes_a_worker_when_one_ends(taskmesh_client: Client) -> None:
+    for _ in range(3):
+        taskmesh_client.enqueue("flow.noop")
+    first, _ = step(taskmesh_client, want=2)[1]
+    taskmesh_client.set_limit("default", Limit(max_active=2))
+    wakeup = taskmesh_client.keys("default").wakeup
+    taskmesh_client.redis.delete(wakeup)
+    step(taskmesh_client, want=0, updates=[Update("c", first.id, first.token, "1")])
+    assert taskmesh_client.redis.llen(wakeup) > 0
+
+
+def test_with_task_limits_a_step_still_leases_as_many_as_asked(taskmesh_client: Client) -> None:
+    taskmesh_client.set_limit("default", Limit(max_active=1), task="flow.elsewhere")
+    taskmesh_client.enqueue_many([flow_noop.call() for _ in range(400)])
+    assert len(leased_ids(taskmesh_client, 300)) == 300
+
+
+def test_lengthening_a_rate_window_keeps_the_starts_already_made(taskmesh_client: Client) -> None:
+    taskmesh_client.set_limit("default", Limit(rate=2, per=0.2))
+    for _ in range(4):
+        taskmesh_client.enqueue("flow.noop")
+    assert len(leased_ids(taskmesh_client, 4)) == 2
+    taskmesh_client.set_limit("default", Limit(rate=2, per=10))
+    time.sleep(0.3)  # longer than the old window: its log would have expired
+    assert leased_ids(taskmesh_client, 4) == []
+
+
+def test_windows_round_up_to_whole_milliseconds() -> None:
+    assert (Limit(rate=3, per=0.0025).per_ms, Limit(rate=1, per=1.0005).per_ms, Limit.parse("1/s").per_ms) == (
+        3,
+        1001,
+        1000,
+    )
+
+
+def test_a_malformed_stored_limit_is_ignored_and_refused_by_control(taskmesh_client: Client) -> None:
+    meta = taskmesh_client.keys("default").meta
+    taskmesh_client.redis.hset(meta, mapping={"limit:flow.noop": '{"rate":5}', "limit:": '{"max":null}'})
+    handle = taskmesh_client.enqueue("flow.noop")
+    assert leased_ids(taskmesh_client, 5) == [handle.id], "a hand-written, malformed limit stops nothing"
+    keys = taskmesh_client.keys("default").all
+    with pytest.raises(redis.exceptions.ResponseError, match="invalid limit"):
+        scripts.call(taskmesh_client.redis, "control", keys, [1000, "limit", "", '{"rate":0,"per":10}'])
+
+
+def test_waiting_ids_without_a_record_are_dropped_by_a_limited_lease(taskmesh_client: Client) -> None:
+    taskmesh_client.set_limit("default", Limit(max_active=5), task="flow.noop")
+    taskmesh_client.redis.zadd(taskmesh_client.keys("default").waiting, {"ghost": -(2**50)})
+    handle = taskmesh_client.enqueue("flow.noop")
+    assert leased_ids(taskmesh_client, 5) == [handle.id]
+    assert taskmesh_client.counts()["waiting"] == 0
+
+
+def test_drain_waits_out_a_rate_limit(taskmesh_client: Client, taskmesh_drain: Callable[..., Any]) -> None:
+    handles = [trickle.enqueue() for _ in range(3)]
+    stats = taskmesh_drain([trickle], timeout=BOUND)
+    assert stats.completed == 3
+    assert all(h.status().state is JobState.COMPLETED for h in handles)

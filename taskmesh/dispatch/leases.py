@@ -26,7 +26,7 @@ class LeaseKeeper:
     (the interpreter switches threads every few milliseconds), so its job is not taken for a stalled
     one and run again elsewhere. ``held`` is called on this thread and must return a snapshot;
     ``lost(job_id, token)`` is called on this thread for each lease that is no longer this holder's,
-    ``cancel(job_id, token)`` for each held job whose cancellation was requested.
+    ``cancel(queue, job_id, token)`` for each held job whose cancellation was requested.
     While Redis is unreachable the renewal is retried with a short backoff (at most ``renew_interval``).
     """
 
@@ -35,7 +35,7 @@ class LeaseKeeper:
         settings: Settings,
         held: Callable[[], list[Held]],
         lost: Callable[[str, int], None],
-        cancel: Callable[[str, int], None],
+        cancel: Callable[[str, str, int], None],
     ) -> None:
         self.settings = settings
         self._held = held
@@ -71,6 +71,8 @@ class LeaseKeeper:
                     continue
                 except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY: log and try again next beat
                     log.error("lease renewal failed: %s", exc)
+                except Exception:  # never let one bad beat end the renewals: every lease would expire
+                    log.exception("lease renewal failed")
                 delay, failures = interval, 0
         finally:
             conn.close()
@@ -87,4 +89,4 @@ class LeaseKeeper:
             for job_id in lost:
                 self._lost(job_id, tokens[job_id])
             for job_id in cancel:
-                self._cancel(job_id, tokens[job_id])
+                self._cancel(keys.queue, job_id, tokens[job_id])

@@ -75,7 +75,8 @@ class _Queue:
     keys: QueueKeys
     updates: list[Update] = field(default_factory=list)
     ready: bool = True  # a lease may find jobs
-    next_due: float | None = None
+    next_due: float | None = None  # seconds until a delayed job is due or a rate limit lets one start
+    held: bool = False  # a rate limit holds back jobs that are waiting (they start at next_due)
 
 
 @dataclass(slots=True)
@@ -350,7 +351,8 @@ class Worker:
         self._wake.set()
 
     def _due_now(self) -> bool:
-        return any(q.next_due == 0 for q in self._queues)
+        """A job is due now, or waiting for a rate limit (a burst worker waits for it too)."""
+        return any(q.next_due == 0 or q.held for q in self._queues)
 
     async def _step(self, queue: _Queue, want: int) -> None:
         updates, queue.updates = queue.updates, []
@@ -386,9 +388,14 @@ class Worker:
         accepted, leased, next_due = scripts.parse_step(result)
         for update, ok in zip(updates, accepted, strict=True):
             self._account(queue, update, ok)
-        if want > 0:  # a step that only flushed updates learned nothing about what is waiting
+        if want > 0:
             queue.ready = len(leased) == want
-        queue.next_due = next_due
+            queue.held = scripts.step_held(result)
+            queue.next_due = next_due
+        elif next_due is not None:
+            # A step that only flushed updates learned nothing about what is waiting (nor about rate
+            # limits): it keeps the earlier time to look again, unless a delayed job is due sooner.
+            queue.next_due = next_due if queue.next_due is None else min(queue.next_due, next_due)
         if next_due == 0:
             queue.ready = True
         now = asyncio.get_running_loop().time()
@@ -593,15 +600,15 @@ class Worker:
             running.job.lease_lost = True
             log.warning("job %s: lease lost to another holder; its result will be refused", job_id)
 
-    def _cancel_requested(self, job_id: str, token: int) -> None:
+    def _cancel_requested(self, queue: str, job_id: str, token: int) -> None:
         """Called on the LeaseKeeper's thread: the job's cancellation was requested; stop it on the loop."""
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing runs any more
-            self._loop.call_soon_threadsafe(self._cancel_token, job_id, token)
+            self._loop.call_soon_threadsafe(self._cancel_token, queue, job_id, token)
 
-    def _cancel_token(self, job_id: str, token: int) -> None:
+    def _cancel_token(self, queue: str, job_id: str, token: int) -> None:
         running = self._running.get(job_id)
-        if running is not None and running.job.token == token:
+        if running is not None and running.job.token == token and running.job.queue == queue:
             self._cancel_run(running)
 
     def _cancel_run(self, running: _Running) -> None:

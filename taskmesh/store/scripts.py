@@ -156,6 +156,11 @@ def parse_step(result: list[Any]) -> tuple[list[bool], list[Leased], float | Non
     return accepted, leased, None if next_due < 0 else next_due / 1000
 
 
+def step_held(result: list[Any]) -> bool:
+    """Whether a rate limit held back a waiting job in this step (it is due when ``next_due`` passes)."""
+    return int(result[3]) >= 0
+
+
 def renew_args(settings: Settings, held: list[tuple[str, int]]) -> list[Any]:
     args: list[Any] = [settings.events_maxlen, int(settings.lease_seconds * 1000)]
     for job_id, token in held:

@@ -155,6 +155,25 @@ local function trim(zkey, keep, age_ms, finished)
   end
 end
 
+-- A stored limit, or nil if it is not one (written by hand, say): {rate, per} and/or max, whole
+-- numbers >= 1. A malformed limit is ignored rather than stopping every lease of the queue.
+local function read_limit(raw)
+  local ok, limit = pcall(cjson.decode, raw)
+  if not ok or type(limit) ~= 'table' then return nil end
+  local function whole(v) return type(v) == 'number' and v >= 1 and v == math.floor(v) end
+  local out = {}
+  if limit.rate ~= nil or limit.per ~= nil then
+    if not (whole(limit.rate) and whole(limit.per)) then return nil end
+    out.rate, out.per = limit.rate, limit.per
+  end
+  if limit.max ~= nil then
+    if not whole(limit.max) then return nil end
+    out.max = limit.max
+  end
+  if not out.rate and not out.max then return nil end
+  return out
+end
+
 -- Jobs that left 'active' after being leased under a concurrency cap: each may let another start.
 local capped_exits = 0
 

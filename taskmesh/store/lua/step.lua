@@ -10,7 +10,8 @@
 --         x = cancelled (the run stopped on a cancel request).
 --   A job whose cancellation was requested ends 'cancelled' whatever its run reports.
 -- Returns {accepted flags per update, leased {id, token, attempt, task, payload}...,
---   ms until a delayed job is due or a rate limit lets a waiting job start (-1: none)}
+--   ms until a delayed job is due or a rate limit lets a waiting job start (-1: none),
+--   ms until a rate limit lets a waiting job start (-1: no job is held back by a rate limit)}
 -- KEYS[13], when given, is the worker's claim list: the step leases only if it holds a wake-up
 -- token (moved there by the BLMOVE queued just before this step on the same connection).
 -- Cancelled jobs follow the failed jobs' retention.
@@ -114,10 +115,13 @@ for i = 1, #meta, 2 do
   if field == 'paused' then
     paused = true
   elseif field == 'limit:' then
-    queue_limit = cjson.decode(meta[i + 1])
+    queue_limit = read_limit(meta[i + 1])
   elseif string.sub(field, 1, 6) == 'limit:' then
-    task_limits = task_limits or {}
-    task_limits[string.sub(field, 7)] = cjson.decode(meta[i + 1])
+    local limit = read_limit(meta[i + 1])
+    if limit then
+      task_limits = task_limits or {}
+      task_limits[string.sub(field, 7)] = limit
+    end
   end
 end
 if paused then want = 0 end
@@ -156,39 +160,50 @@ if want > 0 and queue_limit then
 end
 
 -- The jobs to lease: the first `want` waiting ones; with task limits, the first that their
--- task's limits allow, looking past blocked ones up to SCAN_DEPTH jobs deep.
+-- task's limits allow, looking past blocked ones up to SCAN_DEPTH (or `want`) jobs deep, a chunk
+-- at a time.
 local SCAN_DEPTH = 250
 local picked = {}
 if want > 0 and not task_limits then
   local popped = redis.call('ZPOPMIN', K_WAITING, want)
   for i = 1, #popped, 2 do picked[#picked + 1] = popped[i] end
 elseif want > 0 then
-  local candidates = redis.call('ZRANGE', K_WAITING, 0, SCAN_DEPTH - 1)
-  preload(candidates)
+  local depth, chunk = math.max(SCAN_DEPTH, want), math.max(want, 32)
   local room = {}  -- task -> {free slots under its max, free starts in its rate window}
-  for _, id in ipairs(candidates) do
-    local rec = load(id)
-    local limit = rec and task_limits[rec.task]
-    if limit then
-      local r = room[rec.task]
-      if not r then
-        r = {cap = 1e9, rate = 1e9}
-        if limit.max then r.cap = limit.max - tonumber(redis.call('HGET', K_RUNNING, rec.task) or 0) end
-        if limit.rate then r.rate = window(TAG .. ':rate:' .. rec.task, limit) end
-        room[rec.task] = r
-      end
-      if r.cap > 0 and r.rate > 0 then
+  local orphans = {}
+  local start = 0
+  while #picked < want and start < depth do
+    local candidates = redis.call('ZRANGE', K_WAITING, start, math.min(start + chunk, depth) - 1)
+    if #candidates == 0 then break end
+    start = start + #candidates
+    preload(candidates)
+    for _, id in ipairs(candidates) do
+      local rec = load(id)
+      local limit = rec and task_limits[rec.task]
+      if not rec then
+        orphans[#orphans + 1] = id
+      elseif limit then
+        local r = room[rec.task]
+        if not r then
+          r = {cap = 1e9, rate = 1e9}
+          if limit.max then r.cap = limit.max - tonumber(redis.call('HGET', K_RUNNING, rec.task) or 0) end
+          if limit.rate then r.rate = window(TAG .. ':rate:' .. rec.task, limit) end
+          room[rec.task] = r
+        end
+        if r.cap > 0 and r.rate > 0 then
+          picked[#picked + 1] = id
+          r.cap, r.rate = r.cap - 1, r.rate - 1
+        elseif r.cap > 0 then
+          held_back[TAG .. ':rate:' .. rec.task] = limit
+        end
+      else
         picked[#picked + 1] = id
-        r.cap, r.rate = r.cap - 1, r.rate - 1
-      elseif r.cap > 0 then
-        held_back[TAG .. ':rate:' .. rec.task] = limit
       end
-    elseif rec then
-      picked[#picked + 1] = id
+      if #picked == want then break end
     end
-    if #picked == want then break end
   end
   bulk('ZREM', K_WAITING, picked)
+  bulk('ZREM', K_WAITING, orphans)  -- ids without a record (as ZPOPMIN drops them on the plain path)
 end
 
 local leased = {}
@@ -249,4 +264,4 @@ if #first > 0 then
   local wait = math.max(0, tonumber(first[2]) - now)
   if next_due < 0 or wait < next_due then next_due = wait end
 end
-return {accepted, leased, next_due}
+return {accepted, leased, next_due, retry_in}
