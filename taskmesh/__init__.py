@@ -23,6 +23,7 @@ from .job import Call, Job, JobHandle, JobState, JobStatus
 from .limits import Limit, QueueSettings
 from .plugins import hookimpl
 from .registry import Registry
+from .schedule import Schedule, ScheduleEntry, ScheduleInfo
 from .settings import Settings
 from .task import Backoff, Task, TaskCall, task
 
@@ -48,6 +49,9 @@ __all__ = [
     "RedisUnavailable",
     "Registry",
     "Retry",
+    "Schedule",
+    "ScheduleEntry",
+    "ScheduleInfo",
     "Settings",
     "SlowDown",
     "Task",

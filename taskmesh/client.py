@@ -21,9 +21,10 @@ from .errors import JobNotFound
 from .events import FINAL_EVENTS, Event
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .limits import Limit, QueueSettings, parse_settings
+from .schedule import Schedule, ScheduleEntry, ScheduleInfo, schedule_info
 from .settings import Settings
 from .store import connect, scripts
-from .store.keys import QueueKeys, check_job_id, check_name, queues_key, workers_key
+from .store.keys import QueueKeys, check_job_id, check_name, queues_key, schedules_key, workers_key
 from .task import Task, check_delay, check_priority, check_run_at
 
 STATES = tuple(state.value for state in JobState)
@@ -335,6 +336,119 @@ class Client:
         key = workers_key(self.settings.prefix)
         return [str(w) for w in self.redis.zrangebyscore(key, time.time() * 1000, "+inf")]
 
+    # -- schedules -----------------------------------------------------------------
+
+    @connect.guard
+    def schedule(
+        self,
+        /,
+        name: str,
+        task: Task[Any, Any] | str,
+        schedule: Schedule | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        **when: Any,
+    ) -> ScheduleEntry:
+        """Add or change (by ``name``) a schedule for every scheduler: ``schedule=Schedule(...)`` or its
+        fields as keywords (``cron="0 0 * * *"``, ``every=timedelta(minutes=5)``, ``tz=``, ``args=``...)."""
+        entry = _entry(name, task, schedule, queue, priority, when)
+        old = self.redis.hget(schedules_key(self.settings.prefix), name)
+        self.redis.hset(schedules_key(self.settings.prefix), name, entry.to_json())
+        self._remember(entry.queue)
+        keys = self.keys(entry.queue)
+        if old is not None and (old_queue := ScheduleEntry.from_json(name, str(old)).queue) != entry.queue:
+            scripts.call(self.redis, "cron", self.keys(old_queue).all, [self.settings.events_maxlen, "remove", name])
+        scripts.call(self.redis, "cron", keys.all, [self.settings.events_maxlen, "init", name])
+        return entry
+
+    @connect.aguard
+    async def aschedule(
+        self,
+        /,
+        name: str,
+        task: Task[Any, Any] | str,
+        schedule: Schedule | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        **when: Any,
+    ) -> ScheduleEntry:
+        entry = _entry(name, task, schedule, queue, priority, when)
+        conn = self.aredis
+        old = await conn.hget(schedules_key(self.settings.prefix), name)
+        await conn.hset(schedules_key(self.settings.prefix), name, entry.to_json())
+        await self._aremember(entry.queue)
+        if old is not None and (old_queue := ScheduleEntry.from_json(name, str(old)).queue) != entry.queue:
+            await scripts.acall(conn, "cron", self.keys(old_queue).all, [self.settings.events_maxlen, "remove", name])
+        await scripts.acall(conn, "cron", self.keys(entry.queue).all, [self.settings.events_maxlen, "init", name])
+        return entry
+
+    @connect.guard
+    def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, by name, with its state and next tick."""
+        raw = self.redis.hgetall(schedules_key(self.settings.prefix))
+        entries = [ScheduleEntry.from_json(str(n), str(v)) for n, v in sorted(raw.items())]
+        states = [self.redis.hget(self.keys(e.queue).cron, e.name) for e in entries]
+        return [schedule_info(e, s, self._now_ms()) for e, s in zip(entries, states, strict=True)]
+
+    @connect.aguard
+    async def aschedules(self) -> list[ScheduleInfo]:
+        raw = await self.aredis.hgetall(schedules_key(self.settings.prefix))
+        entries = [ScheduleEntry.from_json(str(n), str(v)) for n, v in sorted(raw.items())]
+        states = [await self.aredis.hget(self.keys(e.queue).cron, e.name) for e in entries]
+        return [schedule_info(e, s, self._now_ms()) for e, s in zip(entries, states, strict=True)]
+
+    @connect.guard
+    def remove_schedule(self, name: str) -> bool:
+        """Remove a schedule (its jobs already enqueued stay). False if there was none."""
+        return self._schedule_op(name, "remove")
+
+    @connect.aguard
+    async def aremove_schedule(self, name: str) -> bool:
+        return await self._aschedule_op(name, "remove")
+
+    @connect.guard
+    def pause_schedule(self, name: str) -> bool:
+        """Stop firing a schedule; its ticks pass unfired until :meth:`resume_schedule`."""
+        return self._schedule_op(name, "pause")
+
+    @connect.aguard
+    async def apause_schedule(self, name: str) -> bool:
+        return await self._aschedule_op(name, "pause")
+
+    @connect.guard
+    def resume_schedule(self, name: str) -> bool:
+        return self._schedule_op(name, "resume")
+
+    @connect.aguard
+    async def aresume_schedule(self, name: str) -> bool:
+        return await self._aschedule_op(name, "resume")
+
+    def _schedule_op(self, name: str, op: str) -> bool:
+        raw = self.redis.hget(schedules_key(self.settings.prefix), check_name("schedule name", name))
+        if raw is None:
+            return False
+        queue = ScheduleEntry.from_json(name, str(raw)).queue
+        scripts.call(self.redis, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
+        if op == "remove":
+            self.redis.hdel(schedules_key(self.settings.prefix), name)
+        return True
+
+    async def _aschedule_op(self, name: str, op: str) -> bool:
+        raw = await self.aredis.hget(schedules_key(self.settings.prefix), check_name("schedule name", name))
+        if raw is None:
+            return False
+        queue = ScheduleEntry.from_json(name, str(raw)).queue
+        await scripts.acall(self.aredis, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
+        if op == "remove":
+            await self.aredis.hdel(schedules_key(self.settings.prefix), name)
+        return True
+
+    @staticmethod
+    def _now_ms() -> int:
+        return int(time.time() * 1000)
+
     # -- waiting and events ----------------------------------------------------
 
     @connect.guard
@@ -439,6 +553,22 @@ class Client:
 
     def _queue_of(self, stream: str) -> str:
         return next(q for q, keys in self._keys.items() if keys.events == stream)
+
+
+def _entry(
+    name: str,
+    task: Task[Any, Any] | str,
+    schedule: Schedule | None,
+    queue: str | None,
+    priority: int | None,
+    when: Mapping[str, Any],
+) -> ScheduleEntry:
+    if schedule is not None and when:
+        raise TypeError("give a Schedule or its fields as keywords, not both")
+    schedule = schedule or Schedule(**when)
+    if isinstance(task, Task):
+        queue, priority, task = queue or task.queue, task.priority if priority is None else priority, task.name
+    return ScheduleEntry(name, task, queue or "default", schedule, check_priority(priority or 0))
 
 
 def _cancelled(job_id: str, queue: str, state: str) -> str:

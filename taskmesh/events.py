@@ -7,7 +7,7 @@ from typing import Any
 
 #: Every event name a script emits.
 EVENT_NAMES = (
-    "enqueued",  # added, runnable now
+    "enqueued",  # added, runnable now (a scheduled run: data schedule, tick ms)
     "delayed",  # added with a due time (data: due, epoch ms)
     "waiting",  # a delayed or retrying job became runnable
     "active",  # leased by a worker (data: attempt)
@@ -24,6 +24,7 @@ EVENT_NAMES = (
     "paused",  # queue events (job empty): leasing from the queue stopped
     "resumed",
     "limited",  # a queue (task empty) or task limit changed (data: task, limit JSON, empty: removed)
+    "tick_skipped",  # a schedule's tick passed unfired (job empty; data: schedule, tick ms, reason)
 )
 FINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
 

@@ -95,6 +95,9 @@ class JobStatus:
     started_at: datetime | None
     finished_at: datetime | None
     worker: str | None
+    #: The schedule and tick that enqueued this job (None for a job enqueued by hand).
+    schedule: str | None = None
+    tick: datetime | None = None
 
     @classmethod
     def from_record(cls, job_id: str, queue: str, raw: str | bytes) -> JobStatus:
@@ -116,6 +119,8 @@ class JobStatus:
             started_at=_ms(rec.get("started")),
             finished_at=_ms(rec.get("finished")),
             worker=rec.get("worker"),
+            schedule=rec.get("schedule"),
+            tick=_ms(rec.get("tick")),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -47,6 +47,10 @@ class Settings:
     events_maxlen: int = 10_000
     #: Longest an idle worker blocks before looking again (a safety net; enqueue wakes it at once).
     idle_timeout: float = 5.0
+    #: Run the scheduler loop (fires schedules' ticks; any number of workers may, each tick fires once).
+    scheduler: bool = True
+    #: At start-up, remove stored schedules declared in code that no task of this worker declares.
+    prune_schedules: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -118,6 +122,15 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             if isinstance(value, str):
                 return tuple(part.strip() for part in value.split(",") if part.strip())
             return tuple(str(v) for v in value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("not a boolean")
         if kind in ("int", "float") and isinstance(value, bool):
             raise TypeError("a boolean is not a number")
         if kind == "int":

@@ -8,12 +8,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from .errors import MAX_DELAY_SECONDS
 from .job import Call, Job
 from .limits import Limit
+from .schedule import Schedule
 from .store.keys import check_job_id, check_name
 
 if TYPE_CHECKING:
@@ -85,6 +86,22 @@ def _as_limit(rate_limit: str | Limit | None, max_active: int | None) -> Limit |
     return None if max_active is None else Limit(max_active=max_active)
 
 
+def _as_schedule(
+    schedule: Schedule | None, cron: str | None, every: float | timedelta | None, tz: str | None
+) -> Schedule | None:
+    if schedule is not None:
+        if cron is not None or every is not None or tz is not None:
+            raise ValueError("give schedule= or cron=/every=/tz=, not both")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a taskmesh.Schedule, not {schedule!r}")
+        return schedule
+    if cron is None and every is None:
+        if tz is not None:
+            raise ValueError("tz= needs cron= or every=")
+        return None
+    return Schedule(cron=cron, every=every, tz=tz or "UTC")  # type: ignore[arg-type]
+
+
 def _default_name(fn: Callable[..., Any]) -> str:
     """``module.qualname``; a function defined inside another drops the ``<locals>`` marker."""
     name = f"{fn.__module__}.{fn.__qualname__}".replace(".<locals>", "")
@@ -123,6 +140,7 @@ class Task(Generic[P, R]):
         "queue",
         "retries",
         "runner",
+        "schedule",
         "takes_job",
         "timeout",
     )
@@ -140,6 +158,10 @@ class Task(Generic[P, R]):
         runner: str = "inline",
         rate_limit: str | Limit | None = None,
         max_active: int | None = None,
+        schedule: Schedule | None = None,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        tz: str | None = None,
     ) -> None:
         self.fn = fn
         self.name = check_name("task name", name or _default_name(fn))
@@ -156,6 +178,10 @@ class Task(Generic[P, R]):
         try:
             self.limit = _as_limit(rate_limit, max_active)
         except ValueError as exc:
+            raise ValueError(f"task {self.name}: {exc}") from None
+        try:
+            self.schedule = _as_schedule(schedule, cron, every, tz)
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"task {self.name}: {exc}") from None
         self.takes_job = _takes_job(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -276,7 +302,21 @@ class TaskCall(Generic[P, R]):
 
 
 _OPTIONS = frozenset(
-    {"name", "queue", "retries", "backoff", "timeout", "priority", "runner", "rate_limit", "max_active"}
+    {
+        "name",
+        "queue",
+        "retries",
+        "backoff",
+        "timeout",
+        "priority",
+        "runner",
+        "rate_limit",
+        "max_active",
+        "schedule",
+        "cron",
+        "every",
+        "tz",
+    }
 )
 
 
@@ -302,6 +342,10 @@ def task(
     runner: str = "inline",
     rate_limit: str | Limit | None = None,
     max_active: int | None = None,
+    schedule: Schedule | None = None,
+    cron: str | None = None,
+    every: float | timedelta | None = None,
+    tz: str | None = None,
 ) -> _Decorator: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Mark a function as a task: ``@task`` or ``@task(name=..., queue=..., retries=...)``.
@@ -311,7 +355,9 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     :class:`Backoff`), ``timeout`` (seconds), ``priority`` (-1000..1000,
     higher first), ``runner`` ("inline"), ``rate_limit`` (``"100/m"`` or :class:`Limit`: starts
     of this task across all workers) and ``max_active`` (jobs of this task active at once across
-    all workers). Unknown options raise ``TypeError``.
+    all workers), and a schedule that runs it by itself: ``cron="0 0 * * *"`` or
+    ``every=timedelta(minutes=5)`` (seconds too), ``tz="Europe/Berlin"``, or ``schedule=Schedule(...)``
+    for start/end, arguments and misfire/overlap policies. Unknown options raise ``TypeError``.
     """
     unknown = set(options) - _OPTIONS
     if unknown:

@@ -89,7 +89,9 @@ def test_without_client_unblock_a_worker_still_stops_once_its_wait_times_out(
         with running_worker(client, [echo], idle_timeout=1, **FAST) as running:
             assert client.enqueue(echo, 1).result(timeout=10) == 1
             # Stop while the idle worker's lease is queued behind its wait: the case CLIENT UNBLOCK serves.
-            wait_until(lambda: running.worker._listening, timeout=5, interval=0.001, message="worker waiting")
+            # (on a connection whose client id is known: the first wait may still be connecting)
+            waiting = lambda: running.worker._listening and running.worker._blocking_id is not None  # noqa: E731
+            wait_until(waiting, timeout=5, interval=0.001, message="worker waiting")
             stopping = time.monotonic()
         assert time.monotonic() - stopping < 4
         assert "cannot end the wake-up wait early" in caplog.text

@@ -82,8 +82,8 @@ def test_unnamable_function_asks_for_an_explicit_name() -> None:
 
 
 def test_unknown_option_is_a_type_error_naming_the_option() -> None:
-    with pytest.raises(TypeError, match=r"unknown option.*cron"):
-        task(cron="* * * * *")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"unknown option.*crontab"):
+        task(crontab="* * * * *")  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize(

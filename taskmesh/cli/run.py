@@ -49,6 +49,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--concurrency", "-c", type=int, metavar="N", help="jobs run at once (default 10)")
     parser.add_argument("--burst", action="store_true", help="run every job that is due, then exit 0")
     parser.add_argument(
+        "--no-scheduler",
+        dest="scheduler",
+        action="store_false",
+        default=None,
+        help="do not fire schedules in this worker (others still do; TASKMESH_SCHEDULER=false)",
+    )
+    parser.add_argument(
+        "--prune-schedules",
+        action="store_true",
+        default=None,
+        help="remove stored schedules declared in code that no task here declares any more",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO"
     )
     add_common_options(parser)
@@ -62,6 +75,8 @@ def command(args: argparse.Namespace) -> int:
         modules=tuple(args.modules) or None,
         queues=tuple(args.queues) if args.queues else None,
         concurrency=args.concurrency,
+        scheduler=args.scheduler,
+        prune_schedules=args.prune_schedules,
     )
     registry = Registry.discover(settings.modules)
     if not len(registry):

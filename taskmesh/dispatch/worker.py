@@ -44,6 +44,7 @@ from .checks import check_server
 from .leases import Held, LeaseKeeper
 from .outcome import JobTimeoutError, error_json, result_json
 from .retry import REDIS_ERRORS, REDIS_RETRY, RedisRetry
+from .scheduler import Scheduler
 
 log = logging.getLogger("taskmesh.worker")
 T = TypeVar("T")
@@ -137,6 +138,7 @@ class Worker:
         self._loop_thread = 0
         self._redis: aredis.Redis | None = None
         self._blocking: aredis.Redis | None = None
+        self._scheduler: Scheduler | None = None
         self._leases = LeaseKeeper(settings, self._held, self._lease_lost, self._cancel_requested)
         self.started = asyncio.Event()
 
@@ -243,6 +245,9 @@ class Worker:
             asyncio.create_task(self._sweep_loop(), name="taskmesh-sweep"),
             self._waker,
         ]
+        if self.settings.scheduler and not self.burst:
+            await self._retrying(lambda: self.scheduler.sync(self.registry, self.settings.prune_schedules))
+            upkeep.append(asyncio.create_task(self.scheduler.run(), name="taskmesh-scheduler"))
         self.started.set()
         log.info(
             "worker %s ready: queues %s, concurrency %d, redis persistence %s",
@@ -275,6 +280,14 @@ class Worker:
             for runner in self.runners.values():
                 await runner.close()
         return self.stats
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """This worker's scheduler loop (made when the worker connects)."""
+        if self._scheduler is None:
+            assert self._redis is not None, "the worker is not running"
+            self._scheduler = Scheduler(self.settings, self._redis)
+        return self._scheduler
 
     # -- dispatcher ------------------------------------------------------------
 

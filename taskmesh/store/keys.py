@@ -62,6 +62,11 @@ class QueueKeys:
     meta: str
     all: tuple[str, ...]
 
+    @property
+    def cron(self) -> str:
+        """The state of the schedules that enqueue to this queue (see ``lua/cron.lua``); same hash tag."""
+        return self.jobs[: -len("jobs")] + "cron"
+
     @classmethod
     def of(cls, prefix: str, queue: str) -> QueueKeys:
         tag = f"{{{prefix}:{queue}}}"
@@ -77,6 +82,11 @@ def queues_key(prefix: str) -> str:
 def workers_key(prefix: str) -> str:
     """Sorted set of live worker ids, scored by the time their heartbeat expires."""
     return f"{{{prefix}}}:workers"
+
+
+def schedules_key(prefix: str) -> str:
+    """Hash of schedule name -> JSON entry (task, queue, when); their state lives in each queue's slot."""
+    return f"{{{prefix}}}:schedules"
 
 
 def claim_key(keys: QueueKeys, worker_id: str) -> str:

@@ -17,7 +17,7 @@ import redis.asyncio as aredis
 
 from ..settings import Settings
 
-SCRIPT_NAMES = ("enqueue", "step", "renew", "sweep", "cancel", "control")
+SCRIPT_NAMES = ("enqueue", "step", "renew", "sweep", "cancel", "control", "cron")
 
 
 @cache

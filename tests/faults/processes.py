@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,18 @@ TESTS_DIR = Path(__file__).resolve().parent.parent
 class WorkerPool:
     """Worker processes on one Redis and prefix. ``close()`` kills every process it started."""
 
-    def __init__(self, client: Client, ledger: Path, logs: Path, settings: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        client: Client,
+        ledger: Path,
+        logs: Path,
+        settings: Mapping[str, Any],
+        module: str = "faults.tasks",
+        launcher: Sequence[str] = ("-m", "taskmesh"),
+    ) -> None:
         self.client = client
+        self.module = module
+        self.launcher = list(launcher)
         self.logs = logs
         self.env = {
             **os.environ,
@@ -46,7 +56,7 @@ class WorkerPool:
             self.logs.mkdir(parents=True, exist_ok=True)
             with (self.logs / f"worker-{len(self.started)}.log").open("wb") as log:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "taskmesh", "run", "faults.tasks", "--log-level", "WARNING"],
+                    [sys.executable, *self.launcher, "run", self.module, "--log-level", "WARNING"],
                     cwd=self.logs,
                     env=self.env,
                     stdout=subprocess.DEVNULL,

@@ -1,0 +1,255 @@
+"""Recurring jobs: a schedule (cron expression or fixed interval) and the tick times it produces.
+
+Ticks are instants in epoch milliseconds. A cron expression is read in the schedule's time zone
+(croniter's rules across DST changes: a local time skipped by a spring-forward fires at the first
+valid instant after it, one repeated by a fall-back fires at both instants). An interval ticks at
+``start + k * every`` (``start`` defaults to the Unix epoch, so ``every=60s`` ticks on the minute).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from .store.keys import check_name
+
+Misfire = Literal["skip", "catch_up"]
+Overlap = Literal["allow", "skip"]
+#: Most missed ticks ``misfire="catch_up"`` runs after downtime, unless the schedule says otherwise.
+CATCH_UP_MAX = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a task runs by itself, and with what arguments.
+
+    Exactly one of ``cron`` (``"0 0 * * *"``; six fields: seconds last) and ``every`` (a timedelta or
+    seconds, at least 1 s). ``misfire`` says what happens to ticks missed while no scheduler ran:
+    ``"skip"`` runs the latest missed tick once if it is at most ``misfire_grace`` seconds old and
+    otherwise waits for the next; ``"catch_up"`` runs every missed tick, oldest first, at most
+    ``catch_up_max``. ``overlap="skip"`` skips a tick while the previous run of this schedule is
+    still waiting or active.
+    """
+
+    cron: str | None = None
+    every: float | None = None
+    tz: str = "UTC"
+    start: datetime | None = None
+    end: datetime | None = None
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    misfire: Misfire = "skip"
+    misfire_grace: float = 60.0
+    catch_up_max: int = CATCH_UP_MAX
+    overlap: Overlap = "allow"
+
+    def __post_init__(self) -> None:
+        every = self.every
+        if isinstance(every, timedelta):
+            object.__setattr__(self, "every", every.total_seconds())
+        if (self.cron is None) == (self.every is None):
+            raise ValueError("a schedule needs exactly one of cron= and every=")
+        if self.cron is not None and not (isinstance(self.cron, str) and croniter.is_valid(self.cron)):
+            raise ValueError(f"invalid cron expression {self.cron!r}")
+        if self.every is not None:
+            number = isinstance(self.every, (int, float)) and not isinstance(self.every, bool)
+            if not (number and math.isfinite(self.every) and self.every >= 1):
+                raise ValueError(f"every must be at least 1 second, not {every!r}")
+        try:
+            ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ValueError(f"unknown time zone {self.tz!r} (use an IANA name such as 'Europe/Berlin')") from None
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
+                raise ValueError(f"{name} must be a timezone-aware datetime, not {value!r}")
+        if self.start and self.end and self.end <= self.start:
+            raise ValueError("end must be after start")
+        if self.misfire not in ("skip", "catch_up"):
+            raise ValueError(f"misfire must be 'skip' or 'catch_up', not {self.misfire!r}")
+        if self.overlap not in ("allow", "skip"):
+            raise ValueError(f"overlap must be 'allow' or 'skip', not {self.overlap!r}")
+        if not (isinstance(self.misfire_grace, (int, float)) and self.misfire_grace >= 0):
+            raise ValueError(f"misfire_grace must be >= 0 seconds, not {self.misfire_grace!r}")
+        if not (isinstance(self.catch_up_max, int) and self.catch_up_max >= 1):
+            raise ValueError(f"catch_up_max must be an int >= 1, not {self.catch_up_max!r}")
+        try:
+            json.dumps([list(self.args), dict(self.kwargs)], allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the scheduled run's args and kwargs must be JSON: {exc}") from None
+
+    @property
+    def describe(self) -> str:
+        when = f"cron {self.cron!r}" if self.cron is not None else f"every {self.every:g}s"
+        return when if self.tz == "UTC" else f"{when} ({self.tz})"
+
+    # -- ticks ---------------------------------------------------------------------
+
+    def ticks_after(self, after_ms: int) -> Iterator[int]:
+        """Tick times strictly after ``after_ms``, in order, within start/end."""
+        start_ms = _ms(self.start) if self.start else None
+        end_ms = _ms(self.end) if self.end else None
+        if start_ms is not None and after_ms < start_ms - 1:
+            after_ms = start_ms - 1
+        if self.every is not None:
+            step = round(self.every * 1000)
+            origin = start_ms or 0
+            tick = origin + (max(after_ms - origin, -1) // step + 1) * step
+            while end_ms is None or tick <= end_ms:
+                yield tick
+                tick += step
+            return
+        assert self.cron is not None
+        base = datetime.fromtimestamp(after_ms / 1000, ZoneInfo(self.tz))
+        it = croniter(self.cron, base)
+        while True:
+            tick = _ms(it.get_next(datetime))
+            if tick <= after_ms:
+                continue
+            if end_ms is not None and tick > end_ms:
+                return
+            yield tick
+
+    def next_tick(self, after_ms: int) -> int | None:
+        return next(self.ticks_after(after_ms), None)
+
+    def due(self, last_ms: int, now_ms: int, limit: int) -> list[int]:
+        """The most recent ``limit`` ticks in ``(last_ms, now_ms]``, oldest first (bounded work)."""
+        if self.end is not None:
+            now_ms = min(now_ms, _ms(self.end))
+        floor = max(last_ms, _ms(self.start) - 1) if self.start else last_ms
+        ticks: list[int] = []
+        if self.every is not None:
+            step = round(self.every * 1000)
+            origin = _ms(self.start) if self.start else 0
+            tick = origin + ((now_ms - origin) // step) * step
+            while tick > floor and len(ticks) < limit:
+                ticks.append(tick)
+                tick -= step
+        else:
+            assert self.cron is not None
+            it = croniter(self.cron, datetime.fromtimestamp((now_ms + 1) / 1000, ZoneInfo(self.tz)))
+            while len(ticks) < limit:
+                tick = _ms(it.get_prev(datetime))
+                if tick <= floor:
+                    break
+                if tick <= now_ms:
+                    ticks.append(tick)
+        return ticks[::-1]
+
+    # -- storage -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cron": self.cron,
+            "every": self.every,
+            "tz": self.tz,
+            "start": self.start.isoformat() if self.start else None,
+            "end": self.end.isoformat() if self.end else None,
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "misfire": self.misfire,
+            "misfire_grace": self.misfire_grace,
+            "catch_up_max": self.catch_up_max,
+            "overlap": self.overlap,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
+        values = dict(data)
+        for name in ("start", "end"):
+            if values.get(name):
+                values[name] = datetime.fromisoformat(values[name])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEntry:
+    """A schedule as stored in Redis: which task it enqueues, on which queue, and where it came from."""
+
+    name: str
+    task: str
+    queue: str
+    schedule: Schedule
+    priority: int = 0
+    #: "code" (declared with @task and synced by workers) or "api" (added at run time).
+    origin: str = "api"
+
+    def __post_init__(self) -> None:
+        check_name("schedule name", self.name)
+        check_name("task name", self.task)
+        check_name("queue name", self.queue)
+
+    def to_json(self) -> str:
+        data = {"task": self.task, "queue": self.queue, "priority": self.priority, "origin": self.origin}
+        return json.dumps({**data, "schedule": self.schedule.to_dict()}, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, name: str, raw: str) -> ScheduleEntry:
+        data = json.loads(raw)
+        return cls(
+            name=name,
+            task=data["task"],
+            queue=data["queue"],
+            schedule=Schedule.from_dict(data["schedule"]),
+            priority=data.get("priority", 0),
+            origin=data.get("origin", "api"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A schedule with its state: paused, the last tick handled and its job, the next tick."""
+
+    entry: ScheduleEntry
+    paused: bool
+    last_tick: datetime | None
+    last_job: str | None
+    next_tick: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.entry
+        return {
+            "name": e.name,
+            "task": e.task,
+            "queue": e.queue,
+            "when": e.schedule.describe,
+            "origin": e.origin,
+            "paused": self.paused,
+            "last_tick": self.last_tick.isoformat() if self.last_tick else None,
+            "last_job": self.last_job,
+            "next_tick": self.next_tick.isoformat() if self.next_tick else None,
+        }
+
+
+def schedule_info(entry: ScheduleEntry, raw_state: str | bytes | None, now_ms: int) -> ScheduleInfo:
+    """An entry with its state from ``{prefix:queue}:cron`` (None: not initialised yet)."""
+    state = json.loads(raw_state) if raw_state else {}
+    last = state.get("last")
+    return ScheduleInfo(
+        entry=entry,
+        paused=bool(state.get("paused")),
+        last_tick=from_ms(last) if state.get("job") else None,
+        last_job=state.get("job"),
+        next_tick=from_ms(entry.schedule.next_tick(max(last or now_ms, now_ms))),
+    )
+
+
+def job_id(name: str, tick_ms: int) -> str:
+    """The deterministic id of the job a tick enqueues: the same on every scheduler."""
+    return f"{name}@{tick_ms}"
+
+
+def _ms(when: datetime) -> int:
+    return round(when.timestamp() * 1000)
+
+
+def from_ms(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)

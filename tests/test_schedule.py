@@ -1,0 +1,284 @@
+"""Schedules: declaring, tick times (time zones, DST), the cron script's exactly-once firing, misfire and
+overlap policies, and managing schedules at run time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from taskmesh import Client, Job, JobState, Schedule, task
+from taskmesh.dispatch.scheduler import Scheduler
+from taskmesh.schedule import ScheduleEntry
+from taskmesh.store import connect, scripts
+from taskmesh.testing import RunningWorker, wait_until
+
+T = TypeVar("T")
+StartWorker = Callable[..., RunningWorker]
+BERLIN = "Europe/Berlin"
+
+
+def ms(text: str, tz: str = "UTC") -> int:
+    return round(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(tz)).timestamp() * 1000)
+
+
+def iso(tick: int, tz: str = BERLIN) -> str:
+    return datetime.fromtimestamp(tick / 1000, ZoneInfo(tz)).isoformat()
+
+
+# -- declaring ---------------------------------------------------------------------------
+
+
+def test_a_bad_cron_expression_fails_at_decoration_naming_task_and_expression() -> None:
+    with pytest.raises(ValueError, match=r"task sched\.bad: invalid cron expression '61 \* \* \* \*'"):
+        task(name="sched.bad", cron="61 * * * *")(lambda: None)
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+        task(name="sched.tz", cron="0 0 * * *", tz="Mars/Olympus")(lambda: None)
+    with pytest.raises(ValueError, match="exactly one of cron= and every="):
+        Schedule(cron="0 0 * * *", every=60)
+    with pytest.raises(ValueError, match="at least 1 second"):
+        Schedule(every=0.5)
+    with pytest.raises(ValueError, match="tz= needs"):
+        task(name="sched.tzonly", tz="UTC")(lambda: None)
+    with pytest.raises(ValueError, match="JSON"):
+        Schedule(every=60, args=(object(),))
+
+
+def test_task_options_make_a_schedule() -> None:
+    nightly = task(name="sched.nightly", cron="0 2 * * *", tz=BERLIN)(lambda: None)
+    often = task(name="sched.often", every=timedelta(minutes=5))(lambda: None)
+    assert nightly.schedule == Schedule(cron="0 2 * * *", tz=BERLIN)
+    assert often.schedule is not None and often.schedule.every == 300.0
+
+
+# -- ticks -------------------------------------------------------------------------------------
+
+
+def test_intervals_tick_on_multiples_of_every_from_start() -> None:
+    assert Schedule(every=60).due(ms("2026-01-01T00:00:30") - 200_000, ms("2026-01-01T00:00:30"), 3) == [
+        ms("2026-01-01T00:00:00") - 120_000,
+        ms("2026-01-01T00:00:00") - 60_000,
+        ms("2026-01-01T00:00:00"),
+    ]
+    started = Schedule(every=10, start=datetime(2026, 1, 1, 0, 0, 3, tzinfo=UTC))
+    assert started.next_tick(ms("2026-01-01T00:00:00")) == ms("2026-01-01T00:00:03")
+    assert started.next_tick(ms("2026-01-01T00:00:03")) == ms("2026-01-01T00:00:13")
+    ended = Schedule(every=10, end=datetime(2026, 1, 1, 0, 0, 20, tzinfo=UTC))
+    assert ended.next_tick(ms("2026-01-01T00:00:20")) is None
+    assert ended.due(0, ms("2026-01-01T00:05:00"), 1) == [ms("2026-01-01T00:00:20")]
+
+
+def test_cron_in_a_time_zone_follows_croniters_dst_rules() -> None:
+    daily = Schedule(cron="30 2 * * *", tz=BERLIN)
+    # Spring forward (2026-03-29, 02:00 -> 03:00): the skipped 02:30 fires at 03:00 local.
+    spring = list(_take(daily.ticks_after(ms("2026-03-28T12:00:00", BERLIN)), 3))
+    assert [iso(t) for t in spring] == [
+        "2026-03-29T03:00:00+02:00",
+        "2026-03-30T02:30:00+02:00",
+        "2026-03-31T02:30:00+02:00",
+    ]
+    # Fall back (2026-10-25, 03:00 -> 02:00): 02:30 happens twice, and fires at both instants.
+    autumn = list(_take(daily.ticks_after(ms("2026-10-24T12:00:00", BERLIN)), 3))
+    assert [iso(t) for t in autumn] == [
+        "2026-10-25T02:30:00+02:00",
+        "2026-10-25T02:30:00+01:00",
+        "2026-10-26T02:30:00+01:00",
+    ]
+    # Read backwards (as a scheduler does after downtime) the same instants come out.
+    assert daily.due(ms("2026-10-24T12:00:00", BERLIN), ms("2026-10-26T12:00:00", BERLIN), 10) == autumn
+    assert Schedule(cron="0 0 * * *").next_tick(ms("2026-05-01T10:00:00")) == ms("2026-05-02T00:00:00")
+
+
+def _take(it: Any, n: int) -> Any:
+    for _ in range(n):
+        yield next(it)
+
+
+# -- the cron script ---------------------------------------------------------------------------
+
+
+def fire(client: Client, name: str, ticks: list[int], passed: int = 0, overlap: str = "allow") -> list[str]:
+    keys = client.keys("default").all
+    args = [client.settings.events_maxlen, "fire", name, "sched.job", '{"t":"sched.job","a":[],"k":{}}', 0, overlap]
+    return cast(list[str], scripts.call(client.redis, "cron", keys, [*args, json.dumps(ticks), passed]))
+
+
+def cron_state(client: Client, name: str) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(cast(str, client.redis.hget(client.keys("default").cron, name))))
+
+
+def stream(client: Client, event: str) -> list[dict[str, str]]:
+    entries = cast(list[tuple[str, dict[str, str]]], client.redis.xrange(client.keys("default").events))
+    return [fields for _, fields in entries if fields["event"] == event]
+
+
+def server_ms(client: Client) -> int:
+    seconds, micros = cast(tuple[int, int], client.redis.time())
+    return seconds * 1000 + micros // 1000
+
+
+def test_each_tick_fires_once_and_never_before_its_time(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("s", "sched.job", every=1)
+    now = server_ms(taskmesh_client)
+    first, second = now - 1000, now - 500
+    assert fire(taskmesh_client, "s", [now + 60_000]) == [], "a tick in the future is refused"
+    assert fire(taskmesh_client, "s", [first]) == [], "a tick from before the schedule existed is not run"
+    taskmesh_client.redis.hset(taskmesh_client.keys("default").cron, "s", json.dumps({"last": now - 2000}))
+
+    assert fire(taskmesh_client, "s", [first, second]) == [f"s@{first}", f"s@{second}"]
+    assert fire(taskmesh_client, "s", [first, second]) == [], "a second scheduler finds both handled"
+    status = taskmesh_client.status(f"s@{second}")
+    assert status is not None and status.state is JobState.WAITING and status.task == "sched.job"
+    entries = cast(
+        list[tuple[str, dict[str, str]]], taskmesh_client.redis.xrange(taskmesh_client.keys("default").events)
+    )
+    enqueued = [f for _, f in entries if f["event"] == "enqueued"]
+    assert enqueued == [
+        {"event": "enqueued", "job": f"s@{first}", "schedule": "s", "tick": str(first)},
+        {"event": "enqueued", "job": f"s@{second}", "schedule": "s", "tick": str(second)},
+    ]
+    assert cron_state(taskmesh_client, "s")["last"] == second
+
+
+def test_overlap_skip_passes_a_tick_while_the_previous_run_is_unfinished(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("o", "sched.job", every=1, overlap="skip")
+    now = server_ms(taskmesh_client)
+    taskmesh_client.redis.hset(taskmesh_client.keys("default").cron, "o", json.dumps({"last": now - 5000}))
+    assert fire(taskmesh_client, "o", [now - 3000], overlap="skip") == [f"o@{now - 3000}"]
+    assert fire(taskmesh_client, "o", [now - 2000], overlap="skip") == [], "the previous run is still waiting"
+    taskmesh_client.cancel(f"o@{now - 3000}")
+    assert fire(taskmesh_client, "o", [now - 1000], overlap="skip") == [f"o@{now - 1000}"]
+    entries = cast(
+        list[tuple[str, dict[str, str]]], taskmesh_client.redis.xrange(taskmesh_client.keys("default").events)
+    )
+    skipped = [f for _, f in entries if f["event"] == "tick_skipped"]
+    assert skipped == [
+        {"event": "tick_skipped", "job": "", "schedule": "o", "tick": str(now - 2000), "reason": "overlap"}
+    ]
+
+
+def test_a_paused_schedule_passes_its_ticks_and_resumes_from_now(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("p", "sched.job", every=1)
+    now = server_ms(taskmesh_client)
+    taskmesh_client.redis.hset(taskmesh_client.keys("default").cron, "p", json.dumps({"last": now - 5000}))
+    assert taskmesh_client.pause_schedule("p")
+    assert fire(taskmesh_client, "p", [now - 1000]) == []
+    assert taskmesh_client.resume_schedule("p")
+    assert cron_state(taskmesh_client, "p")["last"] >= now
+    assert not taskmesh_client.pause_schedule("nope")
+
+
+# -- the scheduler loop ------------------------------------------------------------------------
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+async def scheduler_pass(
+    client: Client, backdate_ms: int | None = None, name: str = "m", align_ms: int = 1
+) -> tuple[int, float]:
+    """One scheduler pass, after setting the schedule's last tick ``backdate_ms`` before now
+    (rounded down to a multiple of ``align_ms``: a whole number of ticks ago)."""
+    conn = connect.async_client(client.settings.redis_url)
+    try:
+        if backdate_ms is not None:
+            seconds, micros = await conn.time()
+            now = seconds * 1000 + micros // 1000
+            last = now - now % align_ms - backdate_ms
+            await conn.hset(client.keys("default").cron, name, json.dumps({"last": last}))
+        scheduler = Scheduler(client.settings, conn)
+        delay = await scheduler.tick()
+        return scheduler.fired, delay
+    finally:
+        await conn.aclose()
+
+
+def test_misfire_skip_runs_the_latest_missed_tick_once_within_the_grace(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("m", "sched.job", every=10, misfire_grace=30)
+    fired, delay = run(scheduler_pass(taskmesh_client, backdate_ms=600_000))
+    assert fired == 1 and 0 <= delay <= 1.0
+    assert run(scheduler_pass(taskmesh_client))[0] == 0, "the same tick is not fired again"
+
+
+def test_misfire_skip_beyond_the_grace_waits_for_the_next_tick(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("m", "sched.job", cron="0 0 1 1 *", misfire_grace=60)
+    fired, _ = run(scheduler_pass(taskmesh_client, backdate_ms=400 * 86_400_000))
+    assert fired == 0 and taskmesh_client.counts()["waiting"] == 0
+    assert cron_state(taskmesh_client, "m")["last"] > server_ms(taskmesh_client) - 366 * 86_400_000
+
+
+def test_misfire_catch_up_runs_every_missed_tick_up_to_its_maximum(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("m", "sched.job", every=60, misfire="catch_up", catch_up_max=5)
+    fired, _ = run(scheduler_pass(taskmesh_client, backdate_ms=3 * 60_000, align_ms=60_000))
+    assert fired == 3
+    taskmesh_client.schedule("m2", "sched.job", every=60, misfire="catch_up", catch_up_max=5)
+    fired, _ = run(scheduler_pass(taskmesh_client, backdate_ms=3_600_000, name="m2", align_ms=60_000))
+    assert fired == 5, "at most catch_up_max"
+    assert taskmesh_client.counts()["waiting"] == 8
+
+
+# -- run-time management and the worker ----------------------------------------------------------
+
+
+def test_schedules_are_added_changed_paused_and_removed_at_run_time(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("report", "sched.job", cron="0 6 * * *", tz=BERLIN, args=[1])
+    [info] = taskmesh_client.schedules()
+    assert (info.entry.name, info.entry.task, info.entry.queue, info.paused) == (
+        "report",
+        "sched.job",
+        "default",
+        False,
+    )
+    assert info.next_tick is not None and info.next_tick.astimezone().hour is not None
+    assert info.entry.schedule.describe == "cron '0 6 * * *' (Europe/Berlin)"
+
+    taskmesh_client.schedule("report", "sched.job", every=30, queue="other")
+    [info] = taskmesh_client.schedules()
+    assert (info.entry.queue, info.entry.schedule.every) == ("other", 30.0)
+    assert taskmesh_client.redis.hget(taskmesh_client.keys("default").cron, "report") is None, "old state moved"
+    taskmesh_client.pause_schedule("report")
+    assert taskmesh_client.schedules()[0].paused
+    assert taskmesh_client.remove_schedule("report")
+    assert taskmesh_client.schedules() == []
+    assert not taskmesh_client.remove_schedule("report")
+    with pytest.raises(TypeError):
+        taskmesh_client.schedule("x", "sched.job", Schedule(every=5), every=5)
+
+
+ran: list[str] = []
+
+
+@task(name="sched.every_second", every=1)
+def every_second(job: Job) -> str:
+    ran.append(job.id)
+    return job.id
+
+
+def test_a_worker_syncs_declared_schedules_and_fires_them(
+    taskmesh_client: Client, taskmesh_worker: StartWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    taskmesh_client.redis.hset(
+        f"{{{taskmesh_client.settings.prefix}}}:schedules",
+        "old.code",
+        ScheduleEntry("old.code", "sched.gone", "default", Schedule(every=60), origin="code").to_json(),
+    )
+    ran.clear()
+    taskmesh_worker([every_second])
+    wait_until(lambda: len(ran) >= 2, timeout=5, message="two scheduled runs")
+    names = [info.entry.name for info in taskmesh_client.schedules()]
+    assert names == ["old.code", "sched.every_second"], "a schedule gone from code stays until asked"
+    assert "schedule old.code is stored but no task of this worker declares it" in caplog.text
+    first, second = sorted(ran)[:2]
+    assert int(second.split("@")[1]) - int(first.split("@")[1]) == 1000
+    status = taskmesh_client.status(first)
+    assert status is not None and status.state is JobState.COMPLETED
+    assert (status.schedule, status.tick) == (
+        "sched.every_second",
+        datetime.fromtimestamp(int(first[-13:]) / 1000, UTC),
+    )
