@@ -1,0 +1,535 @@
+"""The engine against a model: random sequences of operations run on the real Lua scripts and a real
+Redis and, side by side, on a small Python model of the job state machine. After every step the
+observable state must agree: each job's record (state, attempt, stalls, token, holder, cancel flag,
+result, error, progress, logs), the members of every state set, the waiting order (priority, then
+FIFO) and the events emitted. A stale holder's calls must be refused and change nothing at all.
+
+Time: leases and delays last an hour, so nothing expires or comes due by itself while a sequence
+runs. The clock moving past one job's lease deadline or due time is played by rewriting its score to
+a small, increasing number: ``ZADD active k id`` expires that lease, ``ZADD delayed k id`` makes that
+job due. Jobs the test made due are therefore promoted in the order it made them due, and expired
+leases are swept in the order they expired. A job deferred with no delay is due at once; its score
+is rewritten the same way after the step, so its place among other due jobs does not depend on
+which millisecond the step ran in.
+
+Retention is unlimited here (nothing is trimmed). A failure prints the shrunk sequence of
+operations and a ``@reproduce_failure`` blob that replays it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from taskmesh import Call, Client, JobNotFound, Settings
+from taskmesh.store import scripts
+from taskmesh.store.scripts import Update
+
+HOUR_MS = 3_600_000
+TASKS = ("model.a", "model.b")
+WORKERS = ("A", "B")
+ZSETS = ("delayed", "active", "completed", "failed", "cancelled")
+WORKER_LOST = "WorkerLost"  # the model's stand-in for the error the sweep records
+FORGED = 10**9  # added to a token to make one no lease ever carried
+
+MACHINE_SETTINGS = settings(
+    max_examples=100,
+    stateful_step_count=50,
+    deadline=None,
+    derandomize=False,
+    print_blob=True,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@dataclass
+class Job:
+    """The model of one job record."""
+
+    task: str
+    prio: int
+    arg: int
+    state: str
+    attempt: int = 0
+    stalls: int = 0
+    order: int = 0  # place in the FIFO of its priority while waiting
+    clock: int = 0  # > 0: the test moved time past its lease deadline (active) or due time (delayed)
+    token: int | None = None
+    worker: str | None = None
+    cancel: bool = False
+    result: str | None = None
+    error: str | None = None
+    progress: str | None = None
+    logs: list[str] = field(default_factory=list)
+
+
+Pair = tuple[str, int]  # (job id, token): what a holder sends
+
+# A job to enqueue: a new id (None) or an existing one (an index), priority, delayed an hour or not, task.
+enqueue_specs = st.tuples(st.none() | st.integers(0, 255), st.integers(-2, 2), st.booleans(), st.sampled_from(TASKS))
+
+# An update's source ("held": a current lease, "stale": an old or forged token), which one (an
+# index), kind, fail delay (-1 never retry, 0 at once, an hour), max attempts.
+update_specs = st.tuples(
+    st.sampled_from(["held", "held", "held", "stale"]),
+    st.integers(0, 255),
+    st.sampled_from("plcfrdx"),
+    st.sampled_from([-1, 0, HOUR_MS]),
+    st.integers(1, 3),
+)
+
+
+class EngineMachine(RuleBasedStateMachine):
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.prefix = f"m{uuid.uuid4().hex[:12]}"
+        base = Settings(
+            lease_seconds=3600,
+            completed_keep=-1,
+            completed_age=-1,
+            failed_keep=-1,
+            failed_age=-1,
+        )
+        self.client = Client(url, prefix=self.prefix, settings=base)
+        self.settings = self.client.settings
+        self.keys = self.client.keys("default")
+        self.jobs: dict[str, Job] = {}
+        self.tokens: list[Pair] = []  # every lease handed out, oldest first
+        self.paused = False
+        self.fifo = 0  # the model's sequence: waiting order
+        self.clock = 0  # the scores the test gives to expired leases and due jobs
+        self.events: list[tuple[str, str]] = []  # (event, job) emitted since the last check
+        self.last_event = "0-0"
+        self.values = 0  # numbers for results, errors, progress and log lines
+
+    def teardown(self) -> None:
+        conn = self.client.redis
+        keys = list(conn.scan_iter(match=f"{{{self.prefix}*", count=1000))
+        if keys:
+            conn.delete(*keys)
+        self.client.close()
+
+    # -- the model ---------------------------------------------------------------
+
+    def of_state(self, state: str) -> list[str]:
+        return [job_id for job_id, job in self.jobs.items() if job.state == state]
+
+    def waiting_order(self) -> list[str]:
+        return sorted(self.of_state("waiting"), key=lambda i: (-self.jobs[i].prio, self.jobs[i].order))
+
+    def held(self) -> list[Pair]:
+        return [(i, cast(int, j.token)) for i, j in self.jobs.items() if j.state == "active"]
+
+    def is_held(self, pair: Pair) -> bool:
+        job = self.jobs.get(pair[0])
+        return job is not None and job.state == "active" and job.token == pair[1]
+
+    def stale(self) -> list[Pair]:
+        """Tokens that are not their job's lease: old ones first, then forged ones."""
+        old = [pair for pair in self.tokens if not self.is_held(pair)]
+        return old + [(i, t + FORGED) for i, t in self.held()]
+
+    def pick_pair(self, source: str, index: int) -> Pair:
+        """A current lease or a stale token (a stale one when nothing is held); needs a token handed out."""
+        pool = (self.held() if source == "held" else []) or self.stale()
+        return pool[index % len(pool)]
+
+    def due_delayed(self) -> list[str]:
+        due = [i for i in self.of_state("delayed") if self.jobs[i].clock]
+        return sorted(due, key=lambda i: self.jobs[i].clock)
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def value(self) -> int:
+        self.values += 1
+        return self.values
+
+    def emit(self, event: str, job_id: str) -> None:
+        self.events.append((event, job_id))
+
+    def push_waiting(self, job: Job) -> None:
+        self.fifo += 1
+        job.state, job.order, job.clock = "waiting", self.fifo, 0
+
+    def leave_active(self, job: Job) -> None:
+        job.token, job.clock = None, 0
+
+    def finish(self, job_id: str, job: Job, state: str) -> None:
+        self.leave_active(job)
+        job.state = state
+        self.emit(state, job_id)
+
+    def apply(self, update: Update) -> tuple[bool, bool]:
+        """Apply one update to the model: (accepted, the job is now delayed and due at once)."""
+        job_id, kind = update.id, update.kind
+        job = self.jobs.get(job_id)
+        if job is None or job.state != "active" or job.token != update.token:
+            return False, False
+        if kind == "p":
+            job.progress = update.value
+            self.emit("progress", job_id)
+        elif kind == "l":
+            job.logs = [*job.logs, update.value][-100:]
+            self.emit("log", job_id)
+        elif job.cancel or kind == "x":
+            if kind == "c":
+                job.result = update.value
+            elif kind in "fd":
+                job.error = update.value
+            self.finish(job_id, job, "cancelled")
+        elif kind == "c":
+            job.result = update.value
+            self.finish(job_id, job, "completed")
+        elif kind == "f":
+            job.error = update.value
+            if update.delay_ms >= 0 and job.attempt < update.max_attempts:
+                self.leave_active(job)
+                if update.delay_ms == 0:
+                    self.push_waiting(job)
+                else:
+                    job.state = "delayed"
+                self.emit("retrying", job_id)
+            else:
+                self.finish(job_id, job, "failed")
+        elif kind == "r":
+            self.leave_active(job)
+            job.attempt -= 1
+            self.push_waiting(job)
+            self.emit("released", job_id)
+        elif kind == "d":
+            self.leave_active(job)
+            job.attempt -= 1
+            job.error = update.value
+            job.state = "delayed"
+            self.emit("deferred", job_id)
+            return True, update.delay_ms == 0
+        return True, False
+
+    # -- calling the engine ------------------------------------------------------------
+
+    def call(self, name: str, args: list[Any]) -> Any:
+        return scripts.call(self.client.redis, name, self.keys.all, args)
+
+    def make_update(self, pair: Pair, kind: str, delay: int, max_attempts: int) -> Update:
+        n = self.value()
+        if kind == "d":
+            return Update("d", pair[0], pair[1], f'{{"type":"SlowDown","n":{n}}}', max(0, delay))
+        value = {"p": str(n), "l": f"line {n}", "c": f'"r{n}"', "f": f'{{"type":"E","n":{n}}}'}.get(kind, "")
+        return Update(kind, pair[0], pair[1], value, delay, max_attempts)
+
+    def step(self, worker: str, want: int, updates: list[Update]) -> list[bool]:
+        """One step call on both sides; checks the accepted flags, the leases and the next-due hint."""
+        expected, due_now = [], []
+        for update in updates:
+            accepted, due = self.apply(update)
+            expected.append(accepted)
+            if due:
+                due_now.append(update.id)
+        for job_id in self.due_delayed():
+            self.push_waiting(self.jobs[job_id])
+            self.emit("waiting", job_id)
+        to_lease = [] if self.paused else self.waiting_order()[:want]
+
+        args = scripts.step_args(self.settings, worker, want, updates)
+        accepted, leased, next_due = scripts.parse_step(self.call("step", args))
+
+        assert accepted == expected, f"accepted flags {accepted} != model {expected} for {updates}"
+        assert [job.id for job in leased] == to_lease, "leased jobs, in order"
+        newest = max((t for _, t in self.tokens), default=0)
+        for got in leased:
+            job = self.jobs[got.id]
+            assert got.token > newest, "a lease's token is newer than every token handed out before"
+            newest = got.token
+            job.state, job.attempt, job.token, job.worker, job.clock = "active", job.attempt + 1, got.token, worker, 0
+            assert (got.attempt, got.task) == (job.attempt, job.task)
+            assert json.loads(got.payload) == {"t": job.task, "a": [job.arg], "k": {}}
+            self.tokens.append((got.id, got.token))
+            self.emit("active", got.id)
+        # The step's hint: None without delayed jobs, 0 when one is due now, else later.
+        if not self.of_state("delayed"):
+            assert next_due is None
+        else:
+            assert next_due is not None and (next_due == 0) == bool(due_now)
+        for job_id in due_now:
+            self.make_due(job_id)
+        return accepted
+
+    def make_due(self, job_id: str) -> None:
+        """The clock passes this delayed job's due time."""
+        self.jobs[job_id].clock = self.tick()
+        self.client.redis.zadd(self.keys.delayed, {job_id: self.jobs[job_id].clock})
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every key of this prefix and its value."""
+        conn = self.client.redis
+        out: dict[str, Any] = {}
+        for key in conn.scan_iter(match=f"{{{self.prefix}*", count=1000):
+            kind = conn.type(key)
+            if kind == "hash":
+                out[key] = conn.hgetall(key)
+            elif kind == "zset":
+                out[key] = conn.zrange(key, 0, -1, withscores=True)
+            elif kind == "list":
+                out[key] = conn.lrange(key, 0, -1)
+            elif kind == "set":
+                out[key] = conn.smembers(key)
+            elif kind == "stream":
+                out[key] = conn.xinfo_stream(key)["last-generated-id"]
+            else:
+                out[key] = conn.get(key)
+        return out
+
+    # -- rules ---------------------------------------------------------------------
+
+    @initialize(max_stalls=st.integers(0, 2), specs=st.lists(enqueue_specs, max_size=6))
+    def configure(self, max_stalls: int, specs: list[tuple[int | None, int, bool, str]]) -> None:
+        """The limit on lost leases, and the jobs queued to begin with."""
+        self.settings = self.settings.replace(max_stalls=max_stalls)
+        if specs:
+            self.enqueue(specs)
+
+    @rule(specs=st.lists(enqueue_specs, min_size=1, max_size=3))
+    def enqueue(self, specs: list[tuple[int | None, int, bool, str]]) -> None:
+        """Enqueue 1-3 jobs in one call; a reused id (an existing job's, or one earlier in the batch) adds nothing."""
+        calls, expected, ids = [], [], list(self.jobs)
+        for reuse, prio, delayed, task in specs:
+            if reuse is None or not ids:
+                job_id = f"j{len(ids)}"
+                ids.append(job_id)
+            else:
+                job_id = ids[reuse % len(ids)]
+            arg = int(job_id[1:])
+            calls.append(Call(task, [arg], job_id=job_id, delay=3600 if delayed else None, priority=prio))
+            if job_id in self.jobs:
+                expected.append(False)
+                continue
+            expected.append(True)
+            job = self.jobs[job_id] = Job(task, prio, arg, "delayed")
+            if delayed:
+                self.emit("delayed", job_id)
+            else:
+                self.push_waiting(job)
+                self.emit("enqueued", job_id)
+        handles = self.client.enqueue_many(calls)
+        assert [h.created for h in handles] == expected
+
+    @rule(worker=st.sampled_from(WORKERS), want=st.integers(0, 3))
+    def lease(self, worker: str, want: int) -> None:
+        self.step(worker, want, [])
+
+    @precondition(lambda self: self.held())
+    @rule(
+        worker=st.sampled_from(WORKERS),
+        want=st.integers(0, 2),
+        specs=st.lists(update_specs, min_size=1, max_size=3),
+    )
+    def report(self, worker: str, want: int, specs: list[tuple[str, int, str, int, int]]) -> None:
+        """Holders report (mostly with their current token): progress, logs, outcomes; then lease."""
+        updates = []
+        for source, index, kind, delay, max_attempts in specs:
+            updates.append(self.make_update(self.pick_pair(source, index), kind, delay, max_attempts))
+        self.step(worker, want, updates)
+
+    @precondition(lambda self: self.tokens and not self.due_delayed())
+    @rule(
+        specs=st.lists(
+            st.tuples(st.integers(0, 255), st.sampled_from("plcfrdx"), st.sampled_from([-1, 0, HOUR_MS])),
+            min_size=1,
+            max_size=3,
+        ),
+        renew=st.booleans(),
+    )
+    def stale_holder(self, specs: list[tuple[int, str, int]], renew: bool) -> None:
+        """Old or forged tokens: every call is refused and no key changes (the step promotes nothing:
+        no delayed job is due)."""
+        before = self.snapshot()
+        if renew:
+            pairs = [self.pick_pair("stale", index) for index, _, _ in specs]
+            lost, cancel = scripts.parse_renew(self.call("renew", scripts.renew_args(self.settings, pairs)))
+            assert (lost, cancel) == ([i for i, _ in pairs], [])
+        else:
+            updates = [self.make_update(self.pick_pair("stale", index), kind, delay, 3) for index, kind, delay in specs]
+            assert self.step("A", 0, updates) == [False] * len(updates)
+        assert self.snapshot() == before, "a refused call changed nothing"
+
+    @precondition(lambda self: self.held())
+    @rule(specs=st.lists(st.tuples(st.sampled_from(["held", "held", "stale"]), st.integers(0, 255)), max_size=4))
+    def renew(self, specs: list[tuple[str, int]]) -> None:
+        """A holder renews leases (some may be stale): renewed ones are no longer expired."""
+        pairs = [self.pick_pair(source, index) for source, index in specs]
+        lost, cancel = [], []
+        for pair in pairs:
+            if self.is_held(pair):
+                job = self.jobs[pair[0]]
+                job.clock = 0
+                if job.cancel:
+                    cancel.append(pair[0])
+            else:
+                lost.append(pair[0])
+        result = scripts.parse_renew(self.call("renew", scripts.renew_args(self.settings, pairs)))
+        assert result == (lost, cancel)
+
+    @rule(index=st.integers(0, 255), which=st.sampled_from(["a job", "a job", "a job", "no such job"]))
+    def cancel(self, index: int, which: str) -> None:
+        if which == "no such job" or not self.jobs:
+            try:
+                self.client.cancel("no-such-job")
+            except JobNotFound:
+                return
+            raise AssertionError("cancel of a missing job raises JobNotFound")
+        job_id = list(self.jobs)[index % len(self.jobs)]
+        job = self.jobs[job_id]
+        expected = job.state
+        if job.state in ("waiting", "delayed"):
+            job.state, job.clock, expected = "cancelled", 0, "cancelled"
+            self.emit("cancelled", job_id)
+        elif job.state == "active":
+            if not job.cancel:
+                self.emit("cancelling", job_id)
+            job.cancel, expected = True, "cancelling"
+        assert self.client.cancel(job_id) == expected
+
+    @precondition(lambda self: self.of_state("active"))
+    @rule(index=st.integers(0, 255))
+    def expire(self, index: int) -> None:
+        """The clock passes one active job's lease deadline."""
+        active = self.of_state("active")
+        job_id = active[index % len(active)]
+        self.jobs[job_id].clock = self.tick()
+        self.client.redis.zadd(self.keys.active, {job_id: self.jobs[job_id].clock})
+
+    @precondition(lambda self: any(not self.jobs[i].clock for i in self.of_state("delayed")))
+    @rule(index=st.integers(0, 255))
+    def come_due(self, index: int) -> None:
+        """The clock passes one delayed job's due time (the next step promotes it)."""
+        later = [i for i in self.of_state("delayed") if not self.jobs[i].clock]
+        self.make_due(later[index % len(later)])
+
+    @precondition(lambda self: self.of_state("active"))
+    @rule()
+    def sweep(self) -> None:
+        expired = sorted((i for i in self.of_state("active") if self.jobs[i].clock), key=lambda i: self.jobs[i].clock)
+        recovered, lost = [], []
+        for job_id in expired:
+            job = self.jobs[job_id]
+            job.stalls += 1
+            if job.cancel:
+                self.finish(job_id, job, "cancelled")
+            elif job.stalls > self.settings.max_stalls:
+                job.error = WORKER_LOST
+                self.finish(job_id, job, "failed")
+                lost.append(job_id)
+            else:
+                self.leave_active(job)
+                job.attempt -= 1
+                self.push_waiting(job)
+                self.emit("stalled", job_id)
+                recovered.append(job_id)
+        result = self.call("sweep", scripts.sweep_args(self.settings))
+        assert (list(result[0]), list(result[1])) == (recovered, lost)
+
+    @rule(pause=st.sampled_from([False, False, True]))
+    def pause_or_resume(self, pause: bool) -> None:
+        """Pause (no leases; enqueue, reports and sweeps go on) or resume; either may repeat."""
+        self.paused = pause
+        if pause:
+            self.emit("paused", "")
+            self.client.pause()
+        else:
+            self.emit("resumed", "")
+            self.client.resume()
+
+    # -- the comparison ---------------------------------------------------------------
+
+    @invariant()
+    def engine_matches_model(self) -> None:
+        conn, keys = self.client.redis, self.keys
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.jobs)
+            pipe.hkeys(keys.payloads)
+            pipe.zrange(keys.waiting, 0, -1)
+            for name in ZSETS:
+                pipe.zrange(getattr(keys, name), 0, -1)
+            pipe.hexists(keys.meta, "paused")
+            pipe.xrange(keys.events, f"({self.last_event}", "+")
+            records, payloads, waiting, *zsets, paused, entries = pipe.execute()
+
+        assert sorted(records) == sorted(self.jobs), "job records"
+        assert sorted(payloads) == sorted(self.jobs), "payloads"
+        for job_id, job in self.jobs.items():
+            got, want = observed(json.loads(records[job_id])), expected(job)
+            differ = {name: (got[name], want[name]) for name in want if got[name] != want[name]}
+            assert not differ, f"job {job_id}, (engine, model): {differ}"
+        assert waiting == self.waiting_order(), "waiting, in lease order"
+        for name, members in zip(ZSETS, zsets, strict=True):
+            assert sorted(members) == sorted(self.of_state(name)), name
+        assert paused == self.paused
+        assert [(fields["event"], fields["job"]) for _, fields in entries] == self.events, "events"
+        if entries:
+            self.last_event = entries[-1][0]
+        self.events = []
+
+
+def expected(job: Job) -> dict[str, Any]:
+    return {
+        "task": job.task,
+        "prio": job.prio,
+        "state": job.state,
+        "attempt": job.attempt,
+        "stalls": job.stalls,
+        "token": job.token,
+        "worker": job.worker,
+        "cancel": job.cancel,
+        "result": job.result,
+        "error": job.error,
+        "progress": job.progress,
+        "logs": job.logs,
+        "due": job.state == "delayed",
+        "finished": job.state in ("completed", "failed", "cancelled"),
+    }
+
+
+def observed(rec: dict[str, Any]) -> dict[str, Any]:
+    error = rec.get("error")
+    if error is not None and json.loads(error).get("type") == WORKER_LOST:
+        error = WORKER_LOST
+    return {
+        "task": rec["task"],
+        "prio": rec["prio"],
+        "state": rec["state"],
+        "attempt": rec["attempt"],
+        "stalls": rec["stalls"],
+        "token": rec.get("token"),
+        "worker": rec.get("worker"),
+        "cancel": rec.get("cancel", False),
+        "result": rec.get("result"),
+        "error": error,
+        "progress": rec.get("progress"),
+        "logs": rec.get("logs", []),
+        "due": "due" in rec,
+        "finished": "finished" in rec,
+    }
+
+
+@pytest.mark.timeout(600)  # a pass takes seconds; shrinking a failure may take minutes
+def test_engine_matches_its_model(taskmesh_redis_url: str) -> None:
+    factory: Callable[[], EngineMachine] = lambda: EngineMachine(taskmesh_redis_url)  # noqa: E731
+    run_state_machine_as_test(factory, settings=MACHINE_SETTINGS)
