@@ -36,7 +36,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from taskmesh import Call, Client, JobNotFound, Settings
+from taskmesh import Call, Client, JobNotFound, Limit, Settings
 from taskmesh.store import scripts
 from taskmesh.store.scripts import Update
 
@@ -48,7 +48,7 @@ WORKER_LOST = "WorkerLost"  # the model's stand-in for the error the sweep recor
 FORGED = 10**9  # added to a token to make one no lease ever carried
 
 MACHINE_SETTINGS = settings(
-    max_examples=100,
+    max_examples=200,
     stateful_step_count=50,
     deadline=None,
     derandomize=False,
@@ -73,6 +73,8 @@ class Job:
     token: int | None = None
     worker: str | None = None
     cancel: bool = False
+    counted: bool = False  # counted in its task's running jobs (leased under, or running when set, a task's cap)
+    capped: bool = False  # leased under a cap: its exit may let another job start
     result: str | None = None
     error: str | None = None
     progress: str | None = None
@@ -80,6 +82,18 @@ class Job:
 
 
 Pair = tuple[str, int]  # (job id, token): what a holder sends
+
+
+@dataclass(frozen=True)
+class Cap:
+    """A queue's or a task's limit: at most ``rate`` leases per hour, at most ``max`` active."""
+
+    rate: int | None
+    max: int | None
+
+    def to_json(self) -> dict[str, int]:
+        out = {} if self.rate is None else {"rate": self.rate, "per": HOUR_MS}
+        return out if self.max is None else {**out, "max": self.max}
 
 # A job to enqueue: a new id (None) or an existing one (an index), priority, delayed an hour or not, task.
 enqueue_specs = st.tuples(st.none() | st.integers(0, 255), st.integers(-2, 2), st.booleans(), st.sampled_from(TASKS))
@@ -109,9 +123,13 @@ class EngineMachine(RuleBasedStateMachine):
         self.client = Client(url, prefix=self.prefix, settings=base)
         self.settings = self.client.settings
         self.keys = self.client.keys("default")
+        self.tag = f"{{{self.prefix}:default}}"
         self.jobs: dict[str, Job] = {}
         self.tokens: list[Pair] = []  # every lease handed out, oldest first
         self.paused = False
+        self.limits: dict[str, Cap] = {}  # '' for the queue, else a task name
+        self.running: dict[str, int] = {}  # the engine's count of running jobs per capped task
+        self.rate_log: dict[str, int] = {}  # leases counted by each rate limit ('' for the queue)
         self.fifo = 0  # the model's sequence: waiting order
         self.clock = 0  # the scores the test gives to expired leases and due jobs
         self.events: list[tuple[str, str]] = []  # (event, job) emitted since the last check
@@ -170,7 +188,9 @@ class EngineMachine(RuleBasedStateMachine):
         job.state, job.order, job.clock = "waiting", self.fifo, 0
 
     def leave_active(self, job: Job) -> None:
-        job.token, job.clock = None, 0
+        if job.counted:
+            self.running[job.task] -= 1
+        job.token, job.clock, job.counted, job.capped = None, 0, False, False
 
     def finish(self, job_id: str, job: Job, state: str) -> None:
         self.leave_active(job)
@@ -223,6 +243,56 @@ class EngineMachine(RuleBasedStateMachine):
             return True, update.delay_ms == 0
         return True, False
 
+    def to_lease(self, want: int) -> tuple[list[str], bool]:
+        """The jobs a step leases, in order, and whether a rate limit held one back: the first
+        waiting ones, within the queue's limits, skipping jobs whose task's limits block them."""
+        if self.paused or want <= 0:
+            return [], False
+        blocked = False
+        queue = self.limits.get("")
+        if queue and queue.max is not None:
+            want = min(want, queue.max - len(self.of_state("active")))
+        if queue and queue.rate is not None and want > 0:
+            free = max(0, queue.rate - self.rate_log.get("", 0))
+            blocked = free == 0
+            want = min(want, free)
+        if want <= 0:
+            return [], blocked
+        picked: list[str] = []
+        room: dict[str, int] = {}  # task -> free slots
+        for job_id in self.waiting_order():
+            task = self.jobs[job_id].task
+            limit = self.limits.get(task)
+            if limit is None:
+                picked.append(job_id)
+            else:
+                free = room.get(task)
+                if free is None:  # the first job of this task: how many its limits let start
+                    free = 10**9 if limit.max is None else limit.max - self.running.get(task, 0)
+                    if limit.rate is not None:
+                        rate_free = max(0, limit.rate - self.rate_log.get(task, 0))
+                        blocked = blocked or (rate_free == 0 and free > 0)
+                        free = min(free, rate_free)
+                if free > 0:
+                    picked.append(job_id)
+                room[task] = free - 1
+            if len(picked) == want:
+                break
+        return picked, blocked
+
+    def count_lease(self, job: Job) -> None:
+        """A lease counts against the limits in force."""
+        limit, queue = self.limits.get(job.task), self.limits.get("")
+        if limit and limit.max is not None:
+            self.running[job.task] = self.running.get(job.task, 0) + 1
+            job.counted = job.capped = True
+        if limit and limit.rate is not None:
+            self.rate_log[job.task] = self.rate_log.get(job.task, 0) + 1
+        if queue and queue.max is not None:
+            job.capped = True
+        if queue and queue.rate is not None:
+            self.rate_log[""] = self.rate_log.get("", 0) + 1
+
     # -- calling the engine ------------------------------------------------------------
 
     def call(self, name: str, args: list[Any]) -> Any:
@@ -246,7 +316,7 @@ class EngineMachine(RuleBasedStateMachine):
         for job_id in self.due_delayed():
             self.push_waiting(self.jobs[job_id])
             self.emit("waiting", job_id)
-        to_lease = [] if self.paused else self.waiting_order()[:want]
+        to_lease, rate_blocked = self.to_lease(want)
 
         args = scripts.step_args(self.settings, worker, want, updates)
         accepted, leased, next_due = scripts.parse_step(self.call("step", args))
@@ -259,12 +329,14 @@ class EngineMachine(RuleBasedStateMachine):
             assert got.token > newest, "a lease's token is newer than every token handed out before"
             newest = got.token
             job.state, job.attempt, job.token, job.worker, job.clock = "active", job.attempt + 1, got.token, worker, 0
+            self.count_lease(job)
             assert (got.attempt, got.task) == (job.attempt, job.task)
             assert json.loads(got.payload) == {"t": job.task, "a": [job.arg], "k": {}}
             self.tokens.append((got.id, got.token))
             self.emit("active", got.id)
-        # The step's hint: None without delayed jobs, 0 when one is due now, else later.
-        if not self.of_state("delayed"):
+        # The step's hint: None without delayed jobs or a rate limit holding jobs back, 0 when a
+        # delayed job is due now, else later.
+        if not self.of_state("delayed") and not rate_blocked:
             assert next_due is None
         else:
             assert next_due is not None and (next_due == 0) == bool(due_now)
@@ -446,16 +518,34 @@ class EngineMachine(RuleBasedStateMachine):
         result = self.call("sweep", scripts.sweep_args(self.settings))
         assert (list(result[0]), list(result[1])) == (recovered, lost)
 
-    @rule(pause=st.sampled_from([False, False, True]))
-    def pause_or_resume(self, pause: bool) -> None:
-        """Pause (no leases; enqueue, reports and sweeps go on) or resume; either may repeat."""
-        self.paused = pause
-        if pause:
-            self.emit("paused", "")
-            self.client.pause()
+    @rule(
+        op=st.sampled_from(["resume", "resume", "pause", "limit"]),
+        scope=st.sampled_from(["", *TASKS]),
+        rate=st.none() | st.integers(1, 5),
+        max_active=st.none() | st.integers(1, 3),
+    )
+    def control(self, op: str, scope: str, rate: int | None, max_active: int | None) -> None:
+        """Pause (no leases; enqueue, reports and sweeps go on), resume (either may repeat), or limit
+        the queue (scope '') or a task: at most `rate` leases an hour and `max_active` at once (neither:
+        no limit). A task's cap counts its jobs already running."""
+        if op in ("pause", "resume"):
+            self.paused = op == "pause"
+            self.emit(f"{op}d", "")
+            getattr(self.client, op)()
+            return
+        limit = None if rate is None and max_active is None else Cap(rate, max_active)
+        if limit is None:
+            self.limits.pop(scope, None)
         else:
-            self.emit("resumed", "")
-            self.client.resume()
+            self.limits[scope] = limit
+        if scope and max_active is not None:
+            running = [job for job in self.jobs.values() if job.state == "active" and job.task == scope]
+            for job in running:
+                job.counted = job.capped = True
+            self.running[scope] = len(running)
+        self.emit("limited", "")
+        real = None if limit is None else Limit(rate=rate, per=HOUR_MS / 1000, max_active=max_active)
+        self.client.set_limit("default", real, task=scope or None)
 
     # -- the comparison ---------------------------------------------------------------
 
@@ -468,9 +558,15 @@ class EngineMachine(RuleBasedStateMachine):
             pipe.zrange(keys.waiting, 0, -1)
             for name in ZSETS:
                 pipe.zrange(getattr(keys, name), 0, -1)
-            pipe.hexists(keys.meta, "paused")
+            pipe.hgetall(keys.meta)
+            pipe.hgetall(f"{self.tag}:running")
+            for name in ("", *TASKS):
+                pipe.zcard(f"{self.tag}:rate" + (f":{name}" if name else ""))
             pipe.xrange(keys.events, f"({self.last_event}", "+")
-            records, payloads, waiting, *zsets, paused, entries = pipe.execute()
+            results = pipe.execute()
+        records, payloads, waiting = results[:3]
+        zsets = results[3 : 3 + len(ZSETS)]
+        meta, running, *logs, entries = results[3 + len(ZSETS) :]
 
         assert sorted(records) == sorted(self.jobs), "job records"
         assert sorted(payloads) == sorted(self.jobs), "payloads"
@@ -481,7 +577,14 @@ class EngineMachine(RuleBasedStateMachine):
         assert waiting == self.waiting_order(), "waiting, in lease order"
         for name, members in zip(ZSETS, zsets, strict=True):
             assert sorted(members) == sorted(self.of_state(name)), name
-        assert paused == self.paused
+        limits = {f"limit:{name}": limit.to_json() for name, limit in self.limits.items()}
+        assert {k: json.loads(v) for k, v in meta.items() if k != "paused"} == limits, "limits"
+        assert ("paused" in meta) == self.paused
+        assert {task: int(n) for task, n in running.items()} == self.running, "running jobs per capped task"
+        for task, limit in self.limits.items():
+            if task and limit.max is not None:
+                assert self.running[task] == sum(j.task == task for j in self.jobs.values() if j.state == "active")
+        assert logs == [self.rate_log.get(name, 0) for name in ("", *TASKS)], "rate limit logs"
         assert [(fields["event"], fields["job"]) for _, fields in entries] == self.events, "events"
         if entries:
             self.last_event = entries[-1][0]
@@ -498,6 +601,8 @@ def expected(job: Job) -> dict[str, Any]:
         "token": job.token,
         "worker": job.worker,
         "cancel": job.cancel,
+        "counted": job.counted,
+        "capped": job.capped,
         "result": job.result,
         "error": job.error,
         "progress": job.progress,
@@ -520,6 +625,8 @@ def observed(rec: dict[str, Any]) -> dict[str, Any]:
         "token": rec.get("token"),
         "worker": rec.get("worker"),
         "cancel": rec.get("cancel", False),
+        "counted": rec.get("counted", False),
+        "capped": rec.get("capped", False),
         "result": rec.get("result"),
         "error": error,
         "progress": rec.get("progress"),
