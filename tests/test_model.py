@@ -38,12 +38,14 @@ from hypothesis.stateful import (
 
 from taskmesh import Call, Client, JobNotFound, Limit, Settings
 from taskmesh.store import scripts
+from taskmesh.store.keys import claim_key
 from taskmesh.store.scripts import Update
 
 HOUR_MS = 3_600_000
 TASKS = ("model.a", "model.b")
 WORKERS = ("A", "B")
 ZSETS = ("delayed", "active", "completed", "failed", "cancelled")
+WAKEUP_CAP = 16  # the most wake-up tokens the list holds (lib.lua)
 WORKER_LOST = "WorkerLost"  # the model's stand-in for the error the sweep records
 FORGED = 10**9  # added to a token to make one no lease ever carried
 
@@ -130,9 +132,11 @@ class EngineMachine(RuleBasedStateMachine):
         self.limits: dict[str, Cap] = {}  # '' for the queue, else a task name
         self.running: dict[str, int] = {}  # the engine's count of running jobs per capped task
         self.rate_log: dict[str, int] = {}  # leases counted by each rate limit ('' for the queue)
+        self.wakeups = 0  # length of the wake-up list idle workers block on
+        self.capped_exits = 0  # in the current script call
         self.fifo = 0  # the model's sequence: waiting order
         self.clock = 0  # the scores the test gives to expired leases and due jobs
-        self.events: list[tuple[str, str]] = []  # (event, job) emitted since the last check
+        self.events: list[dict[str, str]] = []  # the events emitted since the last check
         self.last_event = "0-0"
         self.values = 0  # numbers for results, errors, progress and log lines
 
@@ -180,8 +184,18 @@ class EngineMachine(RuleBasedStateMachine):
         self.values += 1
         return self.values
 
-    def emit(self, event: str, job_id: str) -> None:
-        self.events.append((event, job_id))
+    def emit(self, event: str, job_id: str, **fields: object) -> None:
+        self.events.append({"event": event, "job": job_id, **{k: str(v) for k, v in fields.items()}})
+
+    def wake(self, n: int) -> None:
+        """Wake-up tokens for idle workers: up to n, never more than WAKEUP_CAP in the list."""
+        self.wakeups += max(0, min(n, WAKEUP_CAP - self.wakeups))
+
+    def wake_capped_exits(self) -> None:
+        """Jobs that left 'active' after a lease under a cap may each let a waiting job start."""
+        if self.capped_exits and self.of_state("waiting"):
+            self.wake(self.capped_exits)
+        self.capped_exits = 0
 
     def push_waiting(self, job: Job) -> None:
         self.fifo += 1
@@ -190,25 +204,28 @@ class EngineMachine(RuleBasedStateMachine):
     def leave_active(self, job: Job) -> None:
         if job.counted:
             self.running[job.task] -= 1
+        if job.capped:
+            self.capped_exits += 1
         job.token, job.clock, job.counted, job.capped = None, 0, False, False
 
-    def finish(self, job_id: str, job: Job, state: str) -> None:
+    def finish(self, job_id: str, job: Job, state: str, **fields: object) -> None:
         self.leave_active(job)
         job.state = state
-        self.emit(state, job_id)
+        self.emit(state, job_id, **fields)
 
-    def apply(self, update: Update) -> tuple[bool, bool]:
-        """Apply one update to the model: (accepted, the job is now delayed and due at once)."""
+    def apply(self, update: Update) -> tuple[bool, str]:
+        """Apply one update to the model: (accepted, where the job went if back to waiting or delayed:
+        'waiting', 'delayed', 'due' (delayed, due at once) or '')."""
         job_id, kind = update.id, update.kind
         job = self.jobs.get(job_id)
         if job is None or job.state != "active" or job.token != update.token:
-            return False, False
+            return False, ""
         if kind == "p":
             job.progress = update.value
-            self.emit("progress", job_id)
+            self.emit("progress", job_id, progress=update.value)
         elif kind == "l":
             job.logs = [*job.logs, update.value][-100:]
-            self.emit("log", job_id)
+            self.emit("log", job_id, message=update.value)
         elif job.cancel or kind == "x":
             if kind == "c":
                 job.result = update.value
@@ -226,22 +243,24 @@ class EngineMachine(RuleBasedStateMachine):
                     self.push_waiting(job)
                 else:
                     job.state = "delayed"
-                self.emit("retrying", job_id)
+                self.emit("retrying", job_id, attempt=job.attempt, delay=update.delay_ms)
+                return True, job.state
             else:
-                self.finish(job_id, job, "failed")
+                self.finish(job_id, job, "failed", attempt=job.attempt)
         elif kind == "r":
             self.leave_active(job)
             job.attempt -= 1
             self.push_waiting(job)
             self.emit("released", job_id)
+            return True, "waiting"
         elif kind == "d":
             self.leave_active(job)
             job.attempt -= 1
             job.error = update.value
             job.state = "delayed"
-            self.emit("deferred", job_id)
-            return True, update.delay_ms == 0
-        return True, False
+            self.emit("deferred", job_id, delay=update.delay_ms)
+            return True, "due" if update.delay_ms == 0 else "delayed"
+        return True, ""
 
     def to_lease(self, want: int) -> tuple[list[str], bool]:
         """The jobs a step leases, in order, and whether a rate limit held one back: the first
@@ -305,21 +324,26 @@ class EngineMachine(RuleBasedStateMachine):
         value = {"p": str(n), "l": f"line {n}", "c": f'"r{n}"', "f": f'{{"type":"E","n":{n}}}'}.get(kind, "")
         return Update(kind, pair[0], pair[1], value, delay, max_attempts)
 
-    def step(self, worker: str, want: int, updates: list[Update]) -> list[bool]:
-        """One step call on both sides; checks the accepted flags, the leases and the next-due hint."""
-        expected, due_now = [], []
+    def step(self, worker: str, want: int, updates: list[Update], claimed: bool | None = None) -> list[bool]:
+        """One step call on both sides; checks the accepted flags, the leases and the next-due hint.
+        With `claimed` set, the step is gated by the worker's claim list and leases only if it holds
+        a wake-up (claimed: one was moved there)."""
+        expected, due_now, went = [], [], []
         for update in updates:
-            accepted, due = self.apply(update)
+            accepted, where = self.apply(update)
             expected.append(accepted)
-            if due:
+            went.append(where)
+            if where == "due":
                 due_now.append(update.id)
         for job_id in self.due_delayed():
             self.push_waiting(self.jobs[job_id])
             self.emit("waiting", job_id)
-        to_lease, rate_blocked = self.to_lease(want)
+        asked = 0 if self.paused or claimed is False else want
+        to_lease, rate_blocked = self.to_lease(asked)
 
+        keys = self.keys.all if claimed is None else (*self.keys.all, claim_key(self.keys, worker))
         args = scripts.step_args(self.settings, worker, want, updates)
-        accepted, leased, next_due = scripts.parse_step(self.call("step", args))
+        accepted, leased, next_due = scripts.parse_step(scripts.call(self.client.redis, "step", keys, args))
 
         assert accepted == expected, f"accepted flags {accepted} != model {expected} for {updates}"
         assert [job.id for job in leased] == to_lease, "leased jobs, in order"
@@ -333,7 +357,14 @@ class EngineMachine(RuleBasedStateMachine):
             assert (got.attempt, got.task) == (job.attempt, job.task)
             assert json.loads(got.payload) == {"t": job.task, "a": [job.arg], "k": {}}
             self.tokens.append((got.id, got.token))
-            self.emit("active", got.id)
+            self.emit("active", got.id, attempt=job.attempt)
+        # Wake-ups: more runnable than this worker took passes one on; a worker that leases nothing
+        # leaves what it handed back to others; a backed-off job may be due before idle workers look.
+        if asked > 0 and len(leased) == asked and self.of_state("waiting"):
+            self.wake(1)
+        others = went.count("waiting") if want == 0 else 0
+        self.wake(others + (1 if {"delayed", "due"} & set(went) else 0))
+        self.wake_capped_exits()
         # The step's hint: None without delayed jobs or a rate limit holding jobs back, 0 when a
         # delayed job is due now, else later.
         if not self.of_state("delayed") and not rate_blocked:
@@ -396,16 +427,40 @@ class EngineMachine(RuleBasedStateMachine):
             expected.append(True)
             job = self.jobs[job_id] = Job(task, prio, arg, "delayed")
             if delayed:
-                self.emit("delayed", job_id)
+                self.emit("delayed", job_id, due="<time>")
             else:
                 self.push_waiting(job)
                 self.emit("enqueued", job_id)
+        self.wake(expected.count(True))
         handles = self.client.enqueue_many(calls)
         assert [h.created for h in handles] == expected
 
     @rule(worker=st.sampled_from(WORKERS), want=st.integers(0, 3))
     def lease(self, worker: str, want: int) -> None:
         self.step(worker, want, [])
+
+    @rule(
+        worker=st.sampled_from(WORKERS),
+        claim=st.booleans(),
+        want=st.integers(1, 3),
+        taken=st.sampled_from([0, 0, 1, 2, WAKEUP_CAP]),
+    )
+    def idle_worker_wakes(self, worker: str, claim: bool, want: int, taken: int) -> None:
+        """An idle worker takes a wake-up token (if one is left after other idle workers took `taken`;
+        their steps are other rules) and leases: with the one-job step gated by its claim list (the
+        token is moved there first), or with a plain step after taking the token."""
+        conn = self.client.redis
+        if taken:
+            conn.lpop(self.keys.wakeup, taken)
+            self.wakeups = max(0, self.wakeups - taken)
+        claimed = self.wakeups > 0
+        self.wakeups -= int(claimed)
+        if claim:
+            conn.lmove(self.keys.wakeup, claim_key(self.keys, worker), "LEFT", "RIGHT")
+            self.step(worker, 1, [], claimed=claimed)
+        else:
+            conn.lpop(self.keys.wakeup)
+            self.step(worker, want, [])
 
     @precondition(lambda self: self.held())
     @rule(
@@ -507,14 +562,16 @@ class EngineMachine(RuleBasedStateMachine):
                 self.finish(job_id, job, "cancelled")
             elif job.stalls > self.settings.max_stalls:
                 job.error = WORKER_LOST
-                self.finish(job_id, job, "failed")
+                self.finish(job_id, job, "failed", attempt=job.attempt, reason="worker lost")
                 lost.append(job_id)
             else:
                 self.leave_active(job)
                 job.attempt -= 1
                 self.push_waiting(job)
-                self.emit("stalled", job_id)
+                self.emit("stalled", job_id, stalls=job.stalls)
                 recovered.append(job_id)
+        self.wake_capped_exits()
+        self.wake(len(recovered))
         result = self.call("sweep", scripts.sweep_args(self.settings))
         assert (list(result[0]), list(result[1])) == (recovered, lost)
 
@@ -531,6 +588,8 @@ class EngineMachine(RuleBasedStateMachine):
         if op in ("pause", "resume"):
             self.paused = op == "pause"
             self.emit(f"{op}d", "")
+            if op == "resume":
+                self.wake(WAKEUP_CAP)
             getattr(self.client, op)()
             return
         limit = None if rate is None and max_active is None else Cap(rate, max_active)
@@ -543,8 +602,9 @@ class EngineMachine(RuleBasedStateMachine):
             for job in running:
                 job.counted = job.capped = True
             self.running[scope] = len(running)
-        self.emit("limited", "")
+        self.wake(WAKEUP_CAP)
         real = None if limit is None else Limit(rate=rate, per=HOUR_MS / 1000, max_active=max_active)
+        self.emit("limited", "", task=scope, limit="" if real is None else real.to_json())
         self.client.set_limit("default", real, task=scope or None)
 
     # -- the comparison ---------------------------------------------------------------
@@ -559,6 +619,9 @@ class EngineMachine(RuleBasedStateMachine):
             for name in ZSETS:
                 pipe.zrange(getattr(keys, name), 0, -1)
             pipe.hgetall(keys.meta)
+            pipe.llen(keys.wakeup)
+            for worker in WORKERS:
+                pipe.llen(claim_key(keys, worker))
             pipe.hgetall(f"{self.tag}:running")
             for name in ("", *TASKS):
                 pipe.zcard(f"{self.tag}:rate" + (f":{name}" if name else ""))
@@ -566,7 +629,8 @@ class EngineMachine(RuleBasedStateMachine):
             results = pipe.execute()
         records, payloads, waiting = results[:3]
         zsets = results[3 : 3 + len(ZSETS)]
-        meta, running, *logs, entries = results[3 + len(ZSETS) :]
+        meta, wakeups, *rest = results[3 + len(ZSETS) :]
+        claims, (running, *logs, entries) = rest[: len(WORKERS)], rest[len(WORKERS) :]
 
         assert sorted(records) == sorted(self.jobs), "job records"
         assert sorted(payloads) == sorted(self.jobs), "payloads"
@@ -580,12 +644,16 @@ class EngineMachine(RuleBasedStateMachine):
         limits = {f"limit:{name}": limit.to_json() for name, limit in self.limits.items()}
         assert {k: json.loads(v) for k, v in meta.items() if k != "paused"} == limits, "limits"
         assert ("paused" in meta) == self.paused
+        assert wakeups == self.wakeups, "wake-up tokens"
+        assert claims == [0] * len(WORKERS), "no claim is left behind"
         assert {task: int(n) for task, n in running.items()} == self.running, "running jobs per capped task"
         for task, limit in self.limits.items():
             if task and limit.max is not None:
                 assert self.running[task] == sum(j.task == task for j in self.jobs.values() if j.state == "active")
         assert logs == [self.rate_log.get(name, 0) for name in ("", *TASKS)], "rate limit logs"
-        assert [(fields["event"], fields["job"]) for _, fields in entries] == self.events, "events"
+        # A delayed job's due time is the server's clock: only its presence is compared.
+        got = [{**fields, "due": "<time>"} if "due" in fields else fields for _, fields in entries]
+        assert got == self.events, "events"
         if entries:
             self.last_event = entries[-1][0]
         self.events = []
