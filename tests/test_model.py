@@ -1,8 +1,16 @@
 """The engine against a model: random sequences of operations run on the real Lua scripts and a real
 Redis and, side by side, on a small Python model of the job state machine. After every step the
 observable state must agree: each job's record (state, attempt, stalls, token, holder, cancel flag,
-result, error, progress, logs), the members of every state set, the waiting order (priority, then
-FIFO) and the events emitted. A stale holder's calls must be refused and change nothing at all.
+result, error, progress, logs, cap counting), the members of every state set, the waiting order
+(priority, then FIFO), the events emitted with their fields, the queue's settings, the running
+counts and rate logs of its limits, and the wake-up tokens for idle workers. A stale holder's calls
+must be refused and change nothing at all.
+
+Operations: enqueue (priorities, delays, reused ids), leases by two workers (plain, or an idle
+worker's step gated by its claim list), reports of current and stale holders (progress, log,
+complete, fail with or without a retry, release, defer, cancelled), renewals, cancel, pause, resume,
+limits on the queue and on a task (at most N leases an hour, at most M active), lease expiry and
+sweeps, delayed jobs coming due.
 
 Time: leases and delays last an hour, so nothing expires or comes due by itself while a sequence
 runs. The clock moving past one job's lease deadline or due time is played by rewriting its score to
@@ -13,14 +21,15 @@ is rewritten the same way after the step, so its place among other due jobs does
 which millisecond the step ran in.
 
 Retention is unlimited here (nothing is trimmed). A failure prints the shrunk sequence of
-operations and a ``@reproduce_failure`` blob that replays it.
+operations and a ``@reproduce_failure`` blob that replays it. ``TASKMESH_MODEL_EXAMPLES`` sets the
+number of sequences (default 200) for a longer search.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -50,7 +59,7 @@ WORKER_LOST = "WorkerLost"  # the model's stand-in for the error the sweep recor
 FORGED = 10**9  # added to a token to make one no lease ever carried
 
 MACHINE_SETTINGS = settings(
-    max_examples=200,
+    max_examples=int(os.environ.get("TASKMESH_MODEL_EXAMPLES", "200")),
     stateful_step_count=50,
     deadline=None,
     derandomize=False,
@@ -97,6 +106,7 @@ class Cap:
         out = {} if self.rate is None else {"rate": self.rate, "per": HOUR_MS}
         return out if self.max is None else {**out, "max": self.max}
 
+
 # A job to enqueue: a new id (None) or an existing one (an index), priority, delayed an hour or not, task.
 enqueue_specs = st.tuples(st.none() | st.integers(0, 255), st.integers(-2, 2), st.booleans(), st.sampled_from(TASKS))
 
@@ -112,7 +122,11 @@ update_specs = st.tuples(
 
 
 class EngineMachine(RuleBasedStateMachine):
-    def __init__(self, url: str) -> None:
+    """The engine on a fresh key prefix of the Redis at `url`, and its model; one queue, 'default'."""
+
+    url: str
+
+    def __init__(self) -> None:
         super().__init__()
         self.prefix = f"m{uuid.uuid4().hex[:12]}"
         base = Settings(
@@ -122,7 +136,7 @@ class EngineMachine(RuleBasedStateMachine):
             failed_keep=-1,
             failed_age=-1,
         )
-        self.client = Client(url, prefix=self.prefix, settings=base)
+        self.client = Client(self.url, prefix=self.prefix, settings=base)
         self.settings = self.client.settings
         self.keys = self.client.keys("default")
         self.tag = f"{{{self.prefix}:default}}"
@@ -245,8 +259,7 @@ class EngineMachine(RuleBasedStateMachine):
                     job.state = "delayed"
                 self.emit("retrying", job_id, attempt=job.attempt, delay=update.delay_ms)
                 return True, job.state
-            else:
-                self.finish(job_id, job, "failed", attempt=job.attempt)
+            self.finish(job_id, job, "failed", attempt=job.attempt)
         elif kind == "r":
             self.leave_active(job)
             job.attempt -= 1
@@ -285,8 +298,9 @@ class EngineMachine(RuleBasedStateMachine):
             if limit is None:
                 picked.append(job_id)
             else:
-                free = room.get(task)
-                if free is None:  # the first job of this task: how many its limits let start
+                if task in room:
+                    free = room[task]
+                else:  # the first job of this task: how many its limits let start
                     free = 10**9 if limit.max is None else limit.max - self.running.get(task, 0)
                     if limit.rate is not None:
                         rate_free = max(0, limit.rate - self.rate_log.get(task, 0))
@@ -330,8 +344,8 @@ class EngineMachine(RuleBasedStateMachine):
         a wake-up (claimed: one was moved there)."""
         expected, due_now, went = [], [], []
         for update in updates:
-            accepted, where = self.apply(update)
-            expected.append(accepted)
+            ok, where = self.apply(update)
+            expected.append(ok)
             went.append(where)
             if where == "due":
                 due_now.append(update.id)
@@ -437,6 +451,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(WORKERS), want=st.integers(0, 3))
     def lease(self, worker: str, want: int) -> None:
+        """A worker with free slots leases (want 0: it only promotes due jobs)."""
         self.step(worker, want, [])
 
     @rule(
@@ -516,6 +531,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, 255), which=st.sampled_from(["a job", "a job", "a job", "no such job"]))
     def cancel(self, index: int, which: str) -> None:
+        """Waiting or delayed: cancelled at once; active: flagged for its holder; else nothing changes."""
         if which == "no such job" or not self.jobs:
             try:
                 self.client.cancel("no-such-job")
@@ -553,6 +569,8 @@ class EngineMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.of_state("active"))
     @rule()
     def sweep(self) -> None:
+        """Expired leases: back to waiting (attempt unspent, one more stall), failed as lost past
+        max_stalls, cancelled if cancellation was requested."""
         expired = sorted((i for i in self.of_state("active") if self.jobs[i].clock), key=lambda i: self.jobs[i].clock)
         recovered, lost = [], []
         for job_id in expired:
@@ -652,8 +670,8 @@ class EngineMachine(RuleBasedStateMachine):
                 assert self.running[task] == sum(j.task == task for j in self.jobs.values() if j.state == "active")
         assert logs == [self.rate_log.get(name, 0) for name in ("", *TASKS)], "rate limit logs"
         # A delayed job's due time is the server's clock: only its presence is compared.
-        got = [{**fields, "due": "<time>"} if "due" in fields else fields for _, fields in entries]
-        assert got == self.events, "events"
+        emitted = [{**fields, "due": "<time>"} if "due" in fields else fields for _, fields in entries]
+        assert emitted == self.events, "events"
         if entries:
             self.last_event = entries[-1][0]
         self.events = []
@@ -706,5 +724,7 @@ def observed(rec: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.timeout(600)  # a pass takes seconds; shrinking a failure may take minutes
 def test_engine_matches_its_model(taskmesh_redis_url: str) -> None:
-    factory: Callable[[], EngineMachine] = lambda: EngineMachine(taskmesh_redis_url)  # noqa: E731
-    run_state_machine_as_test(factory, settings=MACHINE_SETTINGS)
+    class Engine(EngineMachine):
+        url = taskmesh_redis_url
+
+    run_state_machine_as_test(Engine, settings=MACHINE_SETTINGS)
