@@ -276,41 +276,45 @@ class EngineMachine(RuleBasedStateMachine):
         return True, ""
 
     def to_lease(self, want: int) -> tuple[list[str], bool]:
-        """The jobs a step leases, in order, and whether a rate limit held one back: the first
-        waiting ones, within the queue's limits, skipping jobs whose task's limits block them."""
+        """The jobs a step leases, in order, and whether a rate limit held one back (the step then says
+        when its window frees): the first waiting ones, within the queue's limits, skipping jobs whose
+        task's limits block them."""
         if self.paused or want <= 0:
             return [], False
-        blocked = False
         queue = self.limits.get("")
         if queue and queue.max is not None:
             want = min(want, queue.max - len(self.of_state("active")))
+        queue_free = None
         if queue and queue.rate is not None and want > 0:
-            free = max(0, queue.rate - self.rate_log.get("", 0))
-            blocked = free == 0
-            want = min(want, free)
+            queue_free = max(0, queue.rate - self.rate_log.get("", 0))
+            held = queue_free < want
+            want = min(want, queue_free)
         if want <= 0:
-            return [], blocked
+            return [], queue_free is not None and held
         picked: list[str] = []
-        room: dict[str, int] = {}  # task -> free slots
+        blocked = False
+        room: dict[str, list[int]] = {}  # task -> [free slots under its max, free starts in its window]
         for job_id in self.waiting_order():
             task = self.jobs[job_id].task
             limit = self.limits.get(task)
             if limit is None:
                 picked.append(job_id)
             else:
-                if task in room:
-                    free = room[task]
-                else:  # the first job of this task: how many its limits let start
-                    free = 10**9 if limit.max is None else limit.max - self.running.get(task, 0)
-                    if limit.rate is not None:
-                        rate_free = max(0, limit.rate - self.rate_log.get(task, 0))
-                        blocked = blocked or (rate_free == 0 and free > 0)
-                        free = min(free, rate_free)
-                if free > 0:
+                if task not in room:  # the first job of this task: how many its limits let start
+                    cap = 10**9 if limit.max is None else limit.max - self.running.get(task, 0)
+                    rate = 10**9 if limit.rate is None else limit.rate - self.rate_log.get(task, 0)
+                    room[task] = [cap, rate]
+                r = room[task]
+                if r[0] > 0 and r[1] > 0:
                     picked.append(job_id)
-                room[task] = free - 1
+                    r[0], r[1] = r[0] - 1, r[1] - 1
+                elif r[0] > 0:
+                    blocked = True  # held back by the task's rate limit alone
             if len(picked) == want:
                 break
+        # The queue's window holds jobs back when it allowed fewer than asked and this step filled it.
+        if queue_free is not None and held and len(picked) == queue_free:
+            blocked = True
         return picked, blocked
 
     def count_lease(self, job: Job) -> None:
@@ -357,7 +361,9 @@ class EngineMachine(RuleBasedStateMachine):
 
         keys = self.keys.all if claimed is None else (*self.keys.all, claim_key(self.keys, worker))
         args = scripts.step_args(self.settings, worker, want, updates)
-        accepted, leased, next_due = scripts.parse_step(scripts.call(self.client.redis, "step", keys, args))
+        result = scripts.call(self.client.redis, "step", keys, args)
+        accepted, leased, next_due = scripts.parse_step(result)
+        assert scripts.step_held(result) == rate_blocked, "a rate limit held a waiting job back"
 
         assert accepted == expected, f"accepted flags {accepted} != model {expected} for {updates}"
         assert [job.id for job in leased] == to_lease, "leased jobs, in order"
@@ -611,19 +617,30 @@ class EngineMachine(RuleBasedStateMachine):
             getattr(self.client, op)()
             return
         limit = None if rate is None and max_active is None else Cap(rate, max_active)
+        real = None if limit is None else Limit(rate=rate, per=HOUR_MS / 1000, max_active=max_active)
+        raw = "" if real is None else real.to_json()
+        # A cap counts the jobs already running under it, checked again whenever it is set (a task's: its
+        # running count; the queue's: their ends wake workers).
+        if max_active is not None:
+            running = [job for job in self.jobs.values() if job.state == "active" and scope in ("", job.task)]
+            for job in running:
+                job.capped = True
+                if scope:
+                    job.counted = True
+            if scope:
+                self.running[scope] = len(running)
+        before = self.limits.get(scope)
+        before_raw = None if before is None else Limit(before.rate, HOUR_MS / 1000, before.max).to_json()
+        self.client.set_limit("default", real, task=scope or None)
+        if (before_raw or "") == raw:
+            return  # unchanged: nothing written, no event, nobody woken
         if limit is None:
             self.limits.pop(scope, None)
         else:
             self.limits[scope] = limit
-        if scope and max_active is not None:
-            running = [job for job in self.jobs.values() if job.state == "active" and job.task == scope]
-            for job in running:
-                job.counted = job.capped = True
-            self.running[scope] = len(running)
-        self.wake(WAKEUP_CAP)
-        real = None if limit is None else Limit(rate=rate, per=HOUR_MS / 1000, max_active=max_active)
-        self.emit("limited", "", task=scope, limit="" if real is None else real.to_json())
-        self.client.set_limit("default", real, task=scope or None)
+        self.emit("limited", "", task=scope, limit=raw)
+        if before is not None:  # only a limit changed or removed can let a waiting job start
+            self.wake(WAKEUP_CAP)
 
     # -- the comparison ---------------------------------------------------------------
 
