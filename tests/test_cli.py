@@ -370,3 +370,33 @@ def test_pause_resume_and_limit_change_the_queue_for_every_worker(cli: Any, task
     assert cleared.stdout.splitlines()[0] == "math: running; queue limit: none"
     assert "not both" in _one_error_line(cli("limit", "math", "--clear", "--rate", "1/s"))
     assert "invalid rate" in _one_error_line(cli("limit", "math", "--rate", "fast"))
+
+
+# -- schedules -----------------------------------------------------------------------
+
+
+def test_schedules_are_added_listed_paused_and_removed(cli: Any, taskmesh_client: Client) -> None:
+    added = cli(
+        "schedules", "add", "nightly", "cli.shout", "--cron", "0 3 * * *", "--tz", "Europe/Berlin", "--args", '["hi"]'
+    )
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith("nightly: cron '0 3 * * *' (Europe/Berlin) -> cli.shout (queue default); next ")
+    assert cli("schedules", "add", "often", "cli.add", "--every", "30", "-q", "math").returncode == 0
+
+    listed = cli("schedules")
+    lines = [line.split()[:5] for line in listed.stdout.splitlines()]
+    assert lines[0] == ["NAME", "TASK", "QUEUE", "WHEN", "STATE"]
+    assert lines[1][:3] == ["nightly", "cli.shout", "default"] and lines[2][:3] == ["often", "cli.add", "math"]
+    assert cli("schedules", "pause", "often").stdout.strip() == "often: paused"
+    data = json.loads(cli("schedules", "--json").stdout)
+    assert [(d["name"], d["paused"], d["when"]) for d in data] == [
+        ("nightly", False, "cron '0 3 * * *' (Europe/Berlin)"),
+        ("often", True, "every 30s"),
+    ]
+    assert taskmesh_client.schedules()[0].entry.schedule.args == ["hi"]
+
+    assert cli("schedules", "remove", "often").stdout.strip() == "often: removed"
+    assert "no schedule named 'often'" in _one_error_line(cli("schedules", "remove", "often"))
+    assert "invalid cron expression '61 * * * *'" in _one_error_line(
+        cli("schedules", "add", "bad", "cli.add", "--cron", "61 * * * *")
+    )

@@ -46,12 +46,16 @@ def fault_client(taskmesh_redis_url: str, taskmesh_prefix: str) -> Iterator[Clie
 
 @pytest.fixture
 def workers(fault_client: Client, ledger: Ledger, tmp_path: Path) -> Iterator[Callable[..., WorkerPool]]:
-    """``workers(**settings)``: a pool of worker processes with the FAST settings plus ``settings``."""
+    """``workers(**settings)``: a pool of worker processes with the FAST settings plus ``settings``, running
+    ``taskmesh run <module>`` (``launcher`` is what follows the interpreter: ``-m taskmesh`` by default)."""
     pools: list[WorkerPool] = []
 
-    def make(**settings: Any) -> WorkerPool:
+    def make(
+        module: str = "faults.tasks", launcher: tuple[str, ...] = ("-m", "taskmesh"), **settings: Any
+    ) -> WorkerPool:
         merged = {**FAST, "events_maxlen": EVENTS_MAXLEN, **settings}
-        pool = WorkerPool(fault_client, ledger.path, tmp_path / f"logs-{len(pools)}", merged)
+        logs = tmp_path / f"logs-{len(pools)}"
+        pool = WorkerPool(fault_client, ledger.path, logs, merged, module=module, launcher=launcher)
         pools.append(pool)
         return pool
 

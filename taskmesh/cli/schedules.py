@@ -1,0 +1,118 @@
+"""``taskmesh schedules``: list schedules with their next and last ticks; add, remove, pause, resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+
+from ..schedule import Schedule
+from .common import CliError, add_common_options, connect, load_settings, print_json, table
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "schedules",
+        help="list, add, remove, pause or resume schedules",
+        description="Without an action: every schedule with its next and last tick. Changes apply to every "
+        "worker's scheduler at its next look (within a second).",
+    )
+    parser.add_argument("--json", action="store_true", help="print the list as JSON")
+    add_common_options(parser)
+    parser.set_defaults(handler=list_command)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+
+    add = actions.add_parser("add", help="add or change a schedule (by name)")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("task", metavar="TASK", help="the task's name")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR", help='a cron expression, e.g. "0 3 * * *"')
+    when.add_argument("--every", type=float, metavar="SECONDS", help="a fixed interval, at least 1 s")
+    add.add_argument("--tz", default="UTC", help="IANA time zone the cron expression is read in (default UTC)")
+    add.add_argument("--args", default="[]", metavar="JSON", help="the scheduled run's arguments (a JSON list)")
+    add.add_argument("--kwargs", default="{}", metavar="JSON", help="its keyword arguments (a JSON object)")
+    add.add_argument("--queue", "-q", default="default", metavar="Q")
+    add.add_argument("--priority", type=int, default=0)
+    add.add_argument("--misfire", choices=["skip", "catch_up"], default="skip")
+    add.add_argument("--overlap", choices=["allow", "skip"], default="allow")
+    add_common_options(add)
+    add.set_defaults(handler=add_command)
+
+    for name, text in (("remove", "remove a schedule"), ("pause", "stop firing it"), ("resume", "fire it again")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("name", metavar="NAME")
+        add_common_options(action)
+        action.set_defaults(handler=change_command, op=name)
+
+
+def list_command(args: argparse.Namespace) -> int:
+    client = connect(load_settings(args))
+    try:
+        infos = client.schedules()
+    finally:
+        client.close()
+    if args.json:
+        print_json([info.to_dict() for info in infos])
+        return 0
+    if not infos:
+        print("no schedules")
+        return 0
+    rows = [["NAME", "TASK", "QUEUE", "WHEN", "STATE", "NEXT", "LAST"]]
+    for info in infos:
+        entry = info.entry
+        state = "paused" if info.paused else "active"
+        rows.append(
+            [
+                entry.name,
+                entry.task,
+                entry.queue,
+                entry.schedule.describe,
+                state,
+                _at(info.next_tick),
+                _at(info.last_tick),
+            ]
+        )
+    print(table(rows))
+    return 0
+
+
+def add_command(args: argparse.Namespace) -> int:
+    try:
+        call_args, call_kwargs = json.loads(args.args), json.loads(args.kwargs)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--args/--kwargs must be JSON: {exc}") from None
+    if not isinstance(call_args, list) or not isinstance(call_kwargs, dict):
+        raise CliError("--args must be a JSON list and --kwargs a JSON object")
+    schedule = Schedule(
+        cron=args.cron,
+        every=args.every,
+        tz=args.tz,
+        args=call_args,
+        kwargs=call_kwargs,
+        misfire=args.misfire,
+        overlap=args.overlap,
+    )
+    client = connect(load_settings(args))
+    try:
+        client.schedule(args.name, args.task, schedule, queue=args.queue, priority=args.priority)
+        [info] = [i for i in client.schedules() if i.entry.name == args.name]
+    finally:
+        client.close()
+    print(f"{args.name}: {schedule.describe} -> {args.task} (queue {args.queue}); next {_at(info.next_tick)}")
+    return 0
+
+
+def change_command(args: argparse.Namespace) -> int:
+    client = connect(load_settings(args))
+    try:
+        op = {"remove": client.remove_schedule, "pause": client.pause_schedule, "resume": client.resume_schedule}
+        if not op[args.op](args.name):
+            raise CliError(f"no schedule named {args.name!r}")
+    finally:
+        client.close()
+    print(f"{args.name}: {args.op}d")
+    return 0
+
+
+def _at(when: datetime | None) -> str:
+    return "-" if when is None else when.astimezone().isoformat(sep=" ", timespec="seconds")
