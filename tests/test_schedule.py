@@ -21,6 +21,7 @@ from taskmesh.testing import RunningWorker, wait_until
 T = TypeVar("T")
 StartWorker = Callable[..., RunningWorker]
 BERLIN = "Europe/Berlin"
+pytestmark = pytest.mark.cluster
 
 
 def ms(text: str, tz: str = "UTC") -> int:
@@ -282,3 +283,47 @@ def test_a_worker_syncs_declared_schedules_and_fires_them(
         "sched.every_second",
         datetime.fromtimestamp(int(first[-13:]) / 1000, UTC),
     )
+
+
+got: list[tuple[str, int]] = []
+
+
+@task(name="sched.greet")
+def greet(name: str, times: int = 1) -> str:
+    got.append((name, times))
+    return name * times
+
+
+def test_a_schedule_added_at_run_time_runs_its_task_with_its_arguments(
+    taskmesh_client: Client, taskmesh_worker: StartWorker
+) -> None:
+    got.clear()
+    taskmesh_worker([greet])
+    taskmesh_client.schedule("greeter", greet, every=1, args=["ab"], kwargs={"times": 2})
+    finished: list[Any] = []
+
+    def last_run_finished() -> bool:
+        [info] = taskmesh_client.schedules()
+        status = taskmesh_client.status(info.last_job) if info.last_job else None
+        finished[:] = [info, status]
+        return status is not None and status.state is JobState.COMPLETED
+
+    wait_until(last_run_finished, timeout=5, message="a scheduled run finished")
+    info, status = finished
+    assert got[0] == ("ab", 2)
+    assert info.last_job.startswith("greeter@") and status.result == "abab"
+
+
+def test_async_twins_manage_schedules(taskmesh_client: Client) -> None:
+    async def main() -> None:
+        entry = await taskmesh_client.aschedule("a", "sched.job", every=60, queue="q1")
+        assert (entry.name, entry.queue) == ("a", "q1")
+        assert [i.entry.name for i in await taskmesh_client.aschedules()] == ["a"]
+        assert await taskmesh_client.apause_schedule("a")
+        assert (await taskmesh_client.aschedules())[0].paused
+        assert await taskmesh_client.aresume_schedule("a")
+        assert await taskmesh_client.aremove_schedule("a")
+        assert await taskmesh_client.aschedules() == []
+        await taskmesh_client.aclose()
+
+    run(main())
