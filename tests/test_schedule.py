@@ -327,3 +327,15 @@ def test_async_twins_manage_schedules(taskmesh_client: Client) -> None:
         await taskmesh_client.aclose()
 
     run(main())
+
+
+def test_prune_removes_code_schedules_no_task_declares_and_keeps_run_time_ones(
+    taskmesh_client: Client, taskmesh_worker: StartWorker
+) -> None:
+    key = f"{{{taskmesh_client.settings.prefix}}}:schedules"
+    stale = ScheduleEntry("gone.from.code", "sched.gone", "default", Schedule(every=60), origin="code")
+    taskmesh_client.redis.hset(key, stale.name, stale.to_json())
+    taskmesh_client.schedule("added.at.run.time", "sched.job", every=60)
+    taskmesh_worker([every_second], prune_schedules=True)
+    names = [info.entry.name for info in taskmesh_client.schedules()]
+    assert names == ["added.at.run.time", "sched.every_second"]
