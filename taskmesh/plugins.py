@@ -13,7 +13,7 @@ PLUGIN_GROUP = "taskmesh"
 hookimpl = pluggy.HookimplMarker("taskmesh")
 
 #: Built-in plugins, registered exactly as third-party ones are.
-BUILTIN_PLUGINS = ("taskmesh.runners.inline",)
+BUILTIN_PLUGINS = ("taskmesh.runners.inline", "taskmesh.runners.subprocess")
 
 
 def plugin_manager(extra: Iterable[object] = (), *, entry_points: bool = True) -> pluggy.PluginManager:
