@@ -47,6 +47,14 @@ class Settings:
     events_maxlen: int = 10_000
     #: Longest an idle worker blocks before looking again (a safety net; enqueue wakes it at once).
     idle_timeout: float = 5.0
+    #: Event sinks a worker feeds, by registered name (``log`` is built in; plugins add others).
+    sinks: tuple[str, ...] = ()
+    #: Events each sink may have waiting; when full, new events for that sink are dropped and counted.
+    sink_buffer: int = 10_000
+    #: Entry-point plugins to load, by entry-point name (empty: every installed one).
+    plugins: tuple[str, ...] = ()
+    #: Entry-point plugins never to load, by entry-point name.
+    disable_plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -66,7 +74,7 @@ class Settings:
         for name in ("sweep_interval", "grace_period", "idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0")
-        for name in ("max_payload_bytes", "events_maxlen"):
+        for name in ("max_payload_bytes", "events_maxlen", "sink_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1")
         if self.max_stalls < 0:
