@@ -146,6 +146,12 @@ def test_result_progress_and_logs_come_back_from_a_child_process(
     assert async_echo.enqueue([1, "two"]).result(timeout=BOUND) == {"value": [1, "two"], "big": "y" * 20_000}
 
 
+def test_jobs_starting_together_on_a_new_worker_all_run(taskmesh_client: Client, taskmesh_worker: StartWorker) -> None:
+    handles = [ok.enqueue() for _ in range(30)]
+    taskmesh_worker(TASKS, concurrency=10)
+    assert [h.result(timeout=BOUND) for h in handles] == ["ok"] * 30
+
+
 def test_errors_come_back_with_the_childs_type_message_and_traceback(
     taskmesh_client: Client, taskmesh_worker: StartWorker
 ) -> None:

@@ -112,6 +112,7 @@ class _ForkServer:
         self._runs: dict[int, _Run] = {}
         self._abandoned: set[int] = set()  # runs stopped before their child was reported started
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._attaching: asyncio.Future[None] | None = None
         self._stdin: asyncio.WriteTransport | None = None
         self._channel_pipe: asyncio.ReadTransport | None = None
         self._reading: asyncio.Task[None] | None = None
@@ -131,8 +132,9 @@ class _ForkServer:
         loop.add_reader(self._alive, self._on_server_gone)
 
     async def run(self, task: Task[Any, Any], job: Job, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
-        if self._loop is None:
-            await self._attach()
+        if self._attaching is None:
+            self._attaching = asyncio.ensure_future(self._attach())
+        await asyncio.shield(self._attaching)  # the first runs all wait for it; a cancelled one does not stop it
         assert self._stdin is not None
         module = module_of(task)
         number = next(self._ids)
