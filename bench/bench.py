@@ -40,6 +40,7 @@ from taskmesh.store import scripts
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "worker_proc.py"
 QUEUE = "default"
+SUBPROCESS_CONCURRENCY = 10
 
 
 @task(name="bench.noop_async")
@@ -188,20 +189,21 @@ class Bench:
 
     # -- 4: drain -------------------------------------------------------------------
 
-    def drain(self, task_name: str, concurrency: int, **settings: Any) -> dict[str, Any]:
-        """Fill a fresh queue with n jobs, then burst-drain it with one worker process."""
+    def drain(self, task_name: str, concurrency: int, n: int | None = None, **settings: Any) -> dict[str, Any]:
+        """Fill a fresh queue with n jobs (``--n`` by default), then burst-drain it with one worker process."""
+        n = self.n if n is None else n
         prefix = self.prefix(f"drain-{uuid.uuid4().hex[:4]}")
         client = self.client(prefix, **settings)
         try:
-            self.fill(client, task_name, self.n)
+            self.fill(client, task_name, n)
             before = commandstats(self.admin)
             done = run_worker(self.url, prefix, concurrency, burst=True, settings=settings)
             delta = stats_delta(before, commandstats(self.admin))
             counts = client.counts(QUEUE)
-            if counts["completed"] != self.n or done["completed"] != self.n:
+            if counts["completed"] != n or done["completed"] != n:
                 raise RuntimeError(f"drain incomplete: counts {counts}, worker {done}")
-            done["rate"] = self.n / done["dispatch_seconds"]
-            done["work"] = per_job(delta, self.n)
+            done["rate"] = n / done["dispatch_seconds"]
+            done["work"] = per_job(delta, n)
             return done
         finally:
             client.close()
@@ -421,6 +423,18 @@ def run(args: argparse.Namespace, url: str, server: str) -> dict[str, Any]:
                     "work": runs[0]["work"],
                 }
 
+        # A fork per job: fewer jobs keep the run short.
+        sub_n = max(args.n // 10, 20)
+        say(f"drain {sub_n} sync no-op jobs, subprocess runner, concurrency {SUBPROCESS_CONCURRENCY}")
+        runs = [bench.drain("bench.noop_subprocess", SUBPROCESS_CONCURRENCY, sub_n) for _ in range(args.repeat)]
+        results["drain"][f"subprocess_c{SUBPROCESS_CONCURRENCY}"] = {
+            "n": sub_n,
+            "runs": [r["rate"] for r in runs],
+            "median": median([r["rate"] for r in runs]),
+            "cpu_seconds": [round(r["dispatch_cpu_seconds"], 3) for r in runs],
+            "maxrss_kb": max(r["maxrss_kb"] for r in runs),
+        }
+
         results["latency"] = {}
         for kind in ("async", "sync"):
             say(f"enqueue->start latency, {kind} task, {args.samples} samples")
@@ -453,6 +467,12 @@ def rows_of(r: dict[str, Any]) -> list[Row]:
             rate = d[f"{kind}_c{concurrency}"]["median"]
             figure = f"drain, {kind} no-op, concurrency {concurrency}"
             rows.append(Row(figure, rate, "jobs/s", f">= {minimum:,}", rate >= minimum))
+    c = SUBPROCESS_CONCURRENCY
+    sub, inline = d[f"subprocess_c{c}"]["median"], d[f"sync_c{c}"]["median"]
+    rows += [
+        Row(f"drain, sync no-op, subprocess runner, concurrency {c}", sub, "jobs/s", "", None),
+        Row(f"  per-job overhead vs inline (sync, c={c})", (1 / sub - 1 / inline) * 1000, "ms", "", None),
+    ]
     latency_targets: dict[tuple[str, str], float] = {("async", "p50"): 0.7, ("async", "p99"): 2.0}
     for kind in ("async", "sync"):
         for p in ("p50", "p99"):

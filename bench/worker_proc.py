@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from bench_tasks import noop_subprocess
+
 from taskmesh import Registry, Settings, Worker, task
 
 
@@ -47,7 +49,7 @@ def stamp_sync() -> float:
     return time.time()
 
 
-TASKS = (noop_async, noop_sync, stamp_async, stamp_sync)
+TASKS = (noop_async, noop_sync, stamp_async, stamp_sync, noop_subprocess)
 
 
 class TimedWorker(Worker):

@@ -92,3 +92,21 @@ class SlowDown(Exception):
 
 class Cancelled(Exception):
     """Raised by :meth:`Job.check_cancelled` once the job's cancellation was requested."""
+
+
+class RemoteError(TaskmeshError):
+    """An exception a task raised in another process, carried back as its type name, message and
+    traceback text (the job's error records those, not this class's)."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+
+class TaskCrashed(TaskmeshError):
+    """The process running a task ended without an outcome: killed by a signal, or it exited.
+
+    The attempt fails and is retried by the task's policy; the worker goes on.
+    """

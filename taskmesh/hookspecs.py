@@ -15,6 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from .runners.base import RunnerRegistry
     from .settings import Settings
+    from .sinks.base import SinkRegistry
 
 hookspec = pluggy.HookspecMarker("taskmesh")
 
@@ -40,4 +41,15 @@ def taskmesh_register_runners(register: RunnerRegistry) -> None:
     ``factory(settings)`` returns a :class:`taskmesh.runners.Runner`. A task
     picks one with ``@task(runner="name")``; a task naming an unknown runner is
     a start-up error. The built-in ``inline`` runner registers through this hook.
+    """
+
+
+@hookspec
+def taskmesh_register_sinks(register: SinkRegistry) -> None:
+    """Register event sinks: ``register.add("name", factory)``.
+
+    ``factory(settings)`` returns a :class:`taskmesh.sinks.Sink`, whose ``async emit(event)`` receives
+    lifecycle events through the worker's bounded event bus (a slow or failing sink never blocks
+    dispatch). Only sinks named in the ``sinks`` setting are built; an unknown name there is a
+    start-up error. The built-in ``log`` sink registers through this hook.
     """

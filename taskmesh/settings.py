@@ -51,6 +51,14 @@ class Settings:
     scheduler: bool = True
     #: At start-up, remove stored schedules declared in code that no task of this worker declares.
     prune_schedules: bool = False
+    #: Event sinks a worker feeds, by registered name (``log`` is built in; plugins add others).
+    sinks: tuple[str, ...] = ()
+    #: Events each sink may have waiting; when full, new events for that sink are dropped and counted.
+    sink_buffer: int = 10_000
+    #: Entry-point plugins to load, by entry-point name (empty: every installed one).
+    plugins: tuple[str, ...] = ()
+    #: Entry-point plugins never to load, by entry-point name.
+    disable_plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -70,7 +78,7 @@ class Settings:
         for name in ("sweep_interval", "grace_period", "idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0")
-        for name in ("max_payload_bytes", "events_maxlen"):
+        for name in ("max_payload_bytes", "events_maxlen", "sink_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1")
         if self.max_stalls < 0:

@@ -16,7 +16,7 @@ def test_benchmark_runs_end_to_end_and_reports_every_figure(taskmesh_redis_url: 
     done = subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
-    assert set(results["drain"]) == {"async_c10", "async_c100", "sync_c10", "sync_c100"}
+    assert set(results["drain"]) == {"async_c10", "async_c100", "sync_c10", "sync_c100", "subprocess_c10"}
     assert all(run > 0 for figure in results["drain"].values() for run in figure["runs"])
     assert results["latency"]["async"]["p50_ms"] > 0
     assert results["memory"]["events_per_job"] == 3
@@ -25,5 +25,7 @@ def test_benchmark_runs_end_to_end_and_reports_every_figure(taskmesh_redis_url: 
         "  ratio to PING (median of interleaved runs)",
         "Redis memory per retained completed job",
         "idle worker RSS",
+        "drain, sync no-op, subprocess runner, concurrency 10",
+        "  per-job overhead vs inline (sync, c=10)",
     } <= figures
     assert "ratio to PING" in done.stdout

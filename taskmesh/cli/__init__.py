@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import redis
 
 from ..errors import RedisUnavailable, TaskmeshError
-from . import control, enqueue, events, queues, run, schedules, status, tasks
+from . import control, enqueue, events, plugins, queues, run, schedules, status, tasks
 from .common import EXIT_ERROR, EXIT_UNREACHABLE, CliError, load_settings, unreachable
 
-COMMANDS = (run, enqueue, status, control, queues, schedules, tasks, events)
+COMMANDS = (run, enqueue, status, control, queues, schedules, tasks, plugins, events)
 
 
 def build_parser() -> argparse.ArgumentParser:

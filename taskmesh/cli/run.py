@@ -84,8 +84,8 @@ def command(args: argparse.Namespace) -> int:
         raise CliError(f"no tasks found in {where}; name the modules that define them: taskmesh run myapp.tasks")
     if not args.queues and not _queues_configured():
         settings = settings.replace(queues=tuple(registry.queues))
+    worker = Worker.create(registry, settings, burst=args.burst)  # plugin and runner mistakes before Redis ones
     check_redis(settings.redis_url)
-    worker = Worker.create(registry, settings, burst=args.burst)
     log.info(
         "worker %s starting: queues %s; concurrency %d%s; %d task(s): %s",
         worker.id,

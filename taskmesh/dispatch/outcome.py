@@ -6,6 +6,8 @@ import json
 import traceback
 from typing import Any
 
+from ..errors import RemoteError
+
 
 class JobTimeoutError(TimeoutError):
     """The task ran past its ``timeout``."""
@@ -20,7 +22,14 @@ def result_json(result: Any) -> str:
 
 
 def error_json(exc: BaseException, tb: bool = True) -> str:
-    """``{"type", "message", "traceback"}``, even for an exception whose ``str()`` fails."""
+    """``{"type", "message", "traceback"}``, even for an exception whose ``str()`` fails.
+
+    An error raised in another process (:class:`RemoteError`, itself or as the cause) is recorded as it was there.
+    """
+    remote = exc if isinstance(exc, RemoteError) else exc.__cause__
+    if isinstance(remote, RemoteError):
+        text = remote.traceback if tb else ""
+        return json.dumps({"type": remote.type_name, "message": remote.message, "traceback": text})
     try:
         message = str(exc)
     except Exception:

@@ -36,6 +36,8 @@ from ..plugins import plugin_manager
 from ..registry import Registry
 from ..runners.base import Runner, RunnerRegistry
 from ..settings import Settings
+from ..sinks.base import Sink, SinkRegistry
+from ..sinks.bus import EventBus
 from ..store import connect, scripts
 from ..store.keys import QueueKeys, claim_key, queues_key, workers_key
 from ..store.scripts import Leased, Update
@@ -58,7 +60,8 @@ MAX_RETRY_DELAY = 365 * 24 * 3600.0
 @dataclass(slots=True)
 class WorkerStats:
     """What one worker did: jobs leased, completed, failed for good, retried, handed back, results refused,
-    stalled jobs it recovered, runs stopped on a cancel request, and jobs deferred by ``SlowDown``."""
+    stalled jobs it recovered, runs stopped on a cancel request, and jobs deferred by ``SlowDown``;
+    events its sinks dropped (a full buffer) and sink errors."""
 
     leased: int = 0
     completed: int = 0
@@ -69,6 +72,8 @@ class WorkerStats:
     recovered: int = 0
     cancelled: int = 0
     deferred: int = 0
+    events_dropped: int = 0
+    sink_errors: int = 0
 
 
 @dataclass(slots=True)
@@ -109,13 +114,16 @@ class Worker:
         *,
         burst: bool = False,
         worker_id: str | None = None,
+        sinks: Mapping[str, Sink] | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
         self.runners = runners
+        self.sinks = dict(sinks or {})
         self.burst = burst
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats()
+        self._bus = EventBus(settings, self.sinks, self.stats, self.id) if self.sinks else None
         self._queues = [_Queue(QueueKeys.of(settings.prefix, q)) for q in settings.queues]
         self._running: dict[str, _Running] = {}
         self._buffer: deque[_Running] = deque()
@@ -152,13 +160,19 @@ class Worker:
         plugins: Iterable[object] = (),
         entry_points: bool = True,
     ) -> Worker:
-        """Load plugins, configure them and build the runners every task needs (errors here, not at the first job)."""
-        pm = plugin_manager(plugins, entry_points=entry_points)
+        """Load plugins, configure them and build the runners every task needs and the sinks the settings
+        enable (errors here, not at the first job)."""
+        pm = plugin_manager(
+            plugins, entry_points=entry_points, allow=settings.plugins, block=settings.disable_plugins
+        )
         pm.hook.taskmesh_configure(settings=settings)
         register = RunnerRegistry()
         pm.hook.taskmesh_register_runners(register=register)
+        sinks = SinkRegistry()
+        pm.hook.taskmesh_register_sinks(register=sinks)
+        enabled = sinks.build(settings, settings.sinks)
         runners = register.build(settings, {task.runner for task in registry} | {"inline"})
-        return cls(registry, settings, runners, burst=burst)
+        return cls(registry, settings, runners, burst=burst, sinks=enabled)
 
     # -- public --------------------------------------------------------------
 
@@ -238,6 +252,9 @@ class Worker:
         persistence = await self._retrying(lambda: check_server(conn))
         await self._retrying(lambda: self._register())
         await self._retrying(lambda: self._publish_limits())
+        bus = self._bus
+        if bus is not None:
+            await self._retrying(bus.start)
         self._leases.start()
         self._waker = asyncio.create_task(self._waker_loop(), name="taskmesh-waker")
         upkeep = [
@@ -274,6 +291,8 @@ class Worker:
                 error = None if task.cancelled() else task.exception()
                 if error is not None and not isinstance(error, REDIS_ERRORS):
                     log.error("worker %s: %s failed", self.id, task.get_name(), exc_info=error)
+            if self._bus is not None:
+                await self._bus.stop()
             await self._unregister()
             await self._redis.aclose()
             await self._blocking.aclose()

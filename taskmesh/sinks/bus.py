@@ -1,0 +1,357 @@
+"""The event bus: lifecycle events from the queues' Redis streams to a worker's sinks, apart from dispatch.
+
+**How events arrive.** Every queue's events are already in its stream (``{prefix:queue}:events``).
+A worker with sinks reads the streams of the queues it serves as one consumer of a Redis consumer
+group (``XREADGROUP``), so an event goes to one worker's sinks, not to every worker's. The group is
+named after the set of sinks (``sinks:log,webhook``): workers configured alike share the events
+between them; a worker with other sinks reads its own group and so sees every event too.
+
+**Bounded and apart from dispatch.** The reader runs beside the dispatcher on the worker's loop and
+never touches a job. Each sink has its own bounded buffer (``sink_buffer`` events) drained by its own
+task; when a sink is slow or stuck and its buffer is full, new events for that sink are dropped,
+counted (``WorkerStats.events_dropped``) and logged, and the other sinks go on.
+
+**Delivery: at least once, except drops.** An event is acknowledged (``XACK``) once every sink of the
+worker has handled it (or dropped it, or raised). Events a worker read but had not acknowledged
+when it died stay pending in the group; another worker of the group claims them (``XAUTOCLAIM``)
+after ``CLAIM_IDLE`` seconds and delivers them again. So a sink can see an event twice (use the
+event id to deduplicate) and misses events only when its buffer overflowed, or when a stream was
+trimmed (``events_maxlen``) past events no worker had read yet. Events of a queue reach sinks only
+while some worker with sinks serves it; a group starts with the events after its creation.
+
+**Enrichment.** Stream entries carry the job id, not the task: the bus adds ``task`` (read once per
+job from the job record and remembered) and, on ``completed``/``failed``/``cancelled``,
+``duration_ms`` of the last attempt (finish minus start, by the Redis clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.asyncio as aredis
+
+from ..events import FINAL_EVENTS, Event
+from ..store import connect
+from ..store.keys import QueueKeys
+
+if TYPE_CHECKING:
+    from ..dispatch.worker import WorkerStats
+    from ..settings import Settings
+    from .base import Sink
+
+log = logging.getLogger("taskmesh.sinks")
+
+#: An event read by a consumer and not acknowledged for this long is taken over by another worker.
+CLAIM_IDLE = 60.0
+#: How often each worker looks for such events (± 50%).
+CLAIM_EVERY = 15.0
+#: A consumer with nothing pending, idle this long (its worker is gone), is removed from the group.
+FORGET_IDLE = 3600.0
+READ_COUNT = 256
+READ_BLOCK_MS = 1000
+#: How long a stopping worker lets its sinks catch up (events left then are claimed by other workers).
+STOP_WAIT = 5.0
+#: Jobs whose task name is remembered between their events.
+REMEMBER = 10_000
+#: At most one warning per sink per this many seconds about drops or errors.
+WARN_EVERY = 10.0
+
+
+def group_name(sinks: Mapping[str, object]) -> str:
+    return "sinks:" + ",".join(sorted(sinks))
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One event handed to the sinks; acknowledged when ``left`` reaches 0."""
+
+    stream: str
+    id: str
+    left: int
+
+
+class _Outlet:
+    """One sink, its bounded buffer and the task that drains it."""
+
+    def __init__(self, name: str, sink: Sink, size: int) -> None:
+        self.name = name
+        self.sink = sink
+        self.buffer: asyncio.Queue[tuple[Event, _Pending]] = asyncio.Queue(size)
+        self.task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.errors = 0
+        self.warned = 0.0  # monotonic time of the last warning
+        self.unreported = 0  # drops and errors since the last warning
+
+
+class EventBus:
+    """Feeds ``sinks`` with the events of ``settings.queues`` (see the module docstring)."""
+
+    def __init__(self, settings: Settings, sinks: Mapping[str, Sink], stats: WorkerStats, consumer: str) -> None:
+        self._settings = settings
+        self._keys = [QueueKeys.of(settings.prefix, queue) for queue in settings.queues]
+        self._outlets = [_Outlet(name, sink, settings.sink_buffer) for name, sink in sinks.items()]
+        self._stats = stats
+        self.group = group_name(sinks)
+        self.consumer = consumer
+        self._acks: dict[str, list[str]] = defaultdict(list)
+        self._inflight: dict[str, set[str]] = defaultdict(set)  # stream -> ids some sink still has
+        self._tasks: OrderedDict[str, str] = OrderedDict()  # job id -> task name, most recent last
+        self._redis: aredis.Redis | None = None
+        self._feeders: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Join the group on every queue's stream (creating it at the stream's end), then start reading."""
+        if self._redis is None:
+            self._redis = connect.blocking_client(self._settings.redis_url, READ_BLOCK_MS / 1000)
+        for keys in self._keys:
+            await self._join(keys.events)
+        for outlet in self._outlets:
+            outlet.task = asyncio.create_task(self._drain(outlet), name=f"taskmesh-sink-{outlet.name}")
+        self._feeders = [asyncio.create_task(self._feed(k), name=f"taskmesh-events-{k.queue}") for k in self._keys]
+
+    async def stop(self) -> None:
+        """Read what is left in the streams, give the sinks ``STOP_WAIT`` to catch up, acknowledge, close the sinks."""
+        await _cancel(self._feeders)
+        try:
+            for keys in self._keys:
+                await self._recover(keys)
+                await self._read(keys, block=None)  # the last events, this worker's final results among them
+        except Exception as exc:  # Redis gone: what is unread stays for the group's other workers
+            log.warning("event bus: cannot read the last events (%s)", exc)
+        buffers = [asyncio.ensure_future(outlet.buffer.join()) for outlet in self._outlets]
+        _, late = await asyncio.wait(buffers, timeout=STOP_WAIT) if buffers else (set(), set())
+        for waiting in late:
+            waiting.cancel()
+        await _cancel([outlet.task for outlet in self._outlets if outlet.task is not None])
+        for outlet in self._outlets:
+            self._report(outlet, force=True)
+            try:
+                await asyncio.wait_for(outlet.sink.close(), STOP_WAIT)
+            except Exception:
+                log.exception("event sink %s: close failed", outlet.name)
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                for keys in self._keys:
+                    await self._flush(keys.events)
+                    await self._leave(keys.events)
+            await self._redis.aclose()
+
+    # -- reading -----------------------------------------------------------------
+
+    async def _join(self, stream: str) -> None:
+        assert self._redis is not None
+        try:
+            await self._redis.xgroup_create(stream, self.group, id="$", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _feed(self, keys: QueueKeys) -> None:
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time() + CLAIM_EVERY * random.uniform(0.5, 1.5)
+        while True:
+            try:
+                await self._flush(keys.events)
+                if loop.time() >= next_claim:
+                    next_claim = loop.time() + CLAIM_EVERY * random.uniform(0.5, 1.5)
+                    await self._claim(keys)
+                await self._read(keys, block=READ_BLOCK_MS)
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream was deleted (and the group with it)
+                    await self._join(keys.events)
+                    continue
+                log.error("event bus: reading queue %s failed: %s", keys.queue, exc)
+                await asyncio.sleep(1.0)
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.warning("event bus: redis unreachable (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def _read(self, keys: QueueKeys, block: int | None) -> None:
+        """New events of the queue for this consumer; without ``block``, until none are left (bounded)."""
+        assert self._redis is not None
+        for _ in range(1 if block is not None else 100):
+            reply: Any = await self._redis.xreadgroup(
+                self.group, self.consumer, {keys.events: ">"}, count=READ_COUNT, block=block
+            )
+            entries = [entry for _, found in reply or [] for entry in found]
+            await self._publish(keys, entries)
+            if len(entries) < READ_COUNT:
+                return
+
+    async def _recover(self, keys: QueueKeys) -> None:
+        """Deliver what this consumer read but never handed to its sinks (a read cut short by the stop)."""
+        assert self._redis is not None
+        stream, start = keys.events, "0"
+        for _ in range(100):
+            reply: Any = await self._redis.xreadgroup(self.group, self.consumer, {stream: start}, count=READ_COUNT)
+            entries = [entry for _, found in reply or [] for entry in found]
+            if not entries:
+                return
+            start = entries[-1][0]
+            mine = self._handled(stream)
+            self._acks[stream] += [entry_id for entry_id, fields in entries if not fields]  # trimmed meanwhile
+            await self._publish(keys, [(i, f) for i, f in entries if f and i not in mine])
+
+    async def _claim(self, keys: QueueKeys) -> None:
+        """Take over events other consumers read and never acknowledged (their worker died), while there is room."""
+        assert self._redis is not None
+        stream, start = keys.events, "0-0"
+        room = min(outlet.buffer.maxsize - outlet.buffer.qsize() for outlet in self._outlets)
+        while room >= READ_COUNT:
+            reply: Any = await self._redis.xautoclaim(
+                stream, self.group, self.consumer, int(CLAIM_IDLE * 1000), start, count=READ_COUNT
+            )
+            start, entries = reply[0], reply[1]
+            mine = self._handled(stream)
+            gone = [entry_id for entry_id, fields in entries if entry_id is not None and not fields]
+            self._acks[stream] += gone  # trimmed from the stream before anyone delivered them
+            await self._publish(keys, [(i, f) for i, f in entries if i is not None and f and i not in mine])
+            room -= len(entries)
+            if start in ("0-0", b"0-0"):
+                break
+        await self._forget(stream)
+
+    def _handled(self, stream: str) -> set[str]:
+        """Ids this worker's sinks have, or have done with and not acknowledged yet: never delivered again."""
+        return self._inflight[stream] | set(self._acks.get(stream, ()))
+
+    async def _forget(self, stream: str) -> None:
+        """Remove consumers of workers long gone that have nothing pending."""
+        assert self._redis is not None
+        for consumer in await self._redis.xinfo_consumers(stream, self.group):
+            idle, name = consumer.get("idle", 0) / 1000, str(consumer.get("name"))
+            if name != self.consumer and not consumer.get("pending") and idle > FORGET_IDLE:
+                await self._redis.xgroup_delconsumer(stream, self.group, name)
+
+    async def _leave(self, stream: str) -> None:
+        """A stopping worker leaves the group when it has nothing pending (else its events wait to be claimed)."""
+        assert self._redis is not None
+        pending = await self._redis.xpending_range(stream, self.group, "-", "+", 1, consumername=self.consumer)
+        if not pending:
+            await self._redis.xgroup_delconsumer(stream, self.group, self.consumer)
+
+    async def _flush(self, stream: str) -> None:
+        ids = self._acks.pop(stream, None)
+        if ids:
+            assert self._redis is not None
+            await self._redis.xack(stream, self.group, *ids)
+
+    # -- delivering --------------------------------------------------------------
+
+    async def _publish(self, keys: QueueKeys, entries: list[tuple[str, dict[str, str]]]) -> None:
+        if not entries:
+            return
+        await self._enrich(keys, entries)
+        stream = keys.events
+        for entry_id, fields in entries:
+            event = Event.from_entry(keys.queue, entry_id, fields)
+            pending = _Pending(stream, entry_id, len(self._outlets))
+            self._inflight[stream].add(entry_id)
+            for outlet in self._outlets:
+                if outlet.buffer.full():
+                    await asyncio.sleep(0)  # a sink that keeps up empties its buffer meanwhile
+                try:
+                    outlet.buffer.put_nowait((event, pending))
+                except asyncio.QueueFull:
+                    outlet.dropped += 1
+                    outlet.unreported += 1
+                    self._stats.events_dropped += 1
+                    self._report(outlet)
+                    self._done(pending)
+
+    async def _drain(self, outlet: _Outlet) -> None:
+        while True:
+            event, pending = await outlet.buffer.get()
+            try:
+                await outlet.sink.emit(event)
+            except Exception as exc:
+                outlet.errors += 1
+                outlet.unreported += 1
+                self._stats.sink_errors += 1
+                self._report(outlet, exc)
+            finally:
+                self._done(pending)
+                outlet.buffer.task_done()
+
+    def _done(self, pending: _Pending) -> None:
+        pending.left -= 1
+        if pending.left == 0:
+            self._inflight[pending.stream].discard(pending.id)
+            self._acks[pending.stream].append(pending.id)
+
+    def _report(self, outlet: _Outlet, error: Exception | None = None, force: bool = False) -> None:
+        """Warn about a sink's drops and errors: the first at once, then at most every ``WARN_EVERY`` seconds."""
+        now = time.monotonic()
+        if not outlet.unreported or (not force and outlet.warned and now - outlet.warned < WARN_EVERY):
+            return
+        outlet.warned, outlet.unreported = now, 0
+        log.warning(
+            "event sink %s: %d event(s) dropped (its buffer of %d was full), %d error(s) so far%s",
+            outlet.name,
+            outlet.dropped,
+            outlet.buffer.maxsize,
+            outlet.errors,
+            f"; last: {error!r}" if error is not None else "",
+        )
+
+    async def _enrich(self, keys: QueueKeys, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """Add ``task`` to job events and ``duration_ms`` to final ones, from the job records."""
+        assert self._redis is not None
+        wanted = sorted(
+            {
+                fields["job"]
+                for _, fields in entries
+                if fields.get("job") and (fields.get("event") in FINAL_EVENTS or fields["job"] not in self._tasks)
+            }
+        )
+        records: dict[str, dict[str, Any]] = {}
+        if wanted:
+            for job_id, raw in zip(wanted, await self._redis.hmget(keys.jobs, wanted), strict=True):
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    record = json.loads(raw or "")
+                    records[job_id] = record
+                    self._remember(job_id, str(record["task"]))
+        for _, fields in entries:
+            job_id = fields.get("job", "")
+            if not job_id:
+                continue
+            task = self._tasks.get(job_id)
+            if task is not None:
+                fields.setdefault("task", task)
+            record = records.get(job_id)
+            if fields.get("event") in FINAL_EVENTS:
+                self._tasks.pop(job_id, None)
+                started, finished = (record or {}).get("started"), (record or {}).get("finished")
+                if isinstance(started, (int, float)) and isinstance(finished, (int, float)):
+                    fields["duration_ms"] = str(int(finished - started))
+
+    def _remember(self, job_id: str, task: str) -> None:
+        self._tasks[job_id] = task
+        self._tasks.move_to_end(job_id)
+        while len(self._tasks) > REMEMBER:
+            self._tasks.popitem(last=False)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel until cancelled: a cancel landing as redis-py finishes a send can be swallowed (Python 3.11)."""
+    for _ in range(100):
+        pending = [task for task in tasks if not task.done()]
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("event bus: %s failed", task.get_name(), exc_info=task.exception())
