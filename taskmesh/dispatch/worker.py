@@ -223,6 +223,7 @@ class Worker:
             self._blocking_id = None
 
     async def run(self) -> WorkerStats:
+        await self._start_runners()
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         url = self.settings.redis_url
@@ -275,6 +276,13 @@ class Worker:
             for runner in self.runners.values():
                 await runner.close()
         return self.stats
+
+    async def _start_runners(self) -> None:
+        """Call each runner's optional ``start(tasks)`` with the tasks that use it (see ``runners/base.py``)."""
+        for name, runner in self.runners.items():
+            start = getattr(runner, "start", None)
+            if start is not None:
+                await start([task for task in self.registry if task.runner == name])
 
     # -- dispatcher ------------------------------------------------------------
 
