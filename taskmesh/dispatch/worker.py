@@ -278,11 +278,17 @@ class Worker:
         return self.stats
 
     async def _start_runners(self) -> None:
-        """Call each runner's optional ``start(tasks)`` with the tasks that use it (see ``runners/base.py``)."""
-        for name, runner in self.runners.items():
-            start = getattr(runner, "start", None)
-            if start is not None:
-                await start([task for task in self.registry if task.runner == name])
+        """Call each runner's optional ``start(tasks)`` with the tasks that use it (see ``runners/base.py``);
+        if one refuses, close them all."""
+        try:
+            for name, runner in self.runners.items():
+                start = getattr(runner, "start", None)
+                if start is not None:
+                    await start([task for task in self.registry if task.runner == name])
+        except BaseException:
+            for runner in self.runners.values():
+                await runner.close()
+            raise
 
     # -- dispatcher ------------------------------------------------------------
 

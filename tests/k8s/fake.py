@@ -86,7 +86,8 @@ def matches(obj: Obj, label_selector: str | None, field_selector: str | None) ->
 class Fault:
     """Answer matching requests (method, and a regex searched in path + query) ``times`` times with
     ``code`` (and ``Retry-After``), or by closing the connection (``drop``) before or after applying it
-    (``apply``); a watch with ``event`` gets a 200 stream holding one ERROR event with ``code`` instead."""
+    (``apply``); a watch with ``event`` gets a 200 stream holding one ERROR event with ``code`` instead.
+    With ``stall`` the request is answered normally, after that many seconds."""
 
     method: str
     pattern: str
@@ -97,6 +98,7 @@ class Fault:
     drop: bool = False
     apply: bool = False
     event: bool = False
+    stall: float = 0.0
     hits: int = 0
 
     def matches(self, method: str, target: str) -> bool:
@@ -471,6 +473,9 @@ class FakeKubernetes:
                     fault = next((f for f in fake.faults if f.matches(method, self.path)), None)
                     if fault is not None:
                         fault.hits += 1
+                if fault is not None and fault.stall:
+                    time.sleep(fault.stall)
+                    fault = None
                 if fault is not None and fault.drop:
                     if fault.apply:
                         fake.route(method, self.path, body)

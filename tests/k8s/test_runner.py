@@ -3,12 +3,15 @@ against the test Redis."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
-from taskmesh_k8s import names
+from taskmesh_k8s import K8sConfig, K8sPlugin, names
 
-from taskmesh import Client, JobFailed, JobState
+from taskmesh import Client, ConfigurationError, JobFailed, JobState, Registry, Task, Worker, task
 from taskmesh.testing import RunningWorker, wait_until
 
 from . import tasks
@@ -121,3 +124,40 @@ def test_slow_down_in_the_pod_defers_and_the_next_run_creates_the_job_again(
     assert handle.result(timeout=20) == "done"
     assert handle.status().attempts == 1  # a deferral spends no attempt
     assert len(fake_k8s.created) == 2 and fake_k8s.created[0] == fake_k8s.created[1]
+
+
+@task(
+    name="k8s.badport",
+    runner="k8s",
+    runner_options={
+        **tasks.IMAGE,
+        "job_template": {
+            "spec": {"template": {"spec": {"containers": [{"name": "task", "ports": [{"containerPort": "http"}]}]}}}
+        },
+    },
+)
+def badport() -> None: ...
+
+
+@task(name="k8s.typo", runner="k8s", runner_options={"imgae": "app:1"})
+def typo() -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [(badport, "k8s.badport: runner_options make an invalid Job"), (typo, "k8s.typo: runner_options: unknown option")],
+)
+def test_bad_runner_options_stop_the_worker_at_start_up(
+    taskmesh_client: Client, k8s_config: K8sConfig, bad: Task[Any, Any], expected: str
+) -> None:
+    registry = Registry([tasks.add, bad])
+    worker = Worker.create(registry, taskmesh_client.settings, plugins=[K8sPlugin(k8s_config)], entry_points=False)
+    with pytest.raises(ConfigurationError, match=expected):
+        asyncio.run(worker.run())
+    assert worker.stats.leased == 0
+
+
+def test_missing_kubeconfig_is_a_start_up_error(taskmesh_client: Client, tmp_path: Path) -> None:
+    config = K8sConfig(kubeconfig=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigurationError, match="cannot load its Kubernetes configuration"):
+        Worker.create(Registry([tasks.add]), taskmesh_client.settings, plugins=[K8sPlugin(config)], entry_points=False)

@@ -59,6 +59,11 @@ def api_client(cfg: K8sConfig, pool_size: int) -> Any:
     return client.ApiClient(configuration)
 
 
+def check_job(manifest: Obj) -> Any:
+    """The client's model of the Job: raises ValueError when the manifest does not fit it."""
+    return client.V1Job.from_dict(manifest)
+
+
 def transient(exc: BaseException) -> bool:
     """Worth another try: rate limited, a server error, a timeout or a dropped connection."""
     if isinstance(exc, ApiException):
@@ -164,7 +169,7 @@ class Kube:
 
     def create_job(self, manifest: Obj) -> Obj:
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        body: Any = client.V1Job.from_dict(manifest)  # the client's own model: it checks the manifest's shape
+        body = check_job(manifest)
         return self._call(
             f"create Job {namespace}/{name}",
             lambda: _json(

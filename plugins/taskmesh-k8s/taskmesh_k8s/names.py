@@ -32,6 +32,18 @@ def is_dns_label(value: str) -> bool:
     return len(value) <= MAX_NAME and DNS_LABEL.fullmatch(value) is not None
 
 
+def is_label_value(value: str) -> bool:
+    return len(value) <= MAX_NAME and LABEL_VALUE.fullmatch(value) is not None
+
+
+def is_label_key(key: str) -> bool:
+    """``[prefix/]name``: a DNS subdomain prefix of at most 253 characters, a name like a label value."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not all(DNS_LABEL.fullmatch(part) for part in prefix.split("."))):
+        return False
+    return bool(name) and is_label_value(name)
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
@@ -48,7 +60,7 @@ def job_name(prefix: str, queue: str, job_id: str, created: int, attempt: int) -
 
 def label_value(text: str) -> str:
     """``text`` if it is a valid label value, else a readable part of it plus a hash (at most 63 characters)."""
-    if len(text) <= MAX_NAME and LABEL_VALUE.fullmatch(text):
+    if is_label_value(text):
         return text
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:50].strip("-_.")
     digest = _digest(text)[:12]

@@ -15,7 +15,7 @@ from typing import Any
 from taskmesh import ConfigurationError
 from taskmesh.store.connect import redact
 
-from .names import CONTAINER, is_dns_label
+from .names import CONTAINER, is_dns_label, is_label_key, is_label_value
 
 #: The command that runs the task inside the pod (see ``taskmesh_k8s.entry``).
 DEFAULT_COMMAND = ("python", "-m", "taskmesh_k8s.entry")
@@ -59,7 +59,10 @@ class K8sConfig:
             raise ConfigurationError(
                 f"propagation_policy must be Background or Foreground, not {self.propagation_policy!r}"
             )
-        _check_dns_label("namespace", self.namespace)
+        try:
+            _check_dns_label("namespace", self.namespace)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> K8sConfig:
@@ -176,7 +179,7 @@ class JobOptions:
         values["resources"] = _mapping("resources", raw.get("resources"))
         values["node_selector"] = _str_map("node_selector", raw.get("node_selector"))
         values["tolerations"] = tuple(_mapping("toleration", t) for t in _list("tolerations", raw.get("tolerations")))
-        values["labels"] = _str_map("labels", raw.get("labels"))
+        values["labels"] = _labels(raw.get("labels"))
         values["annotations"] = _str_map("annotations", raw.get("annotations"))
         values["image_pull_secrets"] = _strings("image_pull_secrets", raw.get("image_pull_secrets") or [])
         if "ttl_seconds_after_finished" in raw:
@@ -200,7 +203,7 @@ def _template_image(template: Mapping[str, Any]) -> str | None:
 
 def _check_dns_label(what: str, value: str) -> None:
     if not is_dns_label(value):
-        raise ConfigurationError(f"invalid {what} {value!r}: use up to 63 lowercase letters, digits and '-'")
+        raise ValueError(f"invalid {what} {value!r}: use up to 63 lowercase letters, digits and '-'")
 
 
 def _str(what: str, value: Any) -> str:
@@ -228,6 +231,14 @@ def _str_map(what: str, value: Any) -> dict[str, str]:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
         raise TypeError(f"{what} must map strings to strings, not {value!r}")
     return mapping
+
+
+def _labels(value: Any) -> dict[str, str]:
+    labels = _str_map("labels", value)
+    for key, text in labels.items():
+        if not is_label_key(key) or not is_label_value(text):
+            raise ValueError(f"invalid label {key}={text!r}: see Kubernetes' rules for label keys and values")
+    return labels
 
 
 def _list(what: str, value: Any) -> list[Any]:

@@ -23,7 +23,7 @@ from taskmesh.store import connect
 from taskmesh.store.keys import QueueKeys
 
 from . import manifest, names
-from .api import Kube, KubeError, Obj, WatchStopper, api_client
+from .api import Kube, KubeError, Obj, WatchStopper, api_client, check_job
 from .manifest import Attempt
 from .options import JobOptions, K8sConfig
 
@@ -94,7 +94,14 @@ class K8sRunner:
             await self._redis.aclose()
 
     def _parse(self, task: Task[Any, Any]) -> JobOptions:
-        return JobOptions.parse(task.name, task.runner_options, self.config, self.settings.redis_url)
+        """The task's options, checked down to the Job they make (through the client's model of a Job)."""
+        options = JobOptions.parse(task.name, task.runner_options, self.config, self.settings.redis_url)
+        sample = Attempt(self.settings.prefix, task.queue, "check", 0, 1, 0, task.name, task.fn.__module__)
+        try:
+            check_job(manifest.build(sample, options, task.timeout, self.settings.events_maxlen))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise ConfigurationError(f"task {task.name}: runner_options make an invalid Job: {exc}") from None
+        return options
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         background = asyncio.ensure_future(coro)
@@ -129,12 +136,15 @@ class K8sRunner:
         began = asyncio.get_running_loop().time()
         stopper = WatchStopper()
         self._stoppers.add(stopper)
+        # Shielded: a cancel must not leave a create in flight that would land after the Job's delete.
+        creating = asyncio.ensure_future(self._thread(self._create_or_adopt, body, attempt))
+        creating.add_done_callback(_retrieved)
         try:
-            await self._thread(self._create_or_adopt, body, attempt)
+            await asyncio.shield(creating)
             ended = await self._wait(namespace, name, stopper)
         except asyncio.CancelledError:
             stopper.stop()
-            self._stopped(task, job, namespace, name, asyncio.get_running_loop().time() - began)
+            self._stopped(task, job, namespace, name, asyncio.get_running_loop().time() - began, creating)
             raise
         finally:
             self._stoppers.discard(stopper)
@@ -204,18 +214,22 @@ class K8sRunner:
             if finished(current):
                 return current
 
-    def _stopped(self, task: Task[Any, Any], job: Job, namespace: str, name: str, ran: float) -> None:
-        """The wait was cancelled: on a cancel request or a timeout delete the Job (and so its pod); on a
-        hand-back (the worker is stopping) leave it, for the job's next holder to adopt."""
+    def _stopped(
+        self, task: Task[Any, Any], job: Job, namespace: str, name: str, ran: float, creating: asyncio.Future[None]
+    ) -> None:
+        """The run was cancelled: on a cancel request or a timeout delete the Job (and so its pod) once its
+        create has ended; on a hand-back (the worker is stopping) leave it, for the job's next holder to adopt."""
         timed_out = task.timeout is not None and ran >= task.timeout - TIMEOUT_SLACK
         if job.cancelled or timed_out:
             why = "cancelled" if job.cancelled else "timed out"
             log.info("job %s %s: deleting Kubernetes Job %s/%s", job.id, why, namespace, name)
-            self._spawn(self._delete(namespace, name))
+            self._spawn(self._delete(namespace, name, after=creating))
         else:
             log.info("job %s handed back: Kubernetes Job %s/%s left for the next holder", job.id, namespace, name)
 
-    async def _delete(self, namespace: str, name: str) -> None:
+    async def _delete(self, namespace: str, name: str, after: asyncio.Future[None] | None = None) -> None:
+        if after is not None:
+            await asyncio.wait([after])  # its outcome (created, adopted or refused) does not matter here
         try:
             await self._thread(self.kube.delete_job, namespace, name, self.config.propagation_policy)
         except KubeError as exc:
@@ -304,6 +318,12 @@ class K8sRunner:
         if state in ("waiting", "delayed"):  # handed back or stalled: its next lease is this attempt again
             return attempt != current + 1
         return True
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome seen: a run cancelled mid-create does not await its create (only its delete waits)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _container_state(pod: Obj) -> str:
