@@ -161,3 +161,25 @@ def test_missing_kubeconfig_is_a_start_up_error(taskmesh_client: Client, tmp_pat
     config = K8sConfig(kubeconfig=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigurationError, match="cannot load its Kubernetes configuration"):
         Worker.create(Registry([tasks.add]), taskmesh_client.settings, plugins=[K8sPlugin(config)], entry_points=False)
+
+
+@task(
+    name="k8s.own_command",
+    runner="k8s",
+    runner_options={
+        **tasks.IMAGE,
+        "command": ["python", "-c", "import os; print('job', os.environ['TASKMESH_JOB_ID'])"],
+    },
+)
+def own_command() -> None: ...
+
+
+def test_a_command_of_your_own_completes_with_no_result(
+    taskmesh_client: Client, fake_k8s: FakeKubernetes, k8s_worker: Workers
+) -> None:
+    k8s_worker([own_command])
+    handle = own_command.enqueue()
+    assert handle.result(timeout=20) is None
+    assert handle.status().state is JobState.COMPLETED
+    run = next(iter(fake_k8s.runs.values()))
+    assert run.log.decode().strip() == f"job {handle.id}"

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aredis
 
 from taskmesh import Cancelled, ConfigurationError, Job, Retry, Settings, SlowDown, Task, Unrecoverable
+from taskmesh.dispatch.retry import RedisRetry
 from taskmesh.store import connect
 from taskmesh.store.keys import QueueKeys
 
@@ -71,6 +72,8 @@ class K8sRunner:
         self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="taskmesh-k8s")
         self._options: dict[str, JobOptions] = {}
         self._redis: aredis.Redis | None = None
+        self._retrying = RedisRetry(settings)  # Redis calls wait out an outage, as the worker's own do
+        self._sweeping: asyncio.Task[None] | None = None
         self._stoppers: set[WatchStopper] = set()
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -80,10 +83,12 @@ class K8sRunner:
         """Check every task's options, then sweep leftover Jobs (in the background)."""
         for task in tasks:
             self._options[task.name] = self._parse(task)
-        namespaces = sorted({options.namespace or self.config.namespace for options in self._options.values()})
-        self._spawn(self._sweep(sorted({self.config.namespace, *namespaces})))
+        namespaces = {self.config.namespace, *(str(options.namespace) for options in self._options.values())}
+        self._sweeping = asyncio.create_task(self._sweep(sorted(namespaces)))
 
     async def close(self) -> None:
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         for stopper in list(self._stoppers):
             stopper.stop()
         if self._background:  # pending deletes: give them a bounded chance to land
@@ -120,6 +125,7 @@ class K8sRunner:
     # -- one attempt ---------------------------------------------------------------
 
     async def run(self, task: Task[Any, Any], job: Job, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        began = asyncio.get_running_loop().time()  # as close as can be to where the worker's timeout started
         options = self._options.get(task.name) or self._options.setdefault(task.name, self._parse(task))
         attempt = Attempt(
             self.settings.prefix,
@@ -133,7 +139,6 @@ class K8sRunner:
         )
         body = manifest.build(attempt, options, task.timeout, self.settings.events_maxlen)
         namespace, name = str(options.namespace), attempt.name
-        began = asyncio.get_running_loop().time()
         stopper = WatchStopper()
         self._stoppers.add(stopper)
         # Shielded: a cancel must not leave a create in flight that would land after the Job's delete.
@@ -151,7 +156,8 @@ class K8sRunner:
         return await self._outcome(attempt, options, ended)
 
     async def _created(self, job: Job) -> int:
-        raw = await self._conn().hget(QueueKeys.of(self.settings.prefix, job.queue).jobs, job.id)
+        conn, key = self._conn(), QueueKeys.of(self.settings.prefix, job.queue).jobs
+        raw = await self._retrying(lambda: conn.hget(key, job.id))
         if raw is None:
             raise KubernetesJobFailed(f"job {job.id} has no record in queue {job.queue!r} (removed meanwhile?)")
         return int(json.loads(raw)["created"])
@@ -239,7 +245,8 @@ class K8sRunner:
 
     async def _outcome(self, attempt: Attempt, options: JobOptions, ended: Obj) -> Any:
         namespace, name = str(options.namespace), attempt.name
-        raw = await self._conn().get(attempt.result_key)
+        conn = self._conn()
+        raw = await self._retrying(lambda: conn.get(attempt.result_key))
         left: dict[str, Any] | None = None if raw is None else json.loads(raw)
         if finished(ended) == "Complete":
             if left is not None and left.get("ok"):
@@ -251,7 +258,7 @@ class K8sRunner:
         details = await self._thread(self._failure_details, namespace, name, ended)
         if left is not None and left.get("kind") == "slowdown":
             # The job is deferred under the same attempt number, so the same Job name: clear the way.
-            await self._conn().delete(attempt.result_key)
+            await self._retrying(lambda: conn.delete(attempt.result_key))
             await self._delete(namespace, name)
         raise _error(left, details)
 
@@ -306,7 +313,8 @@ class K8sRunner:
             return False  # another installation's, its prefix label only looked the same
         queue, job_id = annotations[names.QUEUE_ANNOTATION], annotations[names.JOB_ANNOTATION]
         attempt = int(labels[names.ATTEMPT_LABEL])
-        raw = await self._conn().hget(QueueKeys.of(self.settings.prefix, queue).jobs, job_id)
+        conn, key = self._conn(), QueueKeys.of(self.settings.prefix, queue).jobs
+        raw = await self._retrying(lambda: conn.hget(key, job_id))
         if raw is None:
             return True
         record = json.loads(raw)
