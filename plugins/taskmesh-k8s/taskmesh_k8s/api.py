@@ -217,12 +217,14 @@ class Kube:
         try:
             self._call(
                 f"delete Job {namespace}/{name}",
-                lambda: self.batch.delete_namespaced_job(
-                    name,
-                    namespace,
-                    propagation_policy=propagation,
-                    _preload_content=False,
-                    _request_timeout=self._timeout(),
+                lambda: _json(  # read, so the connection goes back to the pool
+                    self.batch.delete_namespaced_job(
+                        name,
+                        namespace,
+                        propagation_policy=propagation,
+                        _preload_content=False,
+                        _request_timeout=self._timeout(),
+                    )
                 ),
             )
         except KubeError as exc:

@@ -204,13 +204,15 @@ class K8sRunner:
                 seen, version = await self._thread(self.kube.watch_job, namespace, name, version, stopper, finished)
                 failures = 0
             except KubeError as exc:
-                if exc.status == 410:
+                failures += 1
+                if exc.status == 410:  # listed again at once; again and again only after a pause
                     log.info("watch of Job %s/%s: resourceVersion too old; listing again", namespace, name)
                     version = None
+                    if failures > 1:
+                        await asyncio.sleep(self._pause(failures))
                     continue
-                failures += 1
                 log.warning("watch of Job %s/%s failed (%s); reading its status instead", namespace, name, exc)
-                await asyncio.sleep(min(self.config.retry_cap, self.config.retry_base * 2**failures))
+                await asyncio.sleep(self._pause(failures))
                 seen = None
             if seen is not None and not seen.get("deleted"):
                 return seen
@@ -219,6 +221,9 @@ class K8sRunner:
                 raise KubernetesJobFailed(f"the Kubernetes Job {namespace}/{name} was deleted before it ended")
             if finished(current):
                 return current
+
+    def _pause(self, failures: int) -> float:
+        return min(self.config.retry_cap, self.config.retry_base * 2.0**failures)
 
     def _stopped(
         self, task: Task[Any, Any], job: Job, namespace: str, name: str, ran: float, creating: asyncio.Future[None]
