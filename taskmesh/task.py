@@ -6,9 +6,10 @@ import inspect
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from .errors import MAX_DELAY_SECONDS
@@ -140,6 +141,7 @@ class Task(Generic[P, R]):
         "queue",
         "retries",
         "runner",
+        "runner_options",
         "schedule",
         "takes_job",
         "timeout",
@@ -156,6 +158,7 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         priority: int = 0,
         runner: str = "inline",
+        runner_options: Mapping[str, Any] | None = None,
         rate_limit: str | Limit | None = None,
         max_active: int | None = None,
         schedule: Schedule | None = None,
@@ -175,6 +178,10 @@ class Task(Generic[P, R]):
         self.timeout = timeout
         self.priority = check_priority(priority)
         self.runner = check_name("runner name", runner)
+        if runner_options is not None and not isinstance(runner_options, Mapping):
+            raise TypeError(f"task {self.name}: runner_options must be a mapping, not {type(runner_options).__name__}")
+        #: Options for the task's runner, read-only; the runner checks them when the worker starts.
+        self.runner_options: Mapping[str, Any] = MappingProxyType(dict(runner_options or {}))
         try:
             self.limit = _as_limit(rate_limit, max_active)
         except ValueError as exc:
@@ -310,6 +317,7 @@ _OPTIONS = frozenset(
         "timeout",
         "priority",
         "runner",
+        "runner_options",
         "rate_limit",
         "max_active",
         "schedule",
@@ -340,6 +348,7 @@ def task(
     timeout: float | None = None,
     priority: int = 0,
     runner: str = "inline",
+    runner_options: Mapping[str, Any] | None = None,
     rate_limit: str | Limit | None = None,
     max_active: int | None = None,
     schedule: Schedule | None = None,
@@ -353,11 +362,13 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     Options: ``name`` (default ``module.function``), ``queue`` ("default"),
     ``retries`` (extra attempts after the first), ``backoff`` (seconds or
     :class:`Backoff`), ``timeout`` (seconds), ``priority`` (-1000..1000,
-    higher first), ``runner`` ("inline"), ``rate_limit`` (``"100/m"`` or :class:`Limit`: starts
-    of this task across all workers) and ``max_active`` (jobs of this task active at once across
-    all workers), and a schedule that runs it by itself: ``cron="0 0 * * *"`` or
-    ``every=timedelta(minutes=5)`` (seconds too), ``tz="Europe/Berlin"``, or ``schedule=Schedule(...)``
-    for start/end, arguments and misfire/overlap policies. Unknown options raise ``TypeError``.
+    higher first), ``runner`` ("inline"), ``runner_options`` (a mapping the runner reads, e.g. the
+    ``k8s`` runner's image and resources; checked when a worker starts), ``rate_limit``
+    (``"100/m"`` or :class:`Limit`: starts of this task across all workers), ``max_active``
+    (jobs of this task active at once across all workers), and a schedule that runs it by itself:
+    ``cron="0 0 * * *"`` or ``every=timedelta(minutes=5)`` (seconds too), ``tz="Europe/Berlin"``, or
+    ``schedule=Schedule(...)`` for start/end, arguments and misfire/overlap policies. Unknown options
+    raise ``TypeError``.
     """
     unknown = set(options) - _OPTIONS
     if unknown:

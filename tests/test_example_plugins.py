@@ -218,11 +218,13 @@ def test_the_allow_and_block_lists_decide_which_plugins_load(cli: Any) -> None:
     allowed = json.loads(cli("plugins", "--json", TASKMESH_PLUGINS="webhook").stdout)
     assert {p["name"]: p["status"] for p in blocked if p["status"] != "built-in"} == {
         "audited": "blocked",
+        "k8s": "loaded",
         "prometheus": "loaded",
         "webhook": "blocked",
     }
     assert {p["name"]: p["status"] for p in allowed if p["status"] != "built-in"} == {
         "audited": "not allowed",
+        "k8s": "not allowed",
         "prometheus": "not allowed",
         "webhook": "loaded",
     }
@@ -231,6 +233,6 @@ def test_the_allow_and_block_lists_decide_which_plugins_load(cli: Any) -> None:
 def test_a_task_naming_an_unknown_runner_stops_the_worker_at_start_up_listing_the_known_ones(cli: Any) -> None:
     done = cli("run", "runnertasks", "--burst")
     assert done.returncode == 1
-    assert done.stderr.strip() == "taskmesh: unknown runner(s) nope; known runners: audited, inline, subprocess"
+    assert done.stderr.strip() == "taskmesh: unknown runner(s) nope; known runners: audited, inline, k8s, subprocess"
     done = cli("run", "runnertasks", "--burst", TASKMESH_DISABLE_PLUGINS="audited")
-    assert done.stderr.strip() == "taskmesh: unknown runner(s) audited, nope; known runners: inline, subprocess"
+    assert done.stderr.strip() == "taskmesh: unknown runner(s) audited, nope; known runners: inline, k8s, subprocess"

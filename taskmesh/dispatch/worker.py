@@ -239,6 +239,7 @@ class Worker:
             self._blocking_id = None
 
     async def run(self) -> WorkerStats:
+        await self._start_runners()
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         url = self.settings.redis_url
@@ -307,6 +308,19 @@ class Worker:
             assert self._redis is not None, "the worker is not running"
             self._scheduler = Scheduler(self.settings, self._redis)
         return self._scheduler
+
+    async def _start_runners(self) -> None:
+        """Call each runner's optional ``start(tasks)`` with the tasks that use it (see ``runners/base.py``);
+        if one refuses, close them all."""
+        try:
+            for name, runner in self.runners.items():
+                start = getattr(runner, "start", None)
+                if start is not None:
+                    await start([task for task in self.registry if task.runner == name])
+        except BaseException:
+            for runner in self.runners.values():
+                await runner.close()
+            raise
 
     # -- dispatcher ------------------------------------------------------------
 
