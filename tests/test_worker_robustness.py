@@ -6,8 +6,10 @@ import asyncio
 import threading
 from typing import Any
 
-from taskmesh import Client, Job, JobState, task
-from taskmesh.testing import drain, running_worker, wait_until
+import pytest
+
+from taskmesh import Client, ConfigurationError, Job, JobState, Registry, Worker, task
+from taskmesh.testing import RunningWorker, drain, running_worker, wait_until
 
 
 @task(name="robust.ok")
@@ -117,3 +119,23 @@ def test_jobs_leased_ahead_behind_long_jobs_go_to_an_idle_worker(taskmesh_client
                 assert {h.status().worker for h in handles} == {first.worker.id, second.worker.id}
     finally:
         gate.set()
+
+
+
+class RefusingRunner:
+    """A runner whose start-up check refuses the worker's tasks."""
+
+    async def start(self, tasks: list[Any]) -> None:
+        raise ConfigurationError(f"cannot run {[t.name for t in tasks]}")
+
+    async def run(self, task: Any, job: Job, args: Any, kwargs: Any) -> Any:
+        raise AssertionError("never reached")
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_worker_that_fails_to_start_raises_from_start(taskmesh_client: Client) -> None:
+    worker = Worker(Registry([ok]), taskmesh_client.settings, {"inline": RefusingRunner()})
+    with pytest.raises(ConfigurationError, match=r"cannot run \['robust.ok'\]"):
+        RunningWorker(worker).start()

@@ -76,6 +76,8 @@ class RunningWorker:
         runner = asyncio.create_task(self.worker.run())
         started = asyncio.create_task(self.worker.started.wait())
         await asyncio.wait([runner, started], return_when=asyncio.FIRST_COMPLETED)
+        if runner.done() and not runner.cancelled():
+            self.error = runner.exception()  # a failed start is start()'s error, not only stop()'s
         self._ready.set()
         return await runner
 
