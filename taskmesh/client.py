@@ -7,6 +7,7 @@ web handler never blocks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -21,12 +22,13 @@ from .errors import JobNotFound
 from .events import FINAL_EVENTS, Event
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .limits import Limit, QueueSettings, parse_settings
-from .schedule import Schedule, ScheduleEntry, ScheduleInfo, schedule_info
+from .schedule import Schedule, ScheduleEntry, ScheduleInfo, queue_of, schedule_info
 from .settings import Settings
 from .store import connect, scripts
 from .store.keys import QueueKeys, check_job_id, check_name, queues_key, schedules_key, workers_key
 from .task import Task, check_delay, check_priority, check_run_at
 
+log = logging.getLogger("taskmesh.client")
 STATES = tuple(state.value for state in JobState)
 # One job as the enqueue script takes it: id, task, payload, priority, delay_ms, run_at_ms.
 _JobValues = tuple[str, str, str, int, int, int]
@@ -356,10 +358,8 @@ class Client:
         old = self.redis.hget(schedules_key(self.settings.prefix), name)
         self.redis.hset(schedules_key(self.settings.prefix), name, entry.to_json())
         self._remember(entry.queue)
-        keys = self.keys(entry.queue)
-        if old is not None and (old_queue := ScheduleEntry.from_json(name, str(old)).queue) != entry.queue:
-            scripts.call(self.redis, "cron", self.keys(old_queue).all, [self.settings.events_maxlen, "remove", name])
-        scripts.call(self.redis, "cron", keys.all, [self.settings.events_maxlen, "init", name])
+        for queue_name, args in _schedule_moves(name, entry, old):
+            scripts.call(self.redis, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
         return entry
 
     @connect.aguard
@@ -379,25 +379,30 @@ class Client:
         old = await conn.hget(schedules_key(self.settings.prefix), name)
         await conn.hset(schedules_key(self.settings.prefix), name, entry.to_json())
         await self._aremember(entry.queue)
-        if old is not None and (old_queue := ScheduleEntry.from_json(name, str(old)).queue) != entry.queue:
-            await scripts.acall(conn, "cron", self.keys(old_queue).all, [self.settings.events_maxlen, "remove", name])
-        await scripts.acall(conn, "cron", self.keys(entry.queue).all, [self.settings.events_maxlen, "init", name])
+        for queue_name, args in _schedule_moves(name, entry, old):
+            await scripts.acall(conn, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
         return entry
 
     @connect.guard
     def schedules(self) -> list[ScheduleInfo]:
         """Every schedule, by name, with its state and next tick."""
-        raw = self.redis.hgetall(schedules_key(self.settings.prefix))
-        entries = [ScheduleEntry.from_json(str(n), str(v)) for n, v in sorted(raw.items())]
-        states = [self.redis.hget(self.keys(e.queue).cron, e.name) for e in entries]
-        return [schedule_info(e, s, self._now_ms()) for e, s in zip(entries, states, strict=True)]
+        entries = _readable(self.redis.hgetall(schedules_key(self.settings.prefix)))
+        looks = [
+            scripts.call(self.redis, "cron", self.keys(e.queue).all, [self.settings.events_maxlen, "look", e.name])
+            for e in entries
+        ]
+        return [schedule_info(e, state, int(now)) for e, (state, now) in zip(entries, looks, strict=True)]
 
     @connect.aguard
     async def aschedules(self) -> list[ScheduleInfo]:
-        raw = await self.aredis.hgetall(schedules_key(self.settings.prefix))
-        entries = [ScheduleEntry.from_json(str(n), str(v)) for n, v in sorted(raw.items())]
-        states = [await self.aredis.hget(self.keys(e.queue).cron, e.name) for e in entries]
-        return [schedule_info(e, s, self._now_ms()) for e, s in zip(entries, states, strict=True)]
+        entries = _readable(await self.aredis.hgetall(schedules_key(self.settings.prefix)))
+        looks = [
+            await scripts.acall(
+                self.aredis, "cron", self.keys(e.queue).all, [self.settings.events_maxlen, "look", e.name]
+            )
+            for e in entries
+        ]
+        return [schedule_info(e, state, int(now)) for e, (state, now) in zip(entries, looks, strict=True)]
 
     @connect.guard
     def remove_schedule(self, name: str) -> bool:
@@ -429,8 +434,9 @@ class Client:
         raw = self.redis.hget(schedules_key(self.settings.prefix), check_name("schedule name", name))
         if raw is None:
             return False
-        queue = ScheduleEntry.from_json(name, str(raw)).queue
-        scripts.call(self.redis, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
+        queue = _queue_for(name, str(raw), op)
+        if queue is not None:
+            scripts.call(self.redis, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
         if op == "remove":
             self.redis.hdel(schedules_key(self.settings.prefix), name)
         return True
@@ -439,15 +445,12 @@ class Client:
         raw = await self.aredis.hget(schedules_key(self.settings.prefix), check_name("schedule name", name))
         if raw is None:
             return False
-        queue = ScheduleEntry.from_json(name, str(raw)).queue
-        await scripts.acall(self.aredis, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
+        queue = _queue_for(name, str(raw), op)
+        if queue is not None:
+            await scripts.acall(self.aredis, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
         if op == "remove":
             await self.aredis.hdel(schedules_key(self.settings.prefix), name)
         return True
-
-    @staticmethod
-    def _now_ms() -> int:
-        return int(time.time() * 1000)
 
     # -- waiting and events ----------------------------------------------------
 
@@ -569,6 +572,38 @@ def _entry(
     if isinstance(task, Task):
         queue, priority, task = queue or task.queue, task.priority if priority is None else priority, task.name
     return ScheduleEntry(name, task, queue or "default", schedule, check_priority(priority or 0))
+
+
+def _schedule_moves(name: str, entry: ScheduleEntry, old: Any) -> list[tuple[str, list[Any]]]:
+    """The cron script calls storing ``entry`` over ``old`` needs: drop the state in a queue it left,
+    and (re)start the state where it is now: a changed schedule fires from its first tick after now."""
+    new = entry.to_json()
+    if old is not None and str(old) == new:
+        return [(entry.queue, ["init", name])]
+    moves: list[tuple[str, list[Any]]] = []
+    old_queue = queue_of(None if old is None else str(old))
+    if old_queue is not None and old_queue != entry.queue:
+        moves.append((old_queue, ["remove", name]))
+    return [*moves, (entry.queue, ["init", name, "1"])]
+
+
+def _readable(raw: Mapping[Any, Any]) -> list[ScheduleEntry]:
+    """Stored entries in name order; one that cannot be read is logged and left out."""
+    entries = []
+    for name, value in sorted(raw.items()):
+        try:
+            entries.append(ScheduleEntry.from_json(str(name), str(value)))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("schedule %s: cannot read its entry (%s); remove it with remove_schedule", name, exc)
+    return entries
+
+
+def _queue_for(name: str, raw: str, op: str) -> str | None:
+    """The queue holding a schedule's state; an unreadable entry can still be removed (not paused)."""
+    queue = queue_of(raw)
+    if queue is None and op != "remove":
+        raise ValueError(f"schedule {name}: its stored entry cannot be read; remove it and add it again")
+    return queue
 
 
 def _cancelled(job_id: str, queue: str, state: str) -> str:

@@ -18,12 +18,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from .errors import MAX_DELAY_SECONDS
 from .store.keys import check_name
 
 Misfire = Literal["skip", "catch_up"]
 Overlap = Literal["allow", "skip"]
 #: Most missed ticks ``misfire="catch_up"`` runs after downtime, unless the schedule says otherwise.
 CATCH_UP_MAX = 100
+#: The most a schedule may ask for (each missed tick is a job created in one script call).
+CATCH_UP_LIMIT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +59,16 @@ class Schedule:
             object.__setattr__(self, "every", every.total_seconds())
         if (self.cron is None) == (self.every is None):
             raise ValueError("a schedule needs exactly one of cron= and every=")
-        if self.cron is not None and not (isinstance(self.cron, str) and croniter.is_valid(self.cron)):
-            raise ValueError(f"invalid cron expression {self.cron!r}")
         if self.every is not None:
             number = isinstance(self.every, (int, float)) and not isinstance(self.every, bool)
-            if not (number and math.isfinite(self.every) and self.every >= 1):
-                raise ValueError(f"every must be at least 1 second, not {every!r}")
+            if not (number and math.isfinite(self.every) and 1 <= self.every <= MAX_DELAY_SECONDS):
+                raise ValueError(f"every must be from 1 second to ten years, not {every!r}")
         try:
-            ZoneInfo(self.tz)
+            zone = ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError, TypeError):
             raise ValueError(f"unknown time zone {self.tz!r} (use an IANA name such as 'Europe/Berlin')") from None
+        if self.cron is not None:
+            _check_cron(self.cron, zone)
         for name in ("start", "end"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
@@ -76,10 +79,14 @@ class Schedule:
             raise ValueError(f"misfire must be 'skip' or 'catch_up', not {self.misfire!r}")
         if self.overlap not in ("allow", "skip"):
             raise ValueError(f"overlap must be 'allow' or 'skip', not {self.overlap!r}")
-        if not (isinstance(self.misfire_grace, (int, float)) and self.misfire_grace >= 0):
-            raise ValueError(f"misfire_grace must be >= 0 seconds, not {self.misfire_grace!r}")
-        if not (isinstance(self.catch_up_max, int) and self.catch_up_max >= 1):
-            raise ValueError(f"catch_up_max must be an int >= 1, not {self.catch_up_max!r}")
+        grace = self.misfire_grace
+        if isinstance(grace, bool) or not (isinstance(grace, (int, float)) and 0 <= grace <= MAX_DELAY_SECONDS):
+            raise ValueError(f"misfire_grace must be >= 0 seconds, not {grace!r}")
+        most = self.catch_up_max
+        if isinstance(most, bool) or not (isinstance(most, int) and 1 <= most <= CATCH_UP_LIMIT):
+            raise ValueError(f"catch_up_max must be an int from 1 to {CATCH_UP_LIMIT}, not {most!r}")
+        if isinstance(self.args, (str, bytes)) or not isinstance(self.kwargs, Mapping):
+            raise ValueError("args must be a sequence (not a string) and kwargs a mapping")
         try:
             json.dumps([list(self.args), dict(self.kwargs)], allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -163,7 +170,8 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
-        values = dict(data)
+        known = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in data.items() if k in known}  # a newer version's fields are ignored
         for name in ("start", "end"):
             if values.get(name):
                 values[name] = datetime.fromisoformat(values[name])
@@ -186,6 +194,8 @@ class ScheduleEntry:
         check_name("schedule name", self.name)
         check_name("task name", self.task)
         check_name("queue name", self.queue)
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not -1000 <= self.priority <= 1000:
+            raise ValueError(f"priority must be an int from -1000 to 1000, not {self.priority!r}")
 
     def to_json(self) -> str:
         data = {"task": self.task, "queue": self.queue, "priority": self.priority, "origin": self.origin}
@@ -229,17 +239,46 @@ class ScheduleInfo:
         }
 
 
+def _random(fields: list[str]) -> bool:
+    """croniter's ``R`` (a random value, drawn anew each time): no month or day name starts with R."""
+    return any(item.strip().lower().startswith("r") for f in fields for item in f.split(","))
+
+
+def _check_cron(expr: str, zone: ZoneInfo) -> None:
+    """A standard five-field expression, or six with seconds last; one that can fire."""
+    fields = expr.split() if isinstance(expr, str) else []
+    if not 5 <= len(fields) <= 6 or not croniter.is_valid(expr) or _random(fields):
+        raise ValueError(
+            f"invalid cron expression {expr!r} (five fields, or six with seconds last; no random 'R' values)"
+        )
+    try:
+        croniter(expr, datetime.now(zone)).get_next(datetime)
+    except Exception:
+        raise ValueError(f"cron expression {expr!r} never fires") from None
+
+
 def schedule_info(entry: ScheduleEntry, raw_state: str | bytes | None, now_ms: int) -> ScheduleInfo:
     """An entry with its state from ``{prefix:queue}:cron`` (None: not initialised yet)."""
     state = json.loads(raw_state) if raw_state else {}
-    last = state.get("last")
+    last, job = state.get("last"), state.get("job")
     return ScheduleInfo(
         entry=entry,
         paused=bool(state.get("paused")),
-        last_tick=from_ms(last) if state.get("job") else None,
-        last_job=state.get("job"),
+        last_tick=from_ms(int(job.rsplit("@", 1)[1])) if isinstance(job, str) else None,
+        last_job=job,
         next_tick=from_ms(entry.schedule.next_tick(max(last or now_ms, now_ms))),
     )
+
+
+def queue_of(raw: str | None) -> str | None:
+    """The queue of a stored entry (None if there is none or it cannot be read)."""
+    if raw is None:
+        return None
+    try:
+        queue = json.loads(raw)["queue"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return queue if isinstance(queue, str) else None
 
 
 def job_id(name: str, tick_ms: int) -> str:

@@ -42,8 +42,20 @@ def test_a_bad_cron_expression_fails_at_decoration_naming_task_and_expression() 
         task(name="sched.tz", cron="0 0 * * *", tz="Mars/Olympus")(lambda: None)
     with pytest.raises(ValueError, match="exactly one of cron= and every="):
         Schedule(cron="0 0 * * *", every=60)
-    with pytest.raises(ValueError, match="at least 1 second"):
+    with pytest.raises(ValueError, match="from 1 second to ten years"):
         Schedule(every=0.5)
+    with pytest.raises(ValueError, match="from 1 second to ten years"):
+        Schedule(every=1e306)
+    with pytest.raises(ValueError, match="never fires"):
+        Schedule(cron="0 0 31 2 *")
+    for random_or_year in ("R R * * *", "0 0 1 1 * 0 2031"):
+        with pytest.raises(ValueError, match="invalid cron expression"):
+            Schedule(cron=random_or_year)
+    assert Schedule(cron="0 8 1 mar,apr fri").cron == "0 8 1 mar,apr fri"
+    with pytest.raises(ValueError, match="catch_up_max"):
+        Schedule(every=60, catch_up_max=100_000)
+    with pytest.raises(ValueError, match="args must be a sequence"):
+        Schedule(every=60, args="abc")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tz= needs"):
         task(name="sched.tzonly", tz="UTC")(lambda: None)
     with pytest.raises(ValueError, match="JSON"):
@@ -339,3 +351,55 @@ def test_prune_removes_code_schedules_no_task_declares_and_keeps_run_time_ones(
     taskmesh_worker([every_second], prune_schedules=True)
     names = [info.entry.name for info in taskmesh_client.schedules()]
     assert names == ["added.at.run.time", "sched.every_second"]
+
+
+
+# -- review regressions ----------------------------------------------------------------------
+
+
+def test_one_unreadable_schedule_stops_none_of_the_others(taskmesh_client: Client) -> None:
+    key = f"{{{taskmesh_client.settings.prefix}}}:schedules"
+    taskmesh_client.schedule("b.good", "sched.job", every=1, misfire_grace=3600)
+    taskmesh_client.redis.hset(key, "a.bad", '{"task": "sched.job", "queue": "default", "schedule": {"every": -1}}')
+    taskmesh_client.schedule("a.corrupt.state", "sched.job", every=1)
+    taskmesh_client.redis.hset(taskmesh_client.keys("default").cron, "a.corrupt.state", "{not json")
+    taskmesh_client.redis.hset(taskmesh_client.keys("default").cron, "b.good", json.dumps({"last": 0}))
+    fired, _ = run(scheduler_pass(taskmesh_client))
+    assert fired == 1, "b.good fired although a.bad sorts before it"
+    assert [i.entry.name for i in taskmesh_client.schedules()] == ["a.corrupt.state", "b.good"]
+    assert taskmesh_client.remove_schedule("a.bad"), "an unreadable entry can still be removed"
+    assert taskmesh_client.pause_schedule("a.corrupt.state"), "a corrupt state is started afresh"
+
+
+def test_misfire_grace_zero_still_fires_ticks_on_time(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("g0", "sched.job", every=1, misfire_grace=0)
+    fired, _ = run(scheduler_pass(taskmesh_client, backdate_ms=1000, name="g0", align_ms=1000))
+    assert fired == 1
+
+
+def test_a_changed_schedule_fires_none_of_the_ticks_before_the_change(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("c", "sched.job", every=10)
+    cron_key = taskmesh_client.keys("default").cron
+    taskmesh_client.redis.hset(cron_key, "c", json.dumps({"last": server_ms(taskmesh_client) - 8000}))
+    taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up")
+    assert run(scheduler_pass(taskmesh_client, name="c"))[0] == 0
+    taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up")  # unchanged: state kept
+    assert cron_state(taskmesh_client, "c")["last"] <= server_ms(taskmesh_client)
+
+
+def test_a_removed_schedule_raced_by_a_pass_and_added_again_fires_no_old_ticks(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("r", "sched.job", every=1, misfire="catch_up")
+    before = taskmesh_client.schedules()[0].entry
+    taskmesh_client.remove_schedule("r")
+
+    async def late_pass() -> int:
+        conn = connect.async_client(taskmesh_client.settings.redis_url)
+        try:
+            scheduler = Scheduler(taskmesh_client.settings, conn)
+            await scheduler._fire_due(before)  # a pass that read the entry before the removal
+            return scheduler.fired
+        finally:
+            await conn.aclose()
+
+    assert run(late_pass()) == 0
+    assert taskmesh_client.redis.hget(taskmesh_client.keys("default").cron, "r") is None

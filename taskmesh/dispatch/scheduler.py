@@ -14,11 +14,12 @@ import json
 import logging
 from typing import Any
 
+import redis
 import redis.asyncio as aredis
 
 from ..job import encode_payload
 from ..registry import Registry
-from ..schedule import ScheduleEntry
+from ..schedule import ScheduleEntry, queue_of
 from ..settings import Settings
 from ..store import scripts
 from ..store.keys import QueueKeys, queues_key, schedules_key
@@ -26,6 +27,8 @@ from ..store.keys import QueueKeys, queues_key, schedules_key
 log = logging.getLogger("taskmesh.scheduler")
 #: The longest a scheduler sleeps before it looks at the schedules again (to see changes).
 MAX_SLEEP = 1.0
+#: A tick at most this old is on time, whatever ``misfire_grace`` says (a scheduler wakes a little late).
+ON_TIME_MS = 2000
 
 
 class Scheduler:
@@ -46,10 +49,17 @@ class Scheduler:
                 declared[entry.name] = entry
         for name, entry in declared.items():
             await self.conn.sadd(queues_key(self.settings.prefix), entry.queue)
-            if stored.get(name) != entry.to_json():
-                await self.conn.hset(key, name, entry.to_json())
-                log.info("schedule %s: %s -> %s (queue %s)", name, entry.schedule.describe, entry.task, entry.queue)
-            await self._cron(entry.queue, "init", name)
+            old = stored.get(name)
+            if old == entry.to_json():
+                await self._cron(entry.queue, "init", name)
+                continue
+            await self.conn.hset(key, name, entry.to_json())
+            old_queue = queue_of(old)
+            if old_queue is not None and old_queue != entry.queue:
+                await self._cron(old_queue, "remove", name)
+            # Changed (or new): it fires from its first tick after now, never the old timing's ticks.
+            await self._cron(entry.queue, "init", name, "1")
+            log.info("schedule %s: %s -> %s (queue %s)", name, entry.schedule.describe, entry.task, entry.queue)
         for name, raw in stored.items():
             if name in declared:
                 continue
@@ -77,43 +87,49 @@ class Scheduler:
                 delay = await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis away, a bad entry: log, and look again soon
+            except Exception as exc:  # Redis away: look again soon
                 log.warning("scheduler: %s", exc)
                 delay = MAX_SLEEP
             await asyncio.sleep(delay)
 
     async def tick(self) -> float:
-        """Fire what is due now; return the seconds until the next tick (at most MAX_SLEEP)."""
+        """Fire what is due now; return the seconds until the next tick (at most MAX_SLEEP).
+
+        One schedule that cannot be read or fired is logged and skipped; the others go on.
+        """
         loop = asyncio.get_running_loop()
+        began = loop.time()
         raw = await self.conn.hgetall(schedules_key(self.settings.prefix))
-        seconds, micros = await self.conn.time()
-        now_ms = seconds * 1000 + micros // 1000
-        read_at = loop.time()
-        soonest = now_ms + int(MAX_SLEEP * 1000)
+        wait = MAX_SLEEP
         for name, value in sorted(raw.items()):
             try:
                 entry = ScheduleEntry.from_json(str(name), str(value))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("schedule %s: cannot read its entry (%s); skipped", name, exc)
-                continue
-            last = await self._fire_due(entry, now_ms)
-            following = entry.schedule.next_tick(max(last, now_ms))
-            if following is not None:
-                soonest = min(soonest, following)
+                wait = min(wait, await self._fire_due(entry))
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                raise
+            except Exception as exc:
+                log.error("schedule %s: %s; skipped in this pass", name, exc)
         # Sleep until the next tick by Redis' clock, less the time this pass took.
-        return max(0.0, (soonest - now_ms) / 1000 - (loop.time() - read_at))
+        return max(0.0, wait - (loop.time() - began))
 
-    async def _fire_due(self, entry: ScheduleEntry, now_ms: int) -> int:
-        """Fire the entry's due ticks; return its last handled tick."""
-        keys = QueueKeys.of(self.settings.prefix, entry.queue)
-        state_raw = await self.conn.hget(keys.cron, entry.name)
+    async def _fire_due(self, entry: ScheduleEntry) -> float:
+        """Fire the entry's due ticks; return the seconds until its next tick."""
+        state_raw, now_ms = await self._cron(entry.queue, "look", entry.name)
         if state_raw is None:
-            await self._cron(entry.queue, "init", entry.name)
-            return now_ms
+            # No state: being added, moved or removed. Make it only if the entry is still stored.
+            if await self.conn.hexists(schedules_key(self.settings.prefix), entry.name):
+                await self._cron(entry.queue, "init", entry.name)
+            return MAX_SLEEP
         state: dict[str, Any] = json.loads(state_raw)
         last = int(state["last"])
-        if state.get("paused"):
-            return max(last, now_ms)
+        schedule = entry.schedule
+        if not state.get("paused"):
+            last = await self._fire(entry, last, int(now_ms))
+        following = schedule.next_tick(max(last, int(now_ms)))
+        return MAX_SLEEP if following is None else (following - int(now_ms)) / 1000
+
+    async def _fire(self, entry: ScheduleEntry, last: int, now_ms: int) -> int:
+        """Fire the ticks due at ``now_ms`` (the queue's node's clock); return the last handled tick."""
         schedule = entry.schedule
         fire: list[int] = []
         passed = 0
@@ -121,7 +137,7 @@ class Scheduler:
             fire = schedule.due(last, now_ms, schedule.catch_up_max)
         else:
             latest = schedule.due(last, now_ms, 1)
-            if latest and now_ms - latest[0] <= schedule.misfire_grace * 1000:
+            if latest and now_ms - latest[0] <= max(schedule.misfire_grace * 1000, ON_TIME_MS):
                 fire = latest
             elif latest:
                 passed = latest[0]
@@ -131,9 +147,16 @@ class Scheduler:
         payload = encode_payload(
             entry.task, list(schedule.args), dict(schedule.kwargs), self.settings.max_payload_bytes
         )
-        args = [json.dumps(fire), passed]
         fired = await self._cron(
-            entry.queue, "fire", entry.name, entry.task, payload, entry.priority, schedule.overlap, *args
+            entry.queue,
+            "fire",
+            entry.name,
+            entry.task,
+            payload,
+            entry.priority,
+            schedule.overlap,
+            json.dumps(fire),
+            passed,
         )
         self.fired += len(fired)
         return max([*fire, passed, last])

@@ -162,9 +162,7 @@ class Worker:
     ) -> Worker:
         """Load plugins, configure them and build the runners every task needs and the sinks the settings
         enable (errors here, not at the first job)."""
-        pm = plugin_manager(
-            plugins, entry_points=entry_points, allow=settings.plugins, block=settings.disable_plugins
-        )
+        pm = plugin_manager(plugins, entry_points=entry_points, allow=settings.plugins, block=settings.disable_plugins)
         pm.hook.taskmesh_configure(settings=settings)
         register = RunnerRegistry()
         pm.hook.taskmesh_register_runners(register=register)
