@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -381,7 +382,23 @@ def test_schedules_are_added_listed_paused_and_removed(cli: Any, taskmesh_client
     )
     assert added.returncode == 0, added.stderr
     assert added.stdout.startswith("nightly: cron '0 3 * * *' (Europe/Berlin) -> cli.shout (queue default); next ")
-    assert cli("schedules", "add", "often", "cli.add", "--every", "30", "-q", "math").returncode == 0
+    often = cli(
+        "schedules",
+        "add",
+        "often",
+        "cli.add",
+        "--every",
+        "30",
+        "-q",
+        "math",
+        "--misfire",
+        "catch_up",
+        "--catch-up-max",
+        "5",
+        "--start",
+        "2026-01-01T00:00:00+00:00",
+    )
+    assert often.returncode == 0, often.stderr
 
     listed = cli("schedules")
     lines = [line.split()[:5] for line in listed.stdout.splitlines()]
@@ -394,6 +411,12 @@ def test_schedules_are_added_listed_paused_and_removed(cli: Any, taskmesh_client
         ("often", True, "every 30s"),
     ]
     assert taskmesh_client.schedules()[0].entry.schedule.args == ["hi"]
+    often_schedule = taskmesh_client.schedules()[1].entry.schedule
+    assert (often_schedule.misfire, often_schedule.catch_up_max, often_schedule.start) == (
+        "catch_up",
+        5,
+        datetime(2026, 1, 1, tzinfo=UTC),
+    )
 
     assert cli("schedules", "remove", "often").stdout.strip() == "often: removed"
     assert "no schedule named 'often'" in _one_error_line(cli("schedules", "remove", "often"))

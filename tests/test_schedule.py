@@ -403,3 +403,15 @@ def test_a_removed_schedule_raced_by_a_pass_and_added_again_fires_no_old_ticks(t
 
     assert run(late_pass()) == 0
     assert taskmesh_client.redis.hget(taskmesh_client.keys("default").cron, "r") is None
+
+
+def test_a_worker_moving_a_code_schedule_to_another_queue_leaves_no_state_behind(
+    taskmesh_client: Client, taskmesh_worker: StartWorker
+) -> None:
+    moved = ScheduleEntry("sched.every_second", "sched.every_second", "old", Schedule(every=1), origin="code")
+    taskmesh_client.redis.hset(f"{{{taskmesh_client.settings.prefix}}}:schedules", moved.name, moved.to_json())
+    taskmesh_client.redis.hset(taskmesh_client.keys("old").cron, moved.name, json.dumps({"last": 0}))
+    taskmesh_worker([every_second])
+    assert taskmesh_client.redis.hget(taskmesh_client.keys("old").cron, moved.name) is None
+    [info] = taskmesh_client.schedules()
+    assert info.entry.queue == "default"

@@ -34,7 +34,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add.add_argument("--queue", "-q", default="default", metavar="Q")
     add.add_argument("--priority", type=int, default=0)
     add.add_argument("--misfire", choices=["skip", "catch_up"], default="skip")
+    add.add_argument("--misfire-grace", type=float, default=60.0, metavar="SECONDS", help="for --misfire skip")
+    add.add_argument("--catch-up-max", type=int, default=100, metavar="N", help="for --misfire catch_up")
     add.add_argument("--overlap", choices=["allow", "skip"], default="allow")
+    add.add_argument("--start", type=_when, metavar="ISO", help="first possible tick (ISO 8601 with offset)")
+    add.add_argument("--end", type=_when, metavar="ISO", help="last possible tick (ISO 8601 with offset)")
     add_common_options(add)
     add.set_defaults(handler=add_command)
 
@@ -90,7 +94,11 @@ def add_command(args: argparse.Namespace) -> int:
         args=call_args,
         kwargs=call_kwargs,
         misfire=args.misfire,
+        misfire_grace=args.misfire_grace,
+        catch_up_max=args.catch_up_max,
         overlap=args.overlap,
+        start=args.start,
+        end=args.end,
     )
     client = connect(load_settings(args))
     try:
@@ -112,6 +120,13 @@ def change_command(args: argparse.Namespace) -> int:
         client.close()
     print(f"{args.name}: {args.op}d")
     return 0
+
+
+def _when(text: str) -> datetime:
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise ValueError("give a time zone offset, e.g. 2026-12-01T00:00:00+00:00")
+    return when
 
 
 def _at(when: datetime | None) -> str:
