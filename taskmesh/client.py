@@ -119,14 +119,14 @@ class Client:
 
     @connect.guard
     def _submit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
-        keys = self.keys(queue).all
+        keys = self.keys(queue).enqueue
         self._remember(queue)
         result = scripts.call(self.redis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
         return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
 
     @connect.aguard
     async def _asubmit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
-        keys = self.keys(queue).all
+        keys = self.keys(queue).enqueue
         await self._aremember(queue)
         result = await scripts.acall(self.aredis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
         return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
@@ -180,7 +180,7 @@ class Client:
         if new:
             commands.append(("SADD", queues_key(self.settings.prefix), *new))
         for queue, batch in batches.items():
-            keys = self.keys(queue).all
+            keys = self.keys(queue).enqueue
             values = (self.settings.events_maxlen, len(batch.indexes), *batch.values)
             commands.append(("EVALSHA", scripts.sha("enqueue"), len(keys), *keys, *values))
         return commands, new

@@ -2,6 +2,31 @@
 --   id, task, payload, priority, delay_ms (relative, 0 = none), run_at_ms (absolute, 0 = none)
 -- Returns per job: created (1, or 0 when the id already existed), state.
 local count = tonumber(ARGV[2])
+
+-- One job (the common call): fewer commands, no record cache. HSETNX both writes the record and
+-- tells whether the id was taken.
+if count == 1 then
+  local id = ARGV[3]
+  local delay, run_at = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local due = 0
+  if delay > 0 then due = now + delay elseif run_at > 0 then due = run_at end
+  local rec = {task = ARGV[4], prio = tonumber(ARGV[6]), attempt = 0, stalls = 0, created = now, state = 'waiting'}
+  if due > now then rec.state, rec.due = 'delayed', due end
+  if redis.call('HSETNX', K_JOBS, id, cjson.encode(rec)) == 0 then
+    return {0, cjson.decode(redis.call('HGET', K_JOBS, id)).state}
+  end
+  redis.call('HSET', K_PAYLOADS, id, ARGV[5])
+  if rec.due then
+    redis.call('ZADD', K_DELAYED, due, id)
+    emit('delayed', id, 'due', due)
+  else
+    redis.call('ZADD', K_WAITING, redis.call('INCR', K_SEQ) - rec.prio * PRIO_SPAN, id)
+    emit('enqueued', id)
+  end
+  wake(1)
+  return {1, rec.state}
+end
+
 local ids = {}
 for i = 0, count - 1 do ids[i + 1] = ARGV[3 + i * 6] end
 preload(ids)

@@ -1,9 +1,10 @@
 -- Shared prelude, prepended to every script by taskmesh/store/scripts.py.
--- KEYS (the same for every script; all share the queue's hash tag):
+-- KEYS (all share the queue's hash tag; enqueue gets the first 7, the keys it touches, every
+-- other script all 12):
 --   1 jobs (hash id -> JSON record)   2 payloads (hash id -> JSON payload)
---   3 waiting (zset)  4 delayed (zset, due ms)  5 active (zset, lease deadline ms)
---   6 completed  7 failed  8 cancelled (zsets, finish ms)
---   9 events (stream)  10 seq (counter: FIFO order and fencing tokens)  11 wakeup (list)
+--   3 waiting (zset)  4 delayed (zset, due ms)
+--   5 events (stream)  6 seq (counter: FIFO order and fencing tokens)  7 wakeup (list)
+--   8 active (zset, lease deadline ms)  9 completed  10 failed  11 cancelled (zsets, finish ms)
 --   12 meta (hash: 'paused', and limits as JSON {rate, per, max} under 'limit:' for the
 --      queue and 'limit:<task>' for a task)
 -- Derived keys, named from the same hash tag (so in the same Cluster slot): TAG:running (hash
@@ -13,9 +14,9 @@
 --
 -- Writes are batched: records are read once (cached), zset changes are collected, and
 -- flush() sends each kind in one command; the stream is trimmed once per script.
-local K_JOBS, K_PAYLOADS, K_WAITING, K_DELAYED, K_ACTIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_COMPLETED, K_FAILED, K_CANCELLED = KEYS[6], KEYS[7], KEYS[8]
-local K_EVENTS, K_SEQ, K_WAKEUP, K_META = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local K_JOBS, K_PAYLOADS, K_WAITING, K_DELAYED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_EVENTS, K_SEQ, K_WAKEUP = KEYS[5], KEYS[6], KEYS[7]
+local K_ACTIVE, K_COMPLETED, K_FAILED, K_CANCELLED, K_META = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local TAG = string.sub(K_JOBS, 1, -6)
 local K_RUNNING = TAG .. ':running'
 local MAXLEN = ARGV[1]
