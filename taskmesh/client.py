@@ -122,14 +122,14 @@ class Client:
         keys = self.keys(queue).enqueue
         self._remember(queue)
         result = scripts.call(self.redis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
-        return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
+        return JobHandle(self, job[0], queue, result[0] == 1)
 
     @connect.aguard
     async def _asubmit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).enqueue
         await self._aremember(queue)
         result = await scripts.acall(self.aredis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
-        return JobHandle(self, job[0], queue, scripts.parse_enqueue(result)[0][0])
+        return JobHandle(self, job[0], queue, result[0] == 1)
 
     def _remember(self, queue: str) -> None:
         """Add ``queue`` (checked first) to the prefix's set of queues (once per client)."""

@@ -63,11 +63,8 @@ class QueueKeys:
     wakeup: str
     meta: str
     all: tuple[str, ...]
-
-    @property
-    def enqueue(self) -> tuple[str, ...]:
-        """The KEYS of the enqueue script."""
-        return self.all[:ENQUEUE_KEYS]
+    #: The KEYS of the enqueue script (the first ENQUEUE_KEYS of ``all``).
+    enqueue: tuple[str, ...]
 
     @property
     def cron(self) -> str:
@@ -78,7 +75,8 @@ class QueueKeys:
     def of(cls, prefix: str, queue: str) -> QueueKeys:
         tag = f"{{{prefix}:{queue}}}"
         names = dict(zip(QUEUE_KEY_NAMES, (f"{tag}:{name}" for name in QUEUE_KEY_NAMES), strict=True))
-        return cls(queue=queue, all=tuple(names.values()), **names)
+        every = tuple(names.values())
+        return cls(queue=queue, all=every, enqueue=every[:ENQUEUE_KEYS], **names)
 
 
 def queues_key(prefix: str) -> str:

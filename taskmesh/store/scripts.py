@@ -22,9 +22,18 @@ SCRIPT_NAMES = ("enqueue", "step", "renew", "sweep", "cancel", "control", "cron"
 
 @cache
 def source(name: str) -> str:
-    """The full text of script ``name``: the shared prelude plus the script body."""
+    """The full text of script ``name``: the shared prelude plus the script body.
+
+    A script may have an early part, before a ``-- @lib`` line, that runs after only the head of the
+    prelude (up to ``-- @end-of-head``): a fast path that returns there never builds the other helpers.
+    """
     lua = files("taskmesh.store") / "lua"
-    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    head, sep, rest = (lua / "lib.lua").read_text().partition("-- @end-of-head\n")
+    assert sep, "lib.lua lost its -- @end-of-head line"
+    early, sep, late = (lua / f"{name}.lua").read_text().partition("-- @lib\n")
+    if not sep:
+        early, late = "", early
+    return "\n".join((head, early, rest, late))
 
 
 @cache

@@ -27,6 +27,9 @@ if count == 1 then
   return {1, rec.state}
 end
 
+-- The rest of the prelude follows here: a one-job call never builds its helpers.
+-- @lib
+
 local ids = {}
 for i = 0, count - 1 do ids[i + 1] = ARGV[3 + i * 6] end
 preload(ids)

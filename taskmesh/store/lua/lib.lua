@@ -57,6 +57,18 @@ local function emit(event, id, ...)
   emitted = emitted + 1
 end
 
+local function wake(n)
+  -- A full list already wakes every idle worker: then add nothing (a read, not two writes).
+  n = math.min(n, WAKEUP_CAP - redis.call('LLEN', K_WAKEUP))
+  if n <= 0 then return end
+  local tokens = {}
+  for i = 1, n do tokens[i] = '1' end
+  redis.call('LPUSH', K_WAKEUP, unpack(tokens))
+end
+
+-- What comes before the next line is all a script's early part may use (see scripts.py).
+-- @end-of-head
+
 local records, dirty = {}, {}
 local zadd, zrem = {}, {}
 
@@ -119,14 +131,6 @@ local function push_waiting(id, rec)
   zset_add(K_WAITING, seq - rec.prio * PRIO_SPAN, id)
 end
 
-local function wake(n)
-  -- A full list already wakes every idle worker: then add nothing (a read, not two writes).
-  n = math.min(n, WAKEUP_CAP - redis.call('LLEN', K_WAKEUP))
-  if n <= 0 then return end
-  local tokens = {}
-  for i = 1, n do tokens[i] = '1' end
-  redis.call('LPUSH', K_WAKEUP, unpack(tokens))
-end
 
 -- Finished jobs are trimmed with bounded work per call: keep at most `keep`
 -- (-1: no count limit) and none older than `age_ms` (-1: no age limit). A call that
