@@ -68,12 +68,7 @@ for _, tick in ipairs(cjson.decode(ARGV[8])) do
       emit('tick_skipped', '', 'schedule', name, 'tick', tick, 'reason', state.paused and 'paused' or 'overlap')
     else
       local id = name .. '@' .. tick
-      if not load(id) then
-        local rec = {task = task, prio = prio, attempt = 0, stalls = 0, created = now, schedule = name, tick = tick}
-        redis.call('HSET', K_PAYLOADS, id, payload)
-        push_waiting(id, rec)
-        save(id, rec)
-        emit('enqueued', id, 'schedule', name, 'tick', tick)
+      if add_job(id, task, payload, prio, 0, {schedule = name, tick = tick}, 'schedule', name, 'tick', tick) then
         fired[#fired + 1] = id
       end
       state.job = id

@@ -3,28 +3,14 @@
 -- Returns per job: created (1, or 0 when the id already existed), state.
 local count = tonumber(ARGV[2])
 
--- One job (the common call): fewer commands, no record cache. HSETNX both writes the record and
--- tells whether the id was taken.
+-- One job (the common call): no record cache, and the rest of the prelude is never built.
 if count == 1 then
-  local id = ARGV[3]
   local delay, run_at = tonumber(ARGV[7]), tonumber(ARGV[8])
   local due = 0
   if delay > 0 then due = now + delay elseif run_at > 0 then due = run_at end
-  local rec = {task = ARGV[4], prio = tonumber(ARGV[6]), attempt = 0, stalls = 0, created = now, state = 'waiting'}
-  if due > now then rec.state, rec.due = 'delayed', due end
-  if redis.call('HSETNX', K_JOBS, id, cjson.encode(rec)) == 0 then
-    return {0, cjson.decode(redis.call('HGET', K_JOBS, id)).state}
-  end
-  redis.call('HSET', K_PAYLOADS, id, ARGV[5])
-  if rec.due then
-    redis.call('ZADD', K_DELAYED, due, id)
-    emit('delayed', id, 'due', due)
-  else
-    redis.call('ZADD', K_WAITING, redis.call('INCR', K_SEQ) - rec.prio * PRIO_SPAN, id)
-    emit('enqueued', id)
-  end
-  wake(1)
-  return {1, rec.state}
+  local created, state = add_job(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), due, {})
+  if created then wake(1) end
+  return {created and 1 or 0, state}
 end
 
 -- The rest of the prelude follows here: a one-job call never builds its helpers.

@@ -66,6 +66,27 @@ local function wake(n)
   redis.call('LPUSH', K_WAKEUP, unpack(tokens))
 end
 
+-- Add one job unless its id is taken: its record (plus the `extra` fields), its payload, its place in
+-- waiting (or delayed, when `due` is later than now) and its event (plus the fields in `...`).
+-- Returns true and its state, or false and the state of the job that has the id.
+local function add_job(id, task, payload, prio, due, extra, ...)
+  local rec = {task = task, prio = prio, attempt = 0, stalls = 0, created = now, state = 'waiting'}
+  for k, v in pairs(extra) do rec[k] = v end
+  if due > now then rec.state, rec.due = 'delayed', due end
+  if redis.call('HSETNX', K_JOBS, id, cjson.encode(rec)) == 0 then
+    return false, cjson.decode(redis.call('HGET', K_JOBS, id)).state
+  end
+  redis.call('HSET', K_PAYLOADS, id, payload)
+  if rec.due then
+    redis.call('ZADD', K_DELAYED, due, id)
+    emit('delayed', id, 'due', due, ...)
+  else
+    redis.call('ZADD', K_WAITING, redis.call('INCR', K_SEQ) - prio * PRIO_SPAN, id)
+    emit('enqueued', id, ...)
+  end
+  return true, rec.state
+end
+
 -- What comes before the next line is all a script's early part may use (see scripts.py).
 -- @end-of-head
 
