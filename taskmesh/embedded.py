@@ -47,6 +47,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_ready(conn: redis.Redis, process: subprocess.Popen[bytes], timeout: float) -> str:
+    """PING a starting server until it answers: ``"ready"``, ``"exited"`` (its process ended) or ``"timeout"``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.ping()
+            return "ready"
+        except redis.exceptions.BusyLoadingError:
+            pass
+        except redis.exceptions.ConnectionError:
+            if process.poll() is not None:
+                return "exited"
+        if time.monotonic() > deadline:
+            return "timeout"
+        time.sleep(0.02)
+
+
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1, persisted with AOF under ``data_dir``."""
 
@@ -91,25 +108,18 @@ class EmbeddedRedis:
             *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
         conn = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
-            while True:
-                try:
-                    conn.ping()
-                    return self
-                except redis.exceptions.BusyLoadingError:
-                    pass
-                except redis.exceptions.ConnectionError:
-                    if self.process.poll() is not None:
-                        err = self.process.stderr.read().decode() if self.process.stderr else ""
-                        raise ConfigurationError(f"{args[0]} exited at start: {err.strip()}") from None
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise ConfigurationError(f"{args[0]} did not answer on port {self.port} within {timeout}s")
-                time.sleep(0.02)
+            outcome = wait_ready(conn, self.process, timeout)
         finally:
             conn.close()
+        if outcome == "exited":
+            err = self.process.stderr.read().decode() if self.process.stderr else ""
+            raise ConfigurationError(f"{args[0]} exited at start: {err.strip()}")
+        if outcome == "timeout":
+            self.stop()
+            raise ConfigurationError(f"{args[0]} did not answer on port {self.port} within {timeout}s")
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

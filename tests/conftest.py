@@ -7,9 +7,12 @@ twice: against the session's single server (``[server]``) and against a 3-master
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from servers import Cluster
+
+from taskmesh.embedded import EmbeddedRedis, free_port
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -34,3 +37,15 @@ def taskmesh_redis_url(request: pytest.FixtureRequest, taskmesh_redis_url: str) 
         cluster: Cluster = request.getfixturevalue("redis_cluster")
         return cluster.url
     return taskmesh_redis_url
+
+
+@pytest.fixture
+def aof_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A private redis-server with AOF (fsync always) on a fixed port, so it can be stopped or killed and
+    started again on the same data."""
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), appendfsync="always")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

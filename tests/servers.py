@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import redis
 
-from taskmesh.embedded import find_server, free_port
+from taskmesh.embedded import find_server, free_port, wait_ready
 from taskmesh.testing import wait_until
 
 START_TIMEOUT = 10.0
@@ -63,23 +62,16 @@ class Server:
             command = [find_server(), "--port", str(self.port), "--save", "", *common, *self.args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         conn = self.client(socket_timeout=1, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + START_TIMEOUT
         try:
-            while True:
-                try:
-                    conn.ping()
-                    return self
-                except redis.exceptions.BusyLoadingError:
-                    pass
-                except redis.exceptions.ConnectionError:
-                    if self.process.poll() is not None:
-                        raise RuntimeError(f"redis-server exited at start: {self.log()}") from None
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not answer on port {self.port}: {self.log()}")
-                time.sleep(0.02)
+            outcome = wait_ready(conn, self.process, START_TIMEOUT)
         finally:
             conn.close()
+        if outcome == "exited":
+            raise RuntimeError(f"redis-server exited at start: {self.log()}")
+        if outcome == "timeout":
+            self.stop()
+            raise RuntimeError(f"redis-server did not answer on port {self.port}: {self.log()}")
+        return self
 
     def log(self) -> str:
         path = self.workdir / "server.log"

@@ -7,13 +7,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 import pytest
 
 from taskmesh import Client, JobState, RedisUnavailable, task
-from taskmesh.embedded import EmbeddedRedis, free_port
+from taskmesh.embedded import EmbeddedRedis
 from taskmesh.testing import RunningWorker, running_worker, wait_until
 
 FAST = {"lease_seconds": 1.0, "renew_interval": 0.3, "sweep_interval": 0.2, "idle_timeout": 1.0}
@@ -32,14 +31,8 @@ def gated() -> str:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A private server on a fixed port, so it can be stopped and started again with the same data."""
-    redis_server = EmbeddedRedis(tmp_path / "redis", port=free_port(), appendfsync="always")
-    redis_server.start()
-    try:
-        yield redis_server
-    finally:
-        redis_server.stop()
+def server(aof_server: EmbeddedRedis) -> EmbeddedRedis:
+    return aof_server
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
 from taskmesh import Call, Client, RedisUnavailable, Settings
-from taskmesh.embedded import EmbeddedRedis, free_port
+from taskmesh.embedded import EmbeddedRedis
 from taskmesh.testing import running_worker, wait_until
 
 from .conftest import EVENTS_MAXLEN, FAST, Report
@@ -24,14 +23,8 @@ BETWEEN_KILLS = 30
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A private server on a fixed port, restarted on the same data after each kill."""
-    redis_server = EmbeddedRedis(tmp_path / "redis", port=free_port(), appendfsync="always")
-    redis_server.start()
-    try:
-        yield redis_server
-    finally:
-        redis_server.stop()
+def server(aof_server: EmbeddedRedis) -> EmbeddedRedis:
+    return aof_server
 
 
 @pytest.fixture
