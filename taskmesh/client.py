@@ -387,22 +387,23 @@ class Client:
     def schedules(self) -> list[ScheduleInfo]:
         """Every schedule, by name, with its state and next tick."""
         entries = _readable(self.redis.hgetall(schedules_key(self.settings.prefix)))
-        looks = [
-            scripts.call(self.redis, "cron", self.keys(e.queue).all, [self.settings.events_maxlen, "look", e.name])
-            for e in entries
-        ]
+        looks = scripts.run_pipeline(self.redis, self._looks(entries)) if entries else []
         return [schedule_info(e, state, int(now)) for e, (state, now) in zip(entries, looks, strict=True)]
 
     @connect.aguard
     async def aschedules(self) -> list[ScheduleInfo]:
         entries = _readable(await self.aredis.hgetall(schedules_key(self.settings.prefix)))
-        looks = [
-            await scripts.acall(
-                self.aredis, "cron", self.keys(e.queue).all, [self.settings.events_maxlen, "look", e.name]
-            )
-            for e in entries
-        ]
+        looks = await scripts.arun_pipeline(self.aredis, self._looks(entries)) if entries else []
         return [schedule_info(e, state, int(now)) for e, (state, now) in zip(entries, looks, strict=True)]
+
+    def _looks(self, entries: list[ScheduleEntry]) -> list[tuple[Any, ...]]:
+        """One ``cron look`` per schedule (its state and its queue's clock), sent in one round trip."""
+        sha = scripts.sha("cron")
+        commands: list[tuple[Any, ...]] = []
+        for entry in entries:
+            keys = self.keys(entry.queue).all
+            commands.append(("EVALSHA", sha, len(keys), *keys, self.settings.events_maxlen, "look", entry.name))
+        return commands
 
     @connect.guard
     def remove_schedule(self, name: str) -> bool:

@@ -44,7 +44,7 @@ class Limit:
         if match is None:
             raise ValueError(f"invalid rate {rate!r}: write N/s, N/m, N/h, N/d, N/10s or N/500ms")
         count, number, unit = match.groups()
-        if number in (".",):
+        if number == ".":
             raise ValueError(f"invalid rate {rate!r}: write N/s, N/m, N/h, N/d, N/10s or N/500ms")
         per = (float(number) if number else 1.0) * _UNITS[unit or "s"]
         return cls(rate=int(count), per=per, max_active=max_active)
