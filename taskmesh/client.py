@@ -55,6 +55,7 @@ class Client:
         base = settings or Settings.load(pyproject=None)
         self.settings = base.replace(**{k: v for k, v in {"redis_url": url, "prefix": prefix}.items() if v is not None})
         self._redis: redis.Redis | None = None
+        self._direct: connect.Direct | redis.Redis | None = None
         self._aredis: aredis.Redis | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._keys: dict[str, QueueKeys] = {}
@@ -65,6 +66,13 @@ class Client:
         return f"<Client {self.settings.redis_url} prefix={self.settings.prefix}>"
 
     # -- connections -------------------------------------------------------
+
+    @property
+    def direct(self) -> connect.Direct | redis.Redis:
+        """Where script calls go: :class:`~taskmesh.store.connect.Direct` connections (on a cluster, the client)."""
+        if self._direct is None:
+            self._direct = connect.direct(self.redis)
+        return self._direct
 
     @property
     def redis(self) -> redis.Redis:
@@ -88,6 +96,9 @@ class Client:
         return keys
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
         if self._redis is not None:
             self._redis.close()
             self._redis = None
@@ -121,7 +132,7 @@ class Client:
     def _submit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).enqueue
         self._remember(queue)
-        result = scripts.call(self.redis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
+        result = scripts.call(self.direct, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
         return JobHandle(self, job[0], queue, result[0] == 1)
 
     @connect.aguard
@@ -271,7 +282,7 @@ class Client:
         ``"cancelling"`` (it is running: its worker stops it within ``renew_interval`` and it ends
         cancelled) or the final state it had already reached. Raises :class:`JobNotFound`."""
         args = scripts.cancel_args(self.settings, check_job_id(job_id))
-        return _cancelled(job_id, queue, scripts.call(self.redis, "cancel", self.keys(queue).all, args))
+        return _cancelled(job_id, queue, scripts.call(self.direct, "cancel", self.keys(queue).all, args))
 
     @connect.aguard
     async def acancel(self, job_id: str, queue: str = "default") -> str:
@@ -282,7 +293,7 @@ class Client:
     def pause(self, queue: str = "default") -> None:
         """Workers stop leasing from ``queue`` (running jobs go on; enqueue still works)."""
         self._remember(queue)
-        scripts.call(self.redis, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
+        scripts.call(self.direct, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
 
     @connect.aguard
     async def apause(self, queue: str = "default") -> None:
@@ -293,7 +304,7 @@ class Client:
     def resume(self, queue: str = "default") -> None:
         """Undo :meth:`pause`; idle workers are woken at once."""
         self._remember(queue)
-        scripts.call(self.redis, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
+        scripts.call(self.direct, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
 
     @connect.aguard
     async def aresume(self, queue: str = "default") -> None:
@@ -307,7 +318,7 @@ class Client:
         A task's ``@task(rate_limit=..., max_active=...)`` is set this way by each worker that starts.
         """
         self._remember(queue)
-        scripts.call(self.redis, "control", self.keys(queue).all, self._limit_args(limit, task))
+        scripts.call(self.direct, "control", self.keys(queue).all, self._limit_args(limit, task))
 
     @connect.aguard
     async def aset_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
@@ -359,7 +370,7 @@ class Client:
         self.redis.hset(schedules_key(self.settings.prefix), name, entry.to_json())
         self._remember(entry.queue)
         for queue_name, args in _schedule_moves(name, entry, old):
-            scripts.call(self.redis, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
+            scripts.call(self.direct, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
         return entry
 
     @connect.aguard
@@ -437,7 +448,7 @@ class Client:
             return False
         queue = _queue_for(name, str(raw), op)
         if queue is not None:
-            scripts.call(self.redis, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
+            scripts.call(self.direct, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
         if op == "remove":
             self.redis.hdel(schedules_key(self.settings.prefix), name)
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import uuid
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from servers import Server
 
 from taskmesh import Client, RedisUnavailable, task
@@ -171,3 +173,89 @@ def test_worker_notices_a_frozen_server_and_resumes_leasing_after_it_thaws(
     finally:
         client.close()
         worker_client.close()
+
+
+# -- the client's direct script calls ------------------------------------------------
+
+
+def test_script_calls_reconnect_once_after_the_server_drops_the_connection(server: Server) -> None:
+    client = Client(server.url, prefix=prefix())
+    try:
+        first = client.enqueue(echo, 1)
+        own_id = client.direct.execute_command("CLIENT", "ID")
+        assert client.redis.client_kill_filter(_id=own_id) == 1
+        second = client.enqueue(echo, 2)  # the idle connection is dead: one reconnect, and it goes through
+        assert second.created and client.counts()["waiting"] == 2
+        assert {first.status().state, second.status().state} == {"waiting"}
+    finally:
+        client.close()
+
+
+def test_script_calls_load_the_scripts_again_after_a_script_flush(server: Server) -> None:
+    client = Client(server.url, prefix=prefix())
+    try:
+        client.enqueue(echo, 1)
+        client.redis.script_flush()
+        assert client.enqueue(echo, 2).created
+        assert client.counts()["waiting"] == 2
+    finally:
+        client.close()
+
+
+def test_a_script_call_that_times_out_leaves_no_stale_reply_for_the_next_call(taskmesh_redis_url: str) -> None:
+    """The reply to a call that timed out may still arrive: its connection is dropped, not reused."""
+    sep = "&" if "?" in taskmesh_redis_url else "?"
+    client = Client(f"{taskmesh_redis_url}{sep}socket_timeout=0.3", prefix=prefix())
+    try:
+        client.enqueue(echo, 0)  # scripts loaded, a connection open
+        with pytest.raises(redis.exceptions.TimeoutError):
+            client.direct.execute_command("BLPOP", f"{{{prefix()}}}:none", 1)
+        assert client.direct.execute_command("ECHO", "next") == "next"
+    finally:
+        client.close()
+
+
+def test_script_calls_from_many_threads_use_one_connection_per_concurrent_call(taskmesh_redis_url: str) -> None:
+    client = Client(taskmesh_redis_url, prefix=prefix())
+    threads, per_thread = 8, 200
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            ids.extend(client.enqueue(echo, i).id for i in range(per_thread))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    try:
+        workers = [threading.Thread(target=produce) for _ in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join(60)
+        assert not errors
+        assert len(set(ids)) == threads * per_thread == client.counts()["waiting"]
+        direct = client.direct
+        assert isinstance(direct, connect.Direct) and 1 <= len(direct._idle) <= threads
+    finally:
+        client.close()
+
+
+def test_a_forked_child_makes_its_own_connections(taskmesh_redis_url: str) -> None:
+    client = Client(taskmesh_redis_url, prefix=prefix())
+    try:
+        client.enqueue(echo, 1)  # the parent holds an open connection
+        pid = os.fork()
+        if pid == 0:  # the child: a job of its own, on a socket of its own
+            code = 0
+            try:
+                client.enqueue(echo, 2)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert client.enqueue(echo, 3).created  # the parent's connection was not disturbed
+        assert client.counts()["waiting"] == 3
+    finally:
+        client.close()

@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aredis
 
 from ..settings import Settings
+from .connect import Direct
 
 SCRIPT_NAMES = ("enqueue", "step", "renew", "sweep", "cancel", "control", "cron")
 
@@ -41,7 +42,7 @@ def sha(name: str) -> str:
     return hashlib.sha1(source(name).encode()).hexdigest()
 
 
-def call(conn: redis.Redis, name: str, keys: tuple[str, ...], args: list[Any]) -> Any:
+def call(conn: redis.Redis | Direct, name: str, keys: tuple[str, ...], args: list[Any]) -> Any:
     """Run script ``name`` by its SHA, loading it first if this Redis has not seen it."""
     try:
         return conn.evalsha(sha(name), len(keys), *keys, *args)

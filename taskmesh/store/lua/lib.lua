@@ -17,33 +17,13 @@
 local K_JOBS, K_PAYLOADS, K_WAITING, K_DELAYED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_EVENTS, K_SEQ, K_WAKEUP = KEYS[5], KEYS[6], KEYS[7]
 local K_ACTIVE, K_COMPLETED, K_FAILED, K_CANCELLED, K_META = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local TAG = string.sub(K_JOBS, 1, -6)
-local K_RUNNING = TAG .. ':running'
 local MAXLEN = ARGV[1]
 local WAKEUP_CAP = 16
 -- Waiting score: higher priority first, FIFO within a priority (|prio| <= 1000, seq < 2^40).
 local PRIO_SPAN = 1099511627776
-local CHUNK = 1000
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-
--- Run `cmd key <items...>` in chunks small enough for unpack().
-local function bulk(cmd, key, items)
-  for i = 1, #items, CHUNK do
-    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
-  end
-end
-
--- HMGET in chunks: the values of `ids` in order (false where missing).
-local function hmget(key, ids)
-  local out = {}
-  for i = 1, #ids, CHUNK do
-    local part = redis.call('HMGET', key, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
-    for j = 1, #part do out[i + j - 1] = part[j] end
-  end
-  return out
-end
 
 -- The first event of a script trims the stream as it is added (one command for the common
 -- single-event script); a script that emits more trims once more in finalize().
@@ -89,6 +69,27 @@ end
 
 -- What comes before the next line is all a script's early part may use (see scripts.py).
 -- @end-of-head
+
+local TAG = string.sub(K_JOBS, 1, -6)
+local K_RUNNING = TAG .. ':running'
+local CHUNK = 1000
+
+-- Run `cmd key <items...>` in chunks small enough for unpack().
+local function bulk(cmd, key, items)
+  for i = 1, #items, CHUNK do
+    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
+  end
+end
+
+-- HMGET in chunks: the values of `ids` in order (false where missing).
+local function hmget(key, ids)
+  local out = {}
+  for i = 1, #ids, CHUNK do
+    local part = redis.call('HMGET', key, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+    for j = 1, #part do out[i + j - 1] = part[j] end
+  end
+  return out
+end
 
 local records, dirty = {}, {}
 local zadd, zrem = {}, {}
