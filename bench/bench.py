@@ -142,10 +142,18 @@ class Bench:
         conn = redis.Redis.from_url(self.url, decode_responses=True)
         client = self.client(self.prefix(f"enq-{uuid.uuid4().hex[:4]}"))
         set_default_client(client)
+        bare = conn.connection_pool.get_connection()
+
+        def bare_ping() -> Any:
+            bare.send_command("PING")
+            return bare.read_response()
+
         calls: dict[str, Callable[[], Any]] = {
             "ping": conn.ping,
             "task": noop_async.enqueue,
             "client": lambda: client.enqueue("bench.noop_async"),
+            # For reference: PING without redis-py's per-command layers, which the client's script calls skip.
+            "ping_bare": bare_ping,
         }
         seconds = dict.fromkeys(calls, 0.0)
         try:
@@ -163,6 +171,7 @@ class Bench:
             rates = {name: done / spent for name, spent in seconds.items()}
             return {**rates, "ratio": rates["task"] / rates["ping"], "work": work}
         finally:
+            conn.connection_pool.release(bare)
             set_default_client(None)
             client.close()
             conn.close()
@@ -400,6 +409,7 @@ def run(args: argparse.Namespace, url: str, server: str) -> dict[str, Any]:
         results["enqueue_one"] = {**summary([p["task"] for p in producer]), "work": producer[0]["work"]}
         results["enqueue_one_by_name"] = summary([p["client"] for p in producer])
         results["enqueue_ping_ratio"] = summary([p["ratio"] for p in producer])
+        results["ping_bare"] = summary([p["ping_bare"] for p in producer])
 
         say(f"bulk enqueue, {args.chunk} per call")
         bulk_runs = [bench.bulk_rate() for _ in range(args.repeat)]
@@ -460,6 +470,7 @@ def rows_of(r: dict[str, Any]) -> list[Row]:
         Row("enqueue, one call per job (task.enqueue)", one, "jobs/s", ">= 0.7 x PING", ratio >= 0.7),
         Row("  ratio to PING (median of interleaved runs)", ratio, "x", ">= 0.7", ratio >= 0.7),
         Row("enqueue, one call per job (client.enqueue)", r["enqueue_one_by_name"]["median"], "jobs/s", "", None),
+        Row("PING on a bare connection (no client layers)", r["ping_bare"]["median"], "/s", "reference", None),
         Row(f"bulk enqueue ({r['chunk']} per enqueue_many)", bulk, "jobs/s", ">= 40,000", bulk >= 40_000),
     ]
     for kind in ("async", "sync"):
