@@ -259,3 +259,48 @@ def test_a_forked_child_makes_its_own_connections(taskmesh_redis_url: str) -> No
         assert client.counts()["waiting"] == 3
     finally:
         client.close()
+
+
+def test_script_calls_keep_to_max_connections(taskmesh_redis_url: str) -> None:
+    sep = "&" if "?" in taskmesh_redis_url else "?"
+    client = Client(f"{taskmesh_redis_url}{sep}max_connections=1", prefix=prefix())
+    key = f"{{{client.settings.prefix}}}:held"
+    try:
+        client.enqueue(echo, 1)
+        holder = threading.Thread(target=client.direct.execute_command, args=("BLPOP", key, 10))
+        holder.start()
+        wait_until(lambda: any(c.get("cmd") == "blpop" for c in client.redis.client_list()), timeout=5)
+        with pytest.raises(RedisUnavailable, match="Too many connections"):
+            client.enqueue(echo, 2)
+        client.redis.lpush(key, "go")
+        holder.join(10)
+        assert client.enqueue(echo, 3).created
+        assert client.counts()["waiting"] == 2
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(("options", "calls"), [("", 1), ("&retry_on_timeout=true", 2)])
+def test_script_calls_follow_the_urls_retry_policy(server: Server, options: str, calls: int) -> None:
+    client = Client(f"{server.url}?socket_timeout=0.3{options}", prefix=prefix())
+    try:
+        client.redis.config_resetstat()
+        with pytest.raises(redis.exceptions.TimeoutError):
+            client.direct.execute_command("BLPOP", f"{{{client.settings.prefix}}}:none", 1)
+        assert client.redis.info("commandstats")["cmdstat_blpop"]["calls"] == calls
+    finally:
+        client.close()
+
+
+def test_a_dropped_client_closes_its_script_connections(taskmesh_redis_url: str) -> None:
+    name = f"drop{uuid.uuid4().hex[:8]}"
+    sep = "&" if "?" in taskmesh_redis_url else "?"
+    client = Client(f"{taskmesh_redis_url}{sep}client_name={name}", prefix=prefix())
+    admin = connect.sync_client(taskmesh_redis_url)
+    try:
+        client.enqueue(echo, 1)
+        assert any(c.get("name") == name for c in admin.client_list())
+        del client  # no close(): the connections go with the client
+        assert not any(c.get("name") == name for c in admin.client_list())
+    finally:
+        admin.close()

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial, wraps
@@ -181,45 +183,90 @@ class Direct:
     redis-py 8 wraps every command in observability hooks, a pool check-out that polls the socket,
     a retry closure and response-callback lookups: about 20 µs per call on this project's 2-core
     machine, as much as Redis spends running an enqueue script. The sync client sends its scripts
-    (enqueue above all) through here. The connections are made from ``client``'s pool settings
-    (so TLS, AUTH, the database and a Sentinel's master lookup apply) but are not counted in that
-    pool. Errors are redis-py's, and a broken connection is reconnected once at once, as the
-    client's retry does; only a connection whose reply was read in full goes back to the idle list.
-    Thread-safe (one connection per concurrent call) and fork-safe (a child never uses the parent's
-    sockets). Not for a cluster client, which routes each command itself.
+    (enqueue above all) through here.
+
+    The connections are made from ``client``'s pool settings (TLS, AUTH, the database, a Sentinel's
+    master lookup, the retry policy) and capped at its ``max_connections``, counted apart from the
+    pool. Errors are redis-py's. A failed call is retried as the client's retry policy says (by
+    default once, at once, after a broken connection), each time on a new connection; only a
+    connection whose reply was read in full goes back to the idle list. Thread-safe (one connection
+    per concurrent call) and fork-safe (a child never uses the parent's sockets). Not for a cluster
+    client, which routes each command itself.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         pool = client.connection_pool
         self._new: Callable[[], Any] = partial(pool.connection_class, **pool.connection_kwargs)
+        self._limit: int = pool.max_connections
         self._idle: list[Any] = []
+        self._made = 0
+        self._lock = threading.Lock()
         self._pid = os.getpid()
+        weakref.finalize(self, _disconnect_all, self._idle)
 
     def execute_command(self, *command: Any) -> Any:
-        if self._pid != os.getpid():
-            self._idle, self._pid = [], os.getpid()
+        if self._pid != os.getpid():  # a forked child: the parent's sockets and lock are not ours
+            self._idle.clear()
+            self._made, self._lock, self._pid = 0, threading.Lock(), os.getpid()
         try:
             conn = self._idle.pop()
         except IndexError:
-            conn = self._new()
-            conn.connect()  # not left to the first send: a Sentinel's connection asks for the master here
+            conn = self._connection()
         try:
-            try:
-                conn.send_command(*command)
-                reply = conn.read_response()
-            except redis.exceptions.ConnectionError:
-                conn.disconnect()
-                conn.connect()
-                conn.send_command(*command)
-                reply = conn.read_response()
+            conn.send_command(*command)
+            reply = conn.read_response()
         except redis.exceptions.ResponseError:
             self._idle.append(conn)  # the server answered, with an error: the connection is in step
             raise
-        except BaseException:
-            conn.disconnect()  # a reply may still be on its way: this connection is out of step
-            raise
+        except BaseException as error:
+            self._drop(conn)  # a reply may still be on its way: this connection is out of step
+            if not isinstance(error, Exception):
+                raise
+            conn, reply = self._retry(conn.retry, command, error)
         self._idle.append(conn)
         return reply
+
+    def _retry(self, policy: Any, command: tuple[Any, ...], error: Exception) -> tuple[Any, Any]:
+        """Run ``policy`` (a redis-py Retry) as if its first attempt had failed with ``error``."""
+        first, held = [error], []
+
+        def attempt() -> tuple[Any, Any]:
+            if first:
+                raise first.pop()
+            conn = self._connection()
+            held.append(conn)
+            conn.send_command(*command)
+            return conn, conn.read_response()
+
+        def failed(_: Exception) -> None:
+            while held:
+                self._drop(held.pop())
+
+        try:
+            result: tuple[Any, Any] = policy.call_with_retry(attempt, failed)
+        except BaseException:
+            failed(error)
+            raise
+        return result
+
+    def _connection(self) -> Any:
+        """A new connection, connected (a Sentinel's connection asks for the master here, not on send)."""
+        with self._lock:
+            if self._made >= self._limit:
+                raise redis.exceptions.MaxConnectionsError("Too many connections")
+            self._made += 1
+        conn = self._new()
+        try:
+            conn.connect()
+        except BaseException:
+            self._drop(conn)
+            raise
+        return conn
+
+    def _drop(self, conn: Any) -> None:
+        conn.disconnect()
+        with self._lock:
+            self._made -= 1
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
@@ -228,9 +275,14 @@ class Direct:
         return self.execute_command("SCRIPT", "LOAD", script)
 
     def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.disconnect()
+        """Close the idle connections (one in use closes when its call ends and the client is dropped)."""
+        while self._idle:
+            self._drop(self._idle.pop())
+
+
+def _disconnect_all(connections: list[Any]) -> None:
+    while connections:
+        connections.pop().disconnect()
 
 
 def direct(client: redis.Redis) -> Direct | redis.Redis:
