@@ -57,6 +57,7 @@ class Client:
         self._redis: redis.Redis | None = None
         self._direct: connect.Direct | redis.Redis | None = None
         self._aredis: aredis.Redis | None = None
+        self._adirect: connect.AsyncDirect | aredis.Redis | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
@@ -75,6 +76,14 @@ class Client:
         return self._direct
 
     @property
+    def adirect(self) -> connect.AsyncDirect | aredis.Redis:
+        """The asyncio twin of :attr:`direct`, for the running event loop."""
+        client = self.aredis  # first: a new event loop drops the direct connections of the old one
+        if self._adirect is None:
+            self._adirect = connect.async_direct(client)
+        return self._adirect
+
+    @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
             self._redis = connect.sync_client(self.settings.redis_url)
@@ -86,6 +95,7 @@ class Client:
         loop = asyncio.get_running_loop()
         if self._aredis is None or self._aloop is not loop:
             self._aredis = connect.async_client(self.settings.redis_url)
+            self._adirect = None
             self._aloop = loop
         return self._aredis
 
@@ -104,6 +114,9 @@ class Client:
             self._redis = None
 
     async def aclose(self) -> None:
+        if self._adirect is not None:
+            await self._adirect.aclose()
+            self._adirect = None
         if self._aredis is not None:
             await self._aredis.aclose()
             self._aredis = None
@@ -139,7 +152,7 @@ class Client:
     async def _asubmit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
         keys = self.keys(queue).enqueue
         await self._aremember(queue)
-        result = await scripts.acall(self.aredis, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
+        result = await scripts.acall(self.adirect, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
         return JobHandle(self, job[0], queue, result[0] == 1)
 
     def _remember(self, queue: str) -> None:
@@ -287,7 +300,7 @@ class Client:
     @connect.aguard
     async def acancel(self, job_id: str, queue: str = "default") -> str:
         args = scripts.cancel_args(self.settings, check_job_id(job_id))
-        return _cancelled(job_id, queue, await scripts.acall(self.aredis, "cancel", self.keys(queue).all, args))
+        return _cancelled(job_id, queue, await scripts.acall(self.adirect, "cancel", self.keys(queue).all, args))
 
     @connect.guard
     def pause(self, queue: str = "default") -> None:
@@ -298,7 +311,7 @@ class Client:
     @connect.aguard
     async def apause(self, queue: str = "default") -> None:
         await self._aremember(queue)
-        await scripts.acall(self.aredis, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
+        await scripts.acall(self.adirect, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
 
     @connect.guard
     def resume(self, queue: str = "default") -> None:
@@ -309,7 +322,7 @@ class Client:
     @connect.aguard
     async def aresume(self, queue: str = "default") -> None:
         await self._aremember(queue)
-        await scripts.acall(self.aredis, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
+        await scripts.acall(self.adirect, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
 
     @connect.guard
     def set_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
@@ -323,7 +336,7 @@ class Client:
     @connect.aguard
     async def aset_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
         await self._aremember(queue)
-        await scripts.acall(self.aredis, "control", self.keys(queue).all, self._limit_args(limit, task))
+        await scripts.acall(self.adirect, "control", self.keys(queue).all, self._limit_args(limit, task))
 
     def _limit_args(self, limit: Limit | None, task: str | None) -> list[Any]:
         name = "" if task is None else check_name("task name", task)
@@ -459,7 +472,7 @@ class Client:
             return False
         queue = _queue_for(name, str(raw), op)
         if queue is not None:
-            await scripts.acall(self.aredis, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
+            await scripts.acall(self.adirect, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
         if op == "remove":
             await self.aredis.hdel(schedules_key(self.settings.prefix), name)
         return True

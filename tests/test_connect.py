@@ -304,3 +304,73 @@ def test_a_dropped_client_closes_its_script_connections(taskmesh_redis_url: str)
         assert not any(c.get("name") == name for c in admin.client_list())
     finally:
         admin.close()
+
+
+# -- the asyncio twin --------------------------------------------------------------
+
+
+def test_async_script_calls_cancelled_mid_reply_leave_no_stale_reply(taskmesh_redis_url: str) -> None:
+    """A call cancelled while Redis works on it (as `asyncio.wait_for` does) closes its connection."""
+    client = Client(taskmesh_redis_url, prefix=prefix())
+    key = f"{{{client.settings.prefix}}}:none"
+
+    async def scenario() -> None:
+        await client.aenqueue(echo, 1)
+        direct = client.adirect
+        waiting = asyncio.ensure_future(direct.execute_command("BLPOP", key, 5))
+        admin = connect.async_client(taskmesh_redis_url)
+        try:
+            for _ in range(500):  # bounded: 5 s
+                if any(c.get("cmd") == "blpop" for c in await admin.client_list()):
+                    break
+                await asyncio.sleep(0.01)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await admin.lpush(key, "late")  # had the cancelled BLPOP's connection been kept, this would be its reply
+            assert await direct.execute_command("ECHO", "next") == "next"
+            assert await admin.llen(key) == 1
+        finally:
+            await admin.aclose()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_async_script_calls_reconnect_after_the_server_drops_the_connection(server: Server) -> None:
+    client = Client(server.url, prefix=prefix())
+
+    async def scenario() -> None:
+        try:
+            await client.aenqueue(echo, 1)
+            own_id = await client.adirect.execute_command("CLIENT", "ID")
+            assert await client.aredis.client_kill_filter(_id=own_id) == 1
+            assert (await client.aenqueue(echo, 2)).created
+            assert (await client.acounts())["waiting"] == 2
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_async_script_calls_keep_to_max_connections_and_follow_the_retry_policy(server: Server) -> None:
+    client = Client(f"{server.url}?max_connections=1&socket_timeout=0.5&retry_on_timeout=true", prefix=prefix())
+    key = f"{{{client.settings.prefix}}}:none"
+
+    async def scenario() -> None:
+        try:
+            await client.aenqueue(echo, 1)
+            await client.aredis.config_resetstat()
+            with pytest.raises(redis.exceptions.TimeoutError):
+                await client.adirect.execute_command("BLPOP", key, 1)
+            assert (await client.aredis.info("commandstats"))["cmdstat_blpop"]["calls"] == 2
+            holder = asyncio.ensure_future(client.adirect.execute_command("BLPOP", key, 0.1))
+            await asyncio.sleep(0)  # the holder takes the one connection
+            with pytest.raises(RedisUnavailable, match="Too many connections"):
+                await client.aenqueue(echo, 2)
+            assert await holder is None
+            assert (await client.aenqueue(echo, 3)).created
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())

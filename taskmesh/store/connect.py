@@ -30,6 +30,7 @@ from functools import partial, wraps
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import hiredis
 import redis
 import redis.asyncio as aredis
 import redis.asyncio.cluster as acluster
@@ -212,8 +213,9 @@ class Direct:
             conn = self._idle.pop()
         except IndexError:
             conn = self._connection()
+        packed = _pack(command)
         try:
-            conn.send_command(*command)
+            conn.send_packed_command(packed)
             reply = conn.read_response()
         except redis.exceptions.ResponseError:
             self._idle.append(conn)  # the server answered, with an error: the connection is in step
@@ -222,11 +224,11 @@ class Direct:
             self._drop(conn)  # a reply may still be on its way: this connection is out of step
             if not isinstance(error, Exception):
                 raise
-            conn, reply = self._retry(conn.retry, command, error)
+            conn, reply = self._retry(conn.retry, packed, error)
         self._idle.append(conn)
         return reply
 
-    def _retry(self, policy: Any, command: tuple[Any, ...], error: Exception) -> tuple[Any, Any]:
+    def _retry(self, policy: Any, packed: list[bytes], error: Exception) -> tuple[Any, Any]:
         """Run ``policy`` (a redis-py Retry) as if its first attempt had failed with ``error``."""
         first, held = [error], []
 
@@ -235,7 +237,7 @@ class Direct:
                 raise first.pop()
             conn = self._connection()
             held.append(conn)
-            conn.send_command(*command)
+            conn.send_packed_command(packed)
             return conn, conn.read_response()
 
         def failed(_: Exception) -> None:
@@ -280,6 +282,14 @@ class Direct:
             self._drop(self._idle.pop())
 
 
+def _pack(command: tuple[Any, ...]) -> list[bytes]:
+    """``command`` in the Redis protocol, by hiredis: what redis-py's packer does, in a third of the time."""
+    try:
+        return [hiredis.pack_command(command)]
+    except TypeError as exc:
+        raise redis.exceptions.DataError(str(exc)) from None
+
+
 def _disconnect_all(connections: list[Any]) -> None:
     while connections:
         connections.pop().disconnect()
@@ -307,6 +317,96 @@ def async_client(url: str, **overrides: Any) -> aredis.Redis:
         return cast(aredis.Redis, manager.master_for(target.service, **options))
     pool_options = {**dict(_aparse_url(url)), **options}
     return aredis.Redis.from_pool(aredis.ConnectionPool(**pool_options))
+
+
+class AsyncDirect:
+    """The asyncio twin of :class:`Direct`, for one event loop.
+
+    Made from an asyncio client's pool settings; the same rules: capped at ``max_connections`` apart
+    from the pool, the client's retry policy with each retry on a new connection, and a connection
+    that did not read its reply in full (an error, a timeout, a cancelled call) is closed, never reused.
+    """
+
+    def __init__(self, client: aredis.Redis) -> None:
+        pool = client.connection_pool
+        self._new: Callable[[], Any] = partial(pool.connection_class, **pool.connection_kwargs)
+        self._limit: int = pool.max_connections
+        self._idle: list[Any] = []
+        self._made = 0
+
+    async def execute_command(self, *command: Any) -> Any:
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = await self._connection()
+        packed = _pack(command)
+        try:
+            await conn.send_packed_command(packed)
+            reply = await conn.read_response()
+        except redis.exceptions.ResponseError:
+            self._idle.append(conn)  # the server answered, with an error: the connection is in step
+            raise
+        except BaseException as error:
+            await self._drop(conn)  # a reply may still be on its way: this connection is out of step
+            if not isinstance(error, Exception):
+                raise
+            conn, reply = await self._retry(conn.retry, packed, error)
+        self._idle.append(conn)
+        return reply
+
+    async def _retry(self, policy: Any, packed: list[bytes], error: Exception) -> tuple[Any, Any]:
+        """Run ``policy`` (a redis-py asyncio Retry) as if its first attempt had failed with ``error``."""
+        first, held = [error], []
+
+        async def attempt() -> tuple[Any, Any]:
+            if first:
+                raise first.pop()
+            conn = await self._connection()
+            held.append(conn)
+            await conn.send_packed_command(packed)
+            return conn, await conn.read_response()
+
+        async def failed(_: Exception) -> None:
+            while held:
+                await self._drop(held.pop())
+
+        try:
+            result: tuple[Any, Any] = await policy.call_with_retry(attempt, failed)
+        except BaseException:
+            await failed(error)
+            raise
+        return result
+
+    async def _connection(self) -> Any:
+        if self._made >= self._limit:
+            raise redis.exceptions.MaxConnectionsError("Too many connections")
+        self._made += 1
+        conn = self._new()
+        try:
+            await conn.connect()
+        except BaseException:
+            await self._drop(conn)
+            raise
+        return conn
+
+    async def _drop(self, conn: Any) -> None:
+        self._made -= 1
+        await conn.disconnect(nowait=True)
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return await self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+    async def script_load(self, script: str) -> Any:
+        return await self.execute_command("SCRIPT", "LOAD", script)
+
+    async def aclose(self) -> None:
+        while self._idle:
+            await self._drop(self._idle.pop())
+
+
+def async_direct(client: aredis.Redis) -> AsyncDirect | aredis.Redis:
+    """An :class:`AsyncDirect` for ``client``, or ``client`` itself where it is a cluster client."""
+    return client if is_cluster(client) else AsyncDirect(client)
 
 
 def blocking_client(

@@ -16,7 +16,7 @@ import redis
 import redis.asyncio as aredis
 
 from ..settings import Settings
-from .connect import Direct
+from .connect import AsyncDirect, Direct
 
 SCRIPT_NAMES = ("enqueue", "step", "renew", "sweep", "cancel", "control", "cron")
 
@@ -51,7 +51,7 @@ def call(conn: redis.Redis | Direct, name: str, keys: tuple[str, ...], args: lis
         return conn.evalsha(sha(name), len(keys), *keys, *args)
 
 
-async def acall(conn: aredis.Redis, name: str, keys: tuple[str, ...], args: list[Any]) -> Any:
+async def acall(conn: aredis.Redis | AsyncDirect, name: str, keys: tuple[str, ...], args: list[Any]) -> Any:
     try:
         return await conn.evalsha(sha(name), len(keys), *keys, *args)
     except redis.exceptions.NoScriptError:
