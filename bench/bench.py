@@ -11,6 +11,7 @@ See bench/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 from redis.utils import HIREDIS_AVAILABLE
 
 import taskmesh
@@ -175,6 +177,36 @@ class Bench:
             set_default_client(None)
             client.close()
             conn.close()
+            self.cleanup()
+
+    def async_rates(self, blocks: int = 10) -> dict[str, Any]:
+        """asyncio PING and ``await task.aenqueue()`` from one coroutine, n calls each, interleaved in blocks."""
+
+        async def measure() -> dict[str, Any]:
+            conn = aredis.Redis.from_url(self.url, decode_responses=True)
+            client = self.client(self.prefix(f"aenq-{uuid.uuid4().hex[:4]}"))
+            calls: dict[str, Callable[[], Any]] = {"ping": conn.ping, "aenqueue": noop_async.aenqueue}
+            seconds = dict.fromkeys(calls, 0.0)
+            set_default_client(client)
+            try:
+                await conn.ping()
+                await client.aenqueue("bench.warmup")
+                for _ in range(blocks):
+                    for name, fn in calls.items():
+                        t0 = time.perf_counter()
+                        for _ in range(self.n // blocks):
+                            await fn()
+                        seconds[name] += time.perf_counter() - t0
+                rates = {name: self.n // blocks * blocks / spent for name, spent in seconds.items()}
+                return {**rates, "ratio": rates["aenqueue"] / rates["ping"]}
+            finally:
+                set_default_client(None)
+                await client.aclose()
+                await conn.aclose()
+
+        try:
+            return asyncio.run(measure())
+        finally:
             self.cleanup()
 
     def fill(self, client: Client, task_name: str, n: int) -> float:
@@ -411,6 +443,12 @@ def run(args: argparse.Namespace, url: str, server: str) -> dict[str, Any]:
         results["enqueue_ping_ratio"] = summary([p["ratio"] for p in producer])
         results["ping_bare"] = summary([p["ping_bare"] for p in producer])
 
+        say("asyncio PING and one-call aenqueue (interleaved)")
+        producer = [bench.async_rates() for _ in range(args.repeat)]
+        results["async_ping"] = summary([p["ping"] for p in producer])
+        results["aenqueue_one"] = summary([p["aenqueue"] for p in producer])
+        results["aenqueue_ping_ratio"] = summary([p["ratio"] for p in producer])
+
         say(f"bulk enqueue, {args.chunk} per call")
         bulk_runs = [bench.bulk_rate() for _ in range(args.repeat)]
         results["enqueue_bulk"] = {
@@ -471,6 +509,9 @@ def rows_of(r: dict[str, Any]) -> list[Row]:
         Row("  ratio to PING (median of interleaved runs)", ratio, "x", ">= 0.7", ratio >= 0.7),
         Row("enqueue, one call per job (client.enqueue)", r["enqueue_one_by_name"]["median"], "jobs/s", "", None),
         Row("PING on a bare connection (no client layers)", r["ping_bare"]["median"], "/s", "reference", None),
+        Row("asyncio PING round trips (1 coroutine)", r["async_ping"]["median"], "/s", "", None),
+        Row("aenqueue, one call per job (await task.aenqueue)", r["aenqueue_one"]["median"], "jobs/s", "", None),
+        Row("  ratio to asyncio PING", r["aenqueue_ping_ratio"]["median"], "x", "", None),
         Row(f"bulk enqueue ({r['chunk']} per enqueue_many)", bulk, "jobs/s", ">= 40,000", bulk >= 40_000),
     ]
     for kind in ("async", "sync"):

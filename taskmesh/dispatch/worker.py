@@ -145,7 +145,6 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._redis: aredis.Redis | None = None
-        self._direct: connect.AsyncDirect | aredis.Redis | None = None  # the step calls (see connect.Direct)
         self._blocking: aredis.Redis | None = None
         self._scheduler: Scheduler | None = None
         self._leases = LeaseKeeper(settings, self._held, self._lease_lost, self._cancel_requested)
@@ -243,7 +242,6 @@ class Worker:
         self._loop_thread = threading.get_ident()
         url = self.settings.redis_url
         self._redis = connect.async_client(url, retry=REDIS_RETRY, encoding_errors="replace")
-        self._direct = connect.async_direct(self._redis)
         # Its socket timeout exceeds the longest wait, so a dead connection ends the wait.
         on_connect = self._on_blocking_connect
         self._blocking = connect.blocking_client(
@@ -295,7 +293,6 @@ class Worker:
             if self._bus is not None:
                 await self._bus.stop()
             await self._unregister()
-            await self._direct.aclose()
             await self._redis.aclose()
             await self._blocking.aclose()
             for runner in self.runners.values():
@@ -404,8 +401,8 @@ class Worker:
     async def _step(self, queue: _Queue, want: int) -> None:
         updates, queue.updates = queue.updates, []
         args = scripts.step_args(self.settings, self.id, want, updates)
-        assert self._direct is not None
-        conn = self._direct
+        assert self._redis is not None
+        conn = self._redis
         try:
             result = await self._retrying(lambda: scripts.acall(conn, "step", queue.keys.all, args))
         except redis.exceptions.ResponseError as exc:
@@ -419,8 +416,8 @@ class Worker:
         A dropped update leaves its job leased to this worker; the job is recovered as stalled.
         """
         log.error("queue %s: Redis refused a batch of %d update(s) (%s)", queue.keys.queue, len(updates), exc)
-        assert self._direct is not None
-        conn = self._direct
+        assert self._redis is not None
+        conn = self._redis
         for update in updates:
             args = scripts.step_args(self.settings, self.id, 0, [update])
             try:
