@@ -38,6 +38,11 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
+def with_query(url: str, query: str) -> str:
+    """``url`` with ``query`` (``name=value&...``) added to its query string."""
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
 # -- URL forms -----------------------------------------------------------------
 
 
@@ -204,8 +209,7 @@ def test_script_calls_load_the_scripts_again_after_a_script_flush(server: Server
 
 def test_a_script_call_that_times_out_leaves_no_stale_reply_for_the_next_call(taskmesh_redis_url: str) -> None:
     """The reply to a call that timed out may still arrive: its connection is dropped, not reused."""
-    sep = "&" if "?" in taskmesh_redis_url else "?"
-    client = Client(f"{taskmesh_redis_url}{sep}socket_timeout=0.3", prefix=prefix())
+    client = Client(with_query(taskmesh_redis_url, "socket_timeout=0.3"), prefix=prefix())
     try:
         client.enqueue(echo, 0)  # scripts loaded, a connection open
         with pytest.raises(redis.exceptions.TimeoutError):
@@ -262,8 +266,7 @@ def test_a_forked_child_makes_its_own_connections(taskmesh_redis_url: str) -> No
 
 
 def test_script_calls_keep_to_max_connections(taskmesh_redis_url: str) -> None:
-    sep = "&" if "?" in taskmesh_redis_url else "?"
-    client = Client(f"{taskmesh_redis_url}{sep}max_connections=1", prefix=prefix())
+    client = Client(with_query(taskmesh_redis_url, "max_connections=1"), prefix=prefix())
     key = f"{{{client.settings.prefix}}}:held"
     try:
         client.enqueue(echo, 1)
@@ -294,8 +297,7 @@ def test_script_calls_follow_the_urls_retry_policy(server: Server, options: str,
 
 def test_a_dropped_client_closes_its_script_connections(taskmesh_redis_url: str) -> None:
     name = f"drop{uuid.uuid4().hex[:8]}"
-    sep = "&" if "?" in taskmesh_redis_url else "?"
-    client = Client(f"{taskmesh_redis_url}{sep}client_name={name}", prefix=prefix())
+    client = Client(with_query(taskmesh_redis_url, f"client_name={name}"), prefix=prefix())
     admin = connect.sync_client(taskmesh_redis_url)
     try:
         client.enqueue(echo, 1)
@@ -374,3 +376,17 @@ def test_async_script_calls_keep_to_max_connections_and_follow_the_retry_policy(
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_script_call_with_an_unsendable_argument_is_a_data_error_and_takes_no_connection(
+    taskmesh_redis_url: str,
+) -> None:
+    client = Client(with_query(taskmesh_redis_url, "max_connections=1"), prefix=prefix())
+    try:
+        client.enqueue(echo, 1)
+        for _ in range(2):  # a connection taken and lost would leave none for the next call
+            with pytest.raises(redis.exceptions.DataError):
+                client.direct.execute_command("ECHO", object())
+        assert client.direct.execute_command("ECHO", "fine") == "fine"
+    finally:
+        client.close()

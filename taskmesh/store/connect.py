@@ -209,11 +209,11 @@ class Direct:
         if self._pid != os.getpid():  # a forked child: the parent's sockets and lock are not ours
             self._idle.clear()
             self._made, self._lock, self._pid = 0, threading.Lock(), os.getpid()
+        packed = _pack(command)
         try:
             conn = self._idle.pop()
         except IndexError:
             conn = self._connection()
-        packed = _pack(command)
         try:
             conn.send_packed_command(packed)
             reply = conn.read_response()
@@ -278,8 +278,12 @@ class Direct:
 
     def close(self) -> None:
         """Close the idle connections (one in use closes when its call ends and the client is dropped)."""
-        while self._idle:
-            self._drop(self._idle.pop())
+        while True:
+            try:
+                conn = self._idle.pop()  # not `while self._idle`: another thread may take the last one
+            except IndexError:
+                return
+            self._drop(conn)
 
 
 def _pack(command: tuple[Any, ...]) -> list[bytes]:
@@ -335,11 +339,11 @@ class AsyncDirect:
         self._made = 0
 
     async def execute_command(self, *command: Any) -> Any:
+        packed = _pack(command)
         try:
             conn = self._idle.pop()
         except IndexError:
             conn = await self._connection()
-        packed = _pack(command)
         try:
             await conn.send_packed_command(packed)
             reply = await conn.read_response()
