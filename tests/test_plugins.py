@@ -66,3 +66,14 @@ def test_builtin_inline_runner_uses_the_same_hook(taskmesh_client: Client) -> No
     with pytest.raises(ConfigurationError, match="upper"):
         drain(taskmesh_client, [shout])
     assert handle.status().state == "waiting"
+
+
+def test_runner_and_sink_names_are_checked_and_unique_alike() -> None:
+    from taskmesh.sinks import SinkRegistry
+
+    for registry, kind in ((RunnerRegistry(), "runner"), (SinkRegistry(), "sink")):
+        with pytest.raises(ConfigurationError, match=f"invalid {kind} name 'no spaces'"):
+            registry.add("no spaces", lambda settings: None)  # type: ignore[arg-type,return-value]
+        registry.add("one", lambda settings: None)  # type: ignore[arg-type,return-value]
+        with pytest.raises(ConfigurationError, match=f"two plugins register a {kind} named 'one'"):
+            registry.add("one", lambda settings: None)  # type: ignore[arg-type,return-value]

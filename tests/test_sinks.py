@@ -163,7 +163,7 @@ def test_workers_with_the_same_sinks_share_the_events_and_other_sinks_see_them_a
     assert [h.result(timeout=BOUND) for h in handles] == [2 * i for i in range(30)]
     stream = taskmesh_client.keys("default").events
     wait_until(lambda: len(shared) == len(apart) == 93, timeout=BOUND, message="every event on both groups")
-    ids = [entry_id for entry_id, _ in taskmesh_client.redis.xrange(stream)]
+    ids = sorted(entry_id for entry_id, _ in taskmesh_client.redis.xrange(stream))  # as strings, like the others
     assert sorted(e.id for e in shared) == sorted(e.id for e in apart) == ids, "each event once per group"
     assert names_of(shared, failed.id)[-1] == "failed"
     assert [e.data.get("task") for e in shared if e.job_id == failed.id] == ["sinks.broken"] * 3

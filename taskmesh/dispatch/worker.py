@@ -169,7 +169,7 @@ class Worker:
         sinks = SinkRegistry()
         pm.hook.taskmesh_register_sinks(register=sinks)
         enabled = sinks.build(settings, settings.sinks)
-        runners = register.build(settings, {task.runner for task in registry} | {"inline"})
+        runners = register.build(settings, sorted({task.runner for task in registry} | {"inline"}))
         return cls(registry, settings, runners, burst=burst, sinks=enabled)
 
     # -- public --------------------------------------------------------------

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ConfigurationError
+from ..factories import Factories
 
 if TYPE_CHECKING:
     from ..job import Job
-    from ..settings import Settings
     from ..task import Task
 
 
@@ -31,25 +30,7 @@ class Runner(Protocol):
         ...
 
 
-RunnerFactory = Callable[["Settings"], Runner]
-
-
-class RunnerRegistry:
+class RunnerRegistry(Factories[Runner]):
     """Passed to ``taskmesh_register_runners``: collects runner factories by name."""
 
-    def __init__(self) -> None:
-        self.factories: dict[str, RunnerFactory] = {}
-
-    def add(self, name: str, factory: RunnerFactory) -> None:
-        if name in self.factories:
-            raise ConfigurationError(f"two plugins register a runner named {name!r}")
-        self.factories[name] = factory
-
-    def build(self, settings: Settings, needed: set[str]) -> dict[str, Runner]:
-        """Build the runners the tasks use; an unknown name is a start-up error listing the known ones."""
-        unknown = needed - set(self.factories)
-        if unknown:
-            raise ConfigurationError(
-                f"unknown runner(s) {', '.join(sorted(unknown))}; known runners: {', '.join(sorted(self.factories))}"
-            )
-        return {name: self.factories[name](settings) for name in sorted(needed)}
+    kind = "runner"
