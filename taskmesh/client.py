@@ -22,7 +22,8 @@ from .errors import JobNotFound
 from .events import FINAL_EVENTS, Event
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .limits import Limit, QueueSettings, parse_settings
-from .schedule import Schedule, ScheduleEntry, ScheduleInfo, queue_of, schedule_info
+from .schedule import Schedule, ScheduleEntry, ScheduleInfo, look_commands, queue_of, schedule_info
+from .schedule import moves as schedule_moves
 from .settings import Settings
 from .store import connect, scripts
 from .store.keys import QueueKeys, check_job_id, check_name, queues_key, schedules_key, workers_key
@@ -382,7 +383,7 @@ class Client:
         old = self.redis.hget(schedules_key(self.settings.prefix), name)
         self.redis.hset(schedules_key(self.settings.prefix), name, entry.to_json())
         self._remember(entry.queue)
-        for queue_name, args in _schedule_moves(name, entry, old):
+        for queue_name, args in schedule_moves(name, entry, None if old is None else str(old)):
             scripts.call(self.direct, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
         return entry
 
@@ -403,7 +404,7 @@ class Client:
         old = await conn.hget(schedules_key(self.settings.prefix), name)
         await conn.hset(schedules_key(self.settings.prefix), name, entry.to_json())
         await self._aremember(entry.queue)
-        for queue_name, args in _schedule_moves(name, entry, old):
+        for queue_name, args in schedule_moves(name, entry, None if old is None else str(old)):
             await scripts.acall(conn, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
         return entry
 
@@ -411,23 +412,14 @@ class Client:
     def schedules(self) -> list[ScheduleInfo]:
         """Every schedule, by name, with its state and next tick."""
         entries = _readable(self.redis.hgetall(schedules_key(self.settings.prefix)))
-        looks = scripts.run_pipeline(self.redis, self._looks(entries)) if entries else []
+        looks = scripts.run_pipeline(self.redis, look_commands(self.settings, entries)) if entries else []
         return [schedule_info(e, state, int(now)) for e, (state, now) in zip(entries, looks, strict=True)]
 
     @connect.aguard
     async def aschedules(self) -> list[ScheduleInfo]:
         entries = _readable(await self.aredis.hgetall(schedules_key(self.settings.prefix)))
-        looks = await scripts.arun_pipeline(self.aredis, self._looks(entries)) if entries else []
+        looks = await scripts.arun_pipeline(self.aredis, look_commands(self.settings, entries)) if entries else []
         return [schedule_info(e, state, int(now)) for e, (state, now) in zip(entries, looks, strict=True)]
-
-    def _looks(self, entries: list[ScheduleEntry]) -> list[tuple[Any, ...]]:
-        """One ``cron look`` per schedule (its state and its queue's clock), sent in one round trip."""
-        sha = scripts.sha("cron")
-        commands: list[tuple[Any, ...]] = []
-        for entry in entries:
-            keys = self.keys(entry.queue).all
-            commands.append(("EVALSHA", sha, len(keys), *keys, self.settings.events_maxlen, "look", entry.name))
-        return commands
 
     @connect.guard
     def remove_schedule(self, name: str) -> bool:
@@ -597,19 +589,6 @@ def _entry(
     if isinstance(task, Task):
         queue, priority, task = queue or task.queue, task.priority if priority is None else priority, task.name
     return ScheduleEntry(name, task, queue or "default", schedule, check_priority(priority or 0))
-
-
-def _schedule_moves(name: str, entry: ScheduleEntry, old: Any) -> list[tuple[str, list[Any]]]:
-    """The cron script calls storing ``entry`` over ``old`` needs: drop the state in a queue it left,
-    and (re)start the state where it is now: a changed schedule fires from its first tick after now."""
-    new = entry.to_json()
-    if old is not None and str(old) == new:
-        return [(entry.queue, ["init", name])]
-    moves: list[tuple[str, list[Any]]] = []
-    old_queue = queue_of(None if old is None else str(old))
-    if old_queue is not None and old_queue != entry.queue:
-        moves.append((old_queue, ["remove", name]))
-    return [*moves, (entry.queue, ["init", name, "1"])]
 
 
 def _readable(raw: Mapping[Any, Any]) -> list[ScheduleEntry]:

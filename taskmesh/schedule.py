@@ -13,13 +13,17 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
 from .errors import MAX_DELAY_SECONDS
-from .store.keys import check_name
+from .store import scripts
+from .store.keys import QueueKeys, check_name
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 Misfire = Literal["skip", "catch_up"]
 Overlap = Literal["allow", "skip"]
@@ -281,9 +285,27 @@ def queue_of(raw: str | None) -> str | None:
     return queue if isinstance(queue, str) else None
 
 
-def job_id(name: str, tick_ms: int) -> str:
-    """The deterministic id of the job a tick enqueues: the same on every scheduler."""
-    return f"{name}@{tick_ms}"
+def moves(name: str, entry: ScheduleEntry, old: str | None) -> list[tuple[str, list[Any]]]:
+    """The ``cron`` script calls (queue, arguments) that storing ``entry`` over ``old`` needs: drop the
+    state in a queue it left, and (re)start the state where it is now: a changed schedule fires from
+    its first tick after now."""
+    if old == entry.to_json():
+        return [(entry.queue, ["init", name])]
+    calls: list[tuple[str, list[Any]]] = []
+    old_queue = queue_of(old)
+    if old_queue is not None and old_queue != entry.queue:
+        calls.append((old_queue, ["remove", name]))
+    return [*calls, (entry.queue, ["init", name, "1"])]
+
+
+def look_commands(settings: Settings, entries: Sequence[ScheduleEntry]) -> list[tuple[Any, ...]]:
+    """One ``cron look`` per schedule (its state and its queue's clock), to send in one pipeline."""
+    sha = scripts.sha("cron")
+    commands: list[tuple[Any, ...]] = []
+    for entry in entries:
+        keys = QueueKeys.of(settings.prefix, entry.queue).all
+        commands.append(("EVALSHA", sha, len(keys), *keys, settings.events_maxlen, "look", entry.name))
+    return commands
 
 
 def _ms(when: datetime) -> int:

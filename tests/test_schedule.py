@@ -400,7 +400,8 @@ def test_a_removed_schedule_raced_by_a_pass_and_added_again_fires_no_old_ticks(t
         conn = connect.async_client(taskmesh_client.settings.redis_url)
         try:
             scheduler = Scheduler(taskmesh_client.settings, conn)
-            await scheduler._fire_due(before)  # a pass that read the entry before the removal
+            # A pass that read the entry and its state (none yet: a race) before the removal.
+            await scheduler._fire_due(before, None, server_ms(taskmesh_client))
             return scheduler.fired
         finally:
             await conn.aclose()

@@ -19,7 +19,7 @@ import redis.asyncio as aredis
 
 from ..job import encode_payload
 from ..registry import Registry
-from ..schedule import ScheduleEntry, queue_of
+from ..schedule import ScheduleEntry, look_commands, moves
 from ..settings import Settings
 from ..store import scripts
 from ..store.keys import QueueKeys, queues_key, schedules_key
@@ -50,16 +50,13 @@ class Scheduler:
         for name, entry in declared.items():
             await self.conn.sadd(queues_key(self.settings.prefix), entry.queue)
             old = stored.get(name)
-            if old == entry.to_json():
-                await self._cron(entry.queue, "init", name)
-                continue
-            await self.conn.hset(key, name, entry.to_json())
-            old_queue = queue_of(old)
-            if old_queue is not None and old_queue != entry.queue:
-                await self._cron(old_queue, "remove", name)
-            # Changed (or new): it fires from its first tick after now, never the old timing's ticks.
-            await self._cron(entry.queue, "init", name, "1")
-            log.info("schedule %s: %s -> %s (queue %s)", name, entry.schedule.describe, entry.task, entry.queue)
+            changed = old != entry.to_json()
+            if changed:
+                await self.conn.hset(key, name, entry.to_json())
+            for queue, args in moves(name, entry, old):
+                await self._cron(queue, *args)
+            if changed:
+                log.info("schedule %s: %s -> %s (queue %s)", name, entry.schedule.describe, entry.task, entry.queue)
         for name, raw in stored.items():
             if name in declared:
                 continue
@@ -100,21 +97,28 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         began = loop.time()
         raw = await self.conn.hgetall(schedules_key(self.settings.prefix))
-        wait = MAX_SLEEP
+        entries: list[ScheduleEntry] = []
         for name, value in sorted(raw.items()):
             try:
-                entry = ScheduleEntry.from_json(str(name), str(value))
-                wait = min(wait, await self._fire_due(entry))
+                entries.append(ScheduleEntry.from_json(str(name), str(value)))
+            except Exception as exc:
+                log.error("schedule %s: %s; skipped in this pass", name, exc)
+        # Every schedule's state and its queue's clock in one round trip.
+        looks = await scripts.arun_pipeline(self.conn, look_commands(self.settings, entries)) if entries else []
+        wait = MAX_SLEEP
+        for entry, (state, now_ms) in zip(entries, looks, strict=True):
+            try:
+                wait = min(wait, await self._fire_due(entry, state, int(now_ms)))
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 raise
             except Exception as exc:
-                log.error("schedule %s: %s; skipped in this pass", name, exc)
+                log.error("schedule %s: %s; skipped in this pass", entry.name, exc)
         # Sleep until the next tick by Redis' clock, less the time this pass took.
         return max(0.0, wait - (loop.time() - began))
 
-    async def _fire_due(self, entry: ScheduleEntry) -> float:
-        """Fire the entry's due ticks; return the seconds until its next tick."""
-        state_raw, now_ms = await self._cron(entry.queue, "look", entry.name)
+    async def _fire_due(self, entry: ScheduleEntry, state_raw: str | None, now_ms: int) -> float:
+        """Fire the entry's due ticks, given its state and its queue's clock as ``cron look`` read them;
+        return the seconds until its next tick."""
         if state_raw is None:
             # No state: being added, moved or removed. Make it only if the entry is still stored.
             if await self.conn.hexists(schedules_key(self.settings.prefix), entry.name):
