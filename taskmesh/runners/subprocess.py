@@ -117,7 +117,11 @@ class _ForkServer:
         self._channel_pipe: asyncio.ReadTransport | None = None
         self._reading: asyncio.Task[None] | None = None
         self._gone = asyncio.Event()
-        self.lost = False
+
+    @property
+    def lost(self) -> bool:
+        """The fork server exited (see ``_on_server_gone``)."""
+        return self._gone.is_set()
 
     async def _attach(self) -> None:
         """Connect the pipes to the running loop (the loop the worker runs on; the server starts before it)."""
@@ -228,7 +232,6 @@ class _ForkServer:
         """The fork server exited (killed, or out of memory): fail what it was running; the next job starts another."""
         assert self._loop is not None
         self._loop.remove_reader(self._alive)
-        self.lost = True
         self._gone.set()
         reason = "the subprocess runner's fork server exited"
         if self._runs:

@@ -344,14 +344,8 @@ class EventBus:
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel until cancelled: a cancel landing as redis-py finishes a send can be swallowed (Python 3.11)."""
-    for _ in range(100):
-        pending = [task for task in tasks if not task.done()]
-        if not pending:
-            break
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=0.1)
+    """Cancel them (until cancelled: see ``connect.cancel_all``) and log the errors of those that failed."""
+    await connect.cancel_all(tasks, pause=0.1)
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("event bus: %s failed", task.get_name(), exc_info=task.exception())

@@ -24,7 +24,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial, wraps
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
@@ -444,16 +444,24 @@ async def blpop(conn: aredis.Redis, keys: list[str], timeout: float) -> Any:
     try:
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        # Cancel until cancelled: on Python 3.11 a cancel that lands as redis-py's send (an
-        # asyncio.wait_for) completes is swallowed, and that BLPOP would block on to its timeout.
-        while pending := [wait for wait in waits if not wait.done()]:
-            for wait in pending:
-                wait.cancel()
-            await asyncio.wait(pending, timeout=0.01)
+        await cancel_all(waits, pause=0.01)
     popped = [wait.result() for wait in done]  # raises the first error, if any
     for extra in [p for p in popped if p][1:]:  # two arrived together: hand the others back
         await conn.lpush(extra[0], extra[1])
     return next((p for p in popped if p), None)
+
+
+async def cancel_all(tasks: Sequence[asyncio.Future[Any]], pause: float, rounds: int = 100) -> None:
+    """Cancel until cancelled (for at most ``rounds`` pauses): on Python 3.11 a cancel that lands as
+    redis-py's send (an ``asyncio.wait_for``) completes is swallowed, and the call would go on to its
+    timeout (a BLPOP, a blocking XREADGROUP)."""
+    for _ in range(rounds):
+        pending = [task for task in tasks if not task.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=pause)
 
 
 def xread(conn: redis.Redis, streams: dict[Any, Any], count: int, block: int | None) -> Any:
