@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -147,8 +146,7 @@ class Kube:
             raise KubeError(f"{what}: {describe(exc)}") from None
 
     def _backoff(self, state: RetryCallState) -> float:
-        delay = min(self.cfg.retry_cap, self.cfg.retry_base * 2.0 ** (state.attempt_number - 1))
-        delay *= random.uniform(0.5, 1.0)
+        delay = self.cfg.backoff.delay(state.attempt_number)
         after = retry_after(state.outcome.exception() if state.outcome else None)
         return delay if after is None else max(after, delay / 2)
 

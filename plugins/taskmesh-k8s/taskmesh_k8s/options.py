@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskmesh import ConfigurationError
+from taskmesh import Backoff, ConfigurationError
 from taskmesh.store.connect import redact
 
 from .names import CONTAINER, is_dns_label, is_label_key, is_label_value
@@ -51,6 +51,12 @@ class K8sConfig:
     log_lines: int = 20
     #: How a deleted Job's pods go: ``Background`` (at once, by the garbage collector) or ``Foreground``.
     propagation_policy: str = "Background"
+
+    @property
+    def backoff(self) -> Backoff:
+        """The pause before retry number n of an API call or a watch: ``retry_base * 2**(n-1)``, at most
+        ``retry_cap``, less up to half of it (jitter)."""
+        return Backoff.exponential(self.retry_base, cap=self.retry_cap, jitter=0.5)
 
     def __post_init__(self) -> None:
         if self.watch_seconds < 1 or self.request_timeout <= 0 or self.retries < 0 or self.log_lines < 0:

@@ -209,10 +209,10 @@ class K8sRunner:
                     log.info("watch of Job %s/%s: resourceVersion too old; listing again", namespace, name)
                     version = None
                     if failures > 1:
-                        await asyncio.sleep(self._pause(failures))
+                        await asyncio.sleep(self.config.backoff.delay(failures))
                     continue
                 log.warning("watch of Job %s/%s failed (%s); reading its status instead", namespace, name, exc)
-                await asyncio.sleep(self._pause(failures))
+                await asyncio.sleep(self.config.backoff.delay(failures))
                 seen = None
             if seen is not None and not seen.get("deleted"):
                 return seen
@@ -221,9 +221,6 @@ class K8sRunner:
                 raise KubernetesJobFailed(f"the Kubernetes Job {namespace}/{name} was deleted before it ended")
             if finished(current):
                 return current
-
-    def _pause(self, failures: int) -> float:
-        return min(self.config.retry_cap, self.config.retry_base * 2.0**failures)
 
     def _stopped(
         self, task: Task[Any, Any], job: Job, namespace: str, name: str, ran: float, creating: asyncio.Future[None]
