@@ -119,11 +119,12 @@ class Settings:
         unknown = set(values) - set(known)
         if unknown:
             raise ConfigurationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        typed = {name: _coerce(name, known[name].type, value) for name, value in values.items()}
+        typed = {name: coerce(name, known[name].type, value) for name, value in values.items()}
         return cls(**typed)
 
 
-def _coerce(name: str, kind: Any, value: Any) -> Any:
+def coerce(name: str, kind: Any, value: Any) -> Any:
+    """``value`` (from TOML or the environment) as the type ``kind`` names; a ConfigurationError if it cannot be."""
     kind = str(kind)
     try:
         if kind.startswith("tuple"):

@@ -213,3 +213,19 @@ def test_a_worker_redis_url_with_a_password_is_never_written_into_the_job() -> N
         "t", {"image": "x", "redis_url_secret": {"secret": "r", "key": "url"}}, CONFIG, "redis://app:secret@r"
     )
     assert "secret@" not in str(manifest.build(attempt(), opts, None, 1))
+
+
+def test_every_config_field_reads_from_its_environment_variable() -> None:
+    env = {
+        "TASKMESH_K8S_NAMESPACE": "jobs",
+        "TASKMESH_K8S_WATCH_SECONDS": "45",
+        "TASKMESH_K8S_RETRY_BASE": "0.5",
+        "TASKMESH_K8S_RETRIES": "2",
+        "TASKMESH_K8S_PROPAGATION_POLICY": "Foreground",
+        "TASKMESH_K8S_IMAGE": "",  # empty: unset
+    }
+    config = K8sConfig.from_env(env)
+    assert (config.namespace, config.watch_seconds, config.retry_base, config.retries) == ("jobs", 45, 0.5, 2)
+    assert (config.propagation_policy, config.image) == ("Foreground", None)
+    with pytest.raises(ConfigurationError, match="TASKMESH_K8S_LOG_LINES: cannot read 'many' as int"):
+        K8sConfig.from_env({"TASKMESH_K8S_LOG_LINES": "many"})

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskmesh import Backoff, ConfigurationError
+from taskmesh.settings import coerce
 from taskmesh.store.connect import redact
 
 from .names import CONTAINER, is_dns_label, is_label_key, is_label_value
@@ -28,8 +29,7 @@ class K8sConfig:
 
     From the environment (:meth:`from_env`): ``TASKMESH_K8S_KUBECONFIG`` (else ``KUBECONFIG``, else
     ``~/.kube/config``; inside a pod with neither, the in-cluster service account),
-    ``TASKMESH_K8S_CONTEXT``, ``TASKMESH_K8S_NAMESPACE``, ``TASKMESH_K8S_IMAGE``,
-    ``TASKMESH_K8S_WATCH_SECONDS``, ``TASKMESH_K8S_REQUEST_TIMEOUT``.
+    and ``TASKMESH_K8S_<FIELD>`` for every other field below (``TASKMESH_K8S_NAMESPACE``, ...).
     """
 
     kubeconfig: str | None = None
@@ -72,24 +72,13 @@ class K8sConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> K8sConfig:
+        """Every field from ``TASKMESH_K8S_<FIELD>`` where it is set and not empty."""
         env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            return env.get(ENV_PREFIX + name) or None
-
-        values: dict[str, Any] = {
-            "kubeconfig": get("KUBECONFIG"),
-            "context": get("CONTEXT"),
-            "namespace": get("NAMESPACE") or "default",
-            "image": get("IMAGE"),
-        }
-        for name, kind in (("watch_seconds", int), ("request_timeout", float)):
-            raw = get(name.upper())
-            if raw is not None:
-                try:
-                    values[name] = kind(raw)
-                except ValueError:
-                    raise ConfigurationError(f"{ENV_PREFIX}{name.upper()} must be a number, not {raw!r}") from None
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if env.get(name):
+                values[f.name] = coerce(name, f.type, env[name])
         return cls(**values)
 
 
