@@ -199,9 +199,7 @@ class EventBus:
             if not entries:
                 return
             start = entries[-1][0]
-            mine = self._handled(stream)
-            self._acks[stream] += [entry_id for entry_id, fields in entries if not fields]  # trimmed meanwhile
-            await self._publish(keys, [(i, f) for i, f in entries if f and i not in mine])
+            await self._redeliver(keys, entries)
 
     async def _claim(self, keys: QueueKeys) -> None:
         """Take over events other consumers read and never acknowledged (their worker died), while there is room."""
@@ -213,14 +211,18 @@ class EventBus:
                 stream, self.group, self.consumer, int(CLAIM_IDLE * 1000), start, count=READ_COUNT
             )
             start, entries = reply[0], reply[1]
-            mine = self._handled(stream)
-            gone = [entry_id for entry_id, fields in entries if entry_id is not None and not fields]
-            self._acks[stream] += gone  # trimmed from the stream before anyone delivered them
-            await self._publish(keys, [(i, f) for i, f in entries if i is not None and f and i not in mine])
+            await self._redeliver(keys, entries)
             room -= len(entries)
             if start in ("0-0", b"0-0"):
                 break
         await self._forget(stream)
+
+    async def _redeliver(self, keys: QueueKeys, entries: list[Any]) -> None:
+        """Publish events read again (pending ones) that this worker's sinks do not have yet; acknowledge
+        those trimmed from the stream before anyone delivered them (they come back without fields)."""
+        mine = self._handled(keys.events)
+        self._acks[keys.events] += [entry_id for entry_id, fields in entries if entry_id is not None and not fields]
+        await self._publish(keys, [(i, f) for i, f in entries if i is not None and f and i not in mine])
 
     def _handled(self, stream: str) -> set[str]:
         """Ids this worker's sinks have, or have done with and not acknowledged yet: never delivered again."""
