@@ -29,6 +29,8 @@ Misfire = Literal["skip", "catch_up"]
 Overlap = Literal["allow", "skip"]
 #: Most missed ticks ``misfire="catch_up"`` runs after downtime, unless the schedule says otherwise.
 CATCH_UP_MAX = 100
+#: How late a tick may still run under ``misfire="skip"``, unless the schedule says otherwise.
+MISFIRE_GRACE = 60.0
 #: The most a schedule may ask for (each missed tick is a job created in one script call).
 CATCH_UP_LIMIT = 1000
 
@@ -53,7 +55,7 @@ class Schedule:
     args: Sequence[Any] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     misfire: Misfire = "skip"
-    misfire_grace: float = 60.0
+    misfire_grace: float = MISFIRE_GRACE
     catch_up_max: int = CATCH_UP_MAX
     overlap: Overlap = "allow"
 

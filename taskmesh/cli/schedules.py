@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from datetime import datetime
 
-from ..schedule import Schedule
+from ..schedule import CATCH_UP_MAX, MISFIRE_GRACE, Schedule, from_ms
 from .common import CliError, add_common_options, connect, load_settings, print_json, table
 
 
@@ -34,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add.add_argument("--queue", "-q", default="default", metavar="Q")
     add.add_argument("--priority", type=int, default=0)
     add.add_argument("--misfire", choices=["skip", "catch_up"], default="skip")
-    add.add_argument("--misfire-grace", type=float, default=60.0, metavar="SECONDS", help="for --misfire skip")
-    add.add_argument("--catch-up-max", type=int, default=100, metavar="N", help="for --misfire catch_up")
+    add.add_argument("--misfire-grace", type=float, default=MISFIRE_GRACE, metavar="SECONDS", help="for --misfire skip")
+    add.add_argument("--catch-up-max", type=int, default=CATCH_UP_MAX, metavar="N", help="for --misfire catch_up")
     add.add_argument("--overlap", choices=["allow", "skip"], default="allow")
     add.add_argument("--start", type=_when, metavar="ISO", help="first possible tick (ISO 8601 with offset)")
     add.add_argument("--end", type=_when, metavar="ISO", help="last possible tick (ISO 8601 with offset)")
@@ -103,10 +104,10 @@ def add_command(args: argparse.Namespace) -> int:
     client = connect(load_settings(args))
     try:
         client.schedule(args.name, args.task, schedule, queue=args.queue, priority=args.priority)
-        [info] = [i for i in client.schedules() if i.entry.name == args.name]
     finally:
         client.close()
-    print(f"{args.name}: {schedule.describe} -> {args.task} (queue {args.queue}); next {_at(info.next_tick)}")
+    following = from_ms(schedule.next_tick(round(time.time() * 1000)))
+    print(f"{args.name}: {schedule.describe} -> {args.task} (queue {args.queue}); next {_at(following)}")
     return 0
 
 
