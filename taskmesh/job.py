@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,11 +48,51 @@ class Call:
 # One encoder for every payload: json.dumps with options builds a new encoder per call.
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
+#: The deepest nesting of arrays and objects a payload, a result or a progress value may have. Deeper
+#: values are refused where they are made: decoding one could exhaust the stack of whoever reads it.
+MAX_JSON_DEPTH = 100
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_ESCAPE = re.compile(rb"\\.")
+_PAIR = re.compile(rb"\[\]|\{\}")
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON ``text`` nests arrays and objects more than ``limit`` deep (brackets in strings aside).
+
+    Costs two counts for a text with at most ``limit`` brackets; else a pass per level (about 13 ns a
+    byte for an array of small objects).
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    data = text.encode("utf-8", "surrogatepass")
+    if b"\\" in data:
+        data = _ESCAPE.sub(b"", data)
+    brackets = b"".join(data.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        brackets = _PAIR.sub(b"", brackets)  # one level of nesting per pass
+        if not brackets:
+            return False
+    return True
+
 
 def encode_payload(task: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> str:
-    """JSON-encode a job's arguments; a value JSON cannot hold is a TypeError naming the argument."""
+    """JSON-encode a job's arguments; a value JSON cannot hold is a TypeError naming the argument.
+
+    ``args`` must be a list or tuple and ``kwargs`` a mapping with string keys (anything else would be
+    changed on the way: a string split into characters, a key ``1`` turned into ``"1"``). Arguments
+    nested deeper than :data:`MAX_JSON_DEPTH` or over ``limit`` bytes are a :class:`PayloadError`.
+    """
+    if not isinstance(args, (list, tuple)):
+        raise TypeError(f"{task}: args must be a list or tuple, not {type(args).__name__}")
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"{task}: kwargs must be a mapping of names to values, not {type(kwargs).__name__}")
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise TypeError(f"{task}: keyword argument names must be strings, not {type(key).__name__} {key!r}")
     try:
         payload = _encode({"t": task, "a": list(args), "k": dict(kwargs)})
+    except RecursionError:
+        raise PayloadError(f"{task}: arguments nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (TypeError, ValueError):
         for where, value in [*((f"argument {i}", v) for i, v in enumerate(args)), *kwargs.items()]:
             try:
@@ -64,7 +105,32 @@ def encode_payload(task: str, args: Sequence[Any], kwargs: Mapping[str, Any], li
             f"{task}: payload is {len(payload)} bytes, over the {limit}-byte limit "
             "(store large data elsewhere and pass a reference, or raise max_payload_bytes)"
         )
+    if json_too_deep(payload):
+        raise PayloadError(f"{task}: arguments nested deeper than {MAX_JSON_DEPTH} levels")
     return payload
+
+
+def decode_payload(raw: str) -> tuple[str, list[Any], dict[str, Any]]:
+    """A stored payload's task name, args and kwargs; anything else it holds is a :class:`PayloadError`.
+
+    The payload comes from Redis, so it is treated as hostile: whatever it holds, this raises nothing else.
+    """
+    try:
+        if json_too_deep(raw):
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        payload = json.loads(raw)
+        if not isinstance(payload, dict):
+            raise TypeError(f"a JSON object is expected, not {type(payload).__name__}")
+        name, args, kwargs = payload["t"], payload["a"], payload["k"]
+        if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise TypeError("'t' must be a string, 'a' a list and 'k' an object")
+    except Exception as exc:  # RecursionError and MemoryError included: one bad payload fails one job
+        raise PayloadError(f"malformed payload: {_short(repr(exc))}") from None
+    return name, args, kwargs
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _ms(value: Any) -> datetime | None:
@@ -241,7 +307,13 @@ class Job:
                 raise ValueError(f"progress must be between 0 and 100, not {value}")
         elif not isinstance(value, Mapping):
             raise TypeError(f"progress must be a number 0..100 or a JSON object, not {type(value).__name__}")
-        self._send("p", _encode(value))
+        try:
+            text = _encode(value)
+        except RecursionError:
+            text = "[" * (MAX_JSON_DEPTH + 1)
+        if json_too_deep(text):
+            raise PayloadError(f"progress must not be nested deeper than {MAX_JSON_DEPTH} levels")
+        self._send("p", text)
 
     def log(self, message: str) -> None:
         """Append a line to the job's log (the last 100 lines are kept) and emit a ``log`` event.

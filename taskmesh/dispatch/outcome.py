@@ -7,6 +7,7 @@ import traceback
 from typing import Any
 
 from ..errors import RemoteError
+from ..job import MAX_JSON_DEPTH, json_too_deep
 
 
 class JobTimeoutError(TimeoutError):
@@ -14,11 +15,17 @@ class JobTimeoutError(TimeoutError):
 
 
 def result_json(result: Any) -> str:
-    """The task's result as JSON; anything JSON cannot hold (NaN included) is a TypeError."""
+    """The task's result as JSON; anything JSON cannot hold (NaN included) is a TypeError, and so is a
+    result nested deeper than :data:`~taskmesh.job.MAX_JSON_DEPTH` (its readers could not decode it)."""
     try:
-        return json.dumps(result, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(result, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"the task's result is not JSON-serializable: {exc}") from None
+    except RecursionError:
+        text = "[" * (MAX_JSON_DEPTH + 1)
+    if json_too_deep(text):
+        raise TypeError(f"the task's result is nested deeper than {MAX_JSON_DEPTH} levels")
+    return text
 
 
 def error_json(exc: BaseException, tb: bool = True) -> str:

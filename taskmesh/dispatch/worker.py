@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ import redis
 import redis.asyncio as aredis
 
 from ..errors import Cancelled, PayloadError, Retry, SlowDown, UnknownTaskError, Unrecoverable
-from ..job import Job
+from ..job import Job, decode_payload
 from ..plugins import plugin_manager
 from ..registry import Registry
 from ..runners.base import Runner, RunnerRegistry
@@ -514,12 +513,9 @@ class Worker:
 
     def _decode(self, leased: Leased) -> tuple[Task[Any, Any], list[Any], dict[str, Any]]:
         try:
-            payload = json.loads(leased.payload)
-            name, args, kwargs = payload["t"], payload["a"], payload["k"]
-            if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
-                raise TypeError("'t' must be a string, 'a' a list and 'k' an object")
-        except (ValueError, TypeError, KeyError) as exc:
-            raise PayloadError(f"malformed payload for job {leased.id}: {exc!r}") from None
+            name, args, kwargs = decode_payload(leased.payload)
+        except PayloadError as exc:
+            raise PayloadError(f"job {leased.id}: {exc}") from None
         task = self.registry.get(name)
         if task is None:
             known = ", ".join(t.name for t in self.registry) or "none"

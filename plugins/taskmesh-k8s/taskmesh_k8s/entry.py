@@ -26,7 +26,8 @@ import redis
 
 from taskmesh import Cancelled, Job, Registry, Retry, Settings, SlowDown, Task, Unrecoverable
 from taskmesh.dispatch.outcome import error_json, result_json
-from taskmesh.errors import TaskmeshError
+from taskmesh.errors import PayloadError, TaskmeshError
+from taskmesh.job import decode_payload
 from taskmesh.store import connect, scripts
 from taskmesh.store.keys import QueueKeys
 from taskmesh.store.scripts import Update
@@ -111,10 +112,9 @@ def load(conn: redis.Redis, ctx: Context) -> tuple[Task[Any, Any], list[Any], di
     if raw is None:
         raise TaskmeshError(f"job {ctx.job_id} has no payload in queue {ctx.queue!r} (removed meanwhile?)")
     try:
-        payload = json.loads(raw)
-        name, args, kwargs = payload["t"], list(payload["a"]), dict(payload["k"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise TaskmeshError(f"malformed payload for job {ctx.job_id}: {exc!r}") from None
+        name, args, kwargs = decode_payload(str(raw))
+    except PayloadError as exc:
+        raise TaskmeshError(f"job {ctx.job_id}: {exc}") from None
     if name != ctx.task:
         raise TaskmeshError(f"job {ctx.job_id} is for task {name!r}, not {ctx.task!r}")
     task = Registry.from_modules([ctx.module]).get(name)
