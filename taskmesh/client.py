@@ -26,7 +26,7 @@ from .schedule import Schedule, ScheduleEntry, ScheduleInfo, look_commands, queu
 from .schedule import moves as schedule_moves
 from .settings import Settings
 from .store import connect, scripts
-from .store.keys import QueueKeys, check_job_id, check_name, queues_key, schedules_key, workers_key
+from .store.keys import QueueKeys, check_job_id, check_name, check_new_job_id, queues_key, schedules_key, workers_key
 from .task import Task, check_delay, check_priority, check_run_at
 
 log = logging.getLogger("taskmesh.client")
@@ -65,7 +65,7 @@ class Client:
         self._task_names: set[str] = set()  # task names already validated
 
     def __repr__(self) -> str:
-        return f"<Client {self.settings.redis_url} prefix={self.settings.prefix}>"
+        return f"<Client {connect.redact(self.settings.redis_url)} prefix={self.settings.prefix}>"
 
     # -- connections -------------------------------------------------------
 
@@ -228,8 +228,10 @@ class Client:
             check_name("task name", task)
             if len(self._task_names) < _NAME_CACHE_SIZE:
                 self._task_names.add(task)
-        job_id = os.urandom(16).hex() if job_id is None else check_job_id(job_id)
+        job_id = os.urandom(16).hex() if job_id is None else check_new_job_id(job_id)
         delay_ms = run_at_ms = 0
+        if delay is not None and run_at is not None:
+            raise ValueError(f"{task}: give delay or run_at, not both")
         if delay is not None:
             check_delay(delay)
             delay_ms = max(0, int(delay * 1000))

@@ -7,10 +7,16 @@ script touches a single Cluster slot and receives all its keys through KEYS.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")
-JOB_ID_RE = re.compile(r"[^\x00-\x20{}\x7f]{1,200}")
+#: A job id: 1-200 printable characters without spaces, ``{`` or ``}``. This is its plain-ASCII form, the
+#: fast path of :func:`check_job_id`; other ids are checked character by character (see there).
+JOB_ID_RE = re.compile(r"[!-z|~]{1,200}")
+MAX_JOB_ID = 200
+#: The ids the schedules' jobs get (``<schedule name>@<tick ms>``, see ``lua/cron.lua``): no producer may take one.
+SCHEDULE_JOB_ID_RE = re.compile(NAME_RE.pattern + r"@[0-9]+")
 
 # The order is the KEYS layout documented in lua/lib.lua.
 QUEUE_KEY_NAMES = (
@@ -39,10 +45,46 @@ def check_name(kind: str, value: str) -> str:
 
 
 def check_job_id(value: str) -> str:
-    """Return ``value`` if it is a valid job id, else raise ValueError."""
-    if not isinstance(value, str) or not JOB_ID_RE.fullmatch(value):
-        raise ValueError(f"invalid job id {value!r}: use 1-200 printable characters without spaces, '{{' or '}}'")
+    """Return ``value`` if it is a valid job id, else raise ValueError (TypeError if it is not a string).
+
+    Printable means no character of the Unicode categories C (controls, format characters such as bidi
+    overrides, private use, surrogates, unassigned) or Z (spaces of any kind, line and paragraph
+    separators): an id reads the same wherever it is shown.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"a job id must be a string, not {type(value).__name__}")
+    if JOB_ID_RE.fullmatch(value) or (not value.isascii() and _printable(value)):
+        return value
+    raise ValueError(f"invalid job id {_shown(value)}: use 1-200 printable characters without spaces, '{{' or '}}'")
+
+
+def check_new_job_id(value: str) -> str:
+    """:func:`check_job_id` for the id a producer gives a new job: the ids of schedules' jobs are reserved."""
+    check_job_id(value)
+    if "@" in value and SCHEDULE_JOB_ID_RE.fullmatch(value):
+        raise ValueError(
+            f"job id {value!r} is reserved: <name>@<digits> is the id of a schedule's job (one per tick); "
+            "give an id of another form (e.g. without '@')"
+        )
     return value
+
+
+def _printable(value: str) -> bool:
+    """Whether ``value`` (not all ASCII) is a job id: the slow path of :func:`check_job_id`."""
+    if not 0 < len(value) <= MAX_JOB_ID:
+        return False
+    for char in value:
+        if char.isascii():
+            if not ("!" <= char <= "~" and char not in "{}"):
+                return False
+        elif unicodedata.category(char)[0] in "CZ":
+            return False
+    return True
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """``value``'s repr (which escapes unprintable characters), cut short for an error message."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
 
 
 @dataclass(frozen=True, slots=True)
