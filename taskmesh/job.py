@@ -33,7 +33,12 @@ class JobState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One job to enqueue: a task name, its JSON arguments and enqueue options."""
+    """One job to enqueue: a task name, its JSON arguments and enqueue options.
+
+    Its shape is checked here, where the mistake is made: ``args`` a list or tuple (a string would become
+    one argument per character), ``kwargs`` a mapping with string keys (``1`` and ``"1"`` would become
+    one), not both ``delay`` and ``run_at``. The values are checked when the call is enqueued.
+    """
 
     task: str
     args: Sequence[Any] = ()
@@ -43,6 +48,19 @@ class Call:
     delay: float | None = None
     run_at: datetime | None = None
     priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.args, (list, tuple)):
+            kind = type(self.args).__name__
+            raise TypeError(f"Call {self.task}: args must be a list or tuple, not {kind} (one argument: args=[value])")
+        if not isinstance(self.kwargs, Mapping):
+            raise TypeError(f"Call {self.task}: kwargs must be a mapping, not {type(self.kwargs).__name__}")
+        for key in self.kwargs:
+            if not isinstance(key, str):
+                kind = type(key).__name__
+                raise TypeError(f"Call {self.task}: keyword argument names must be strings, not {kind} {key!r}")
+        if self.delay is not None and self.run_at is not None:
+            raise ValueError(f"Call {self.task}: give delay or run_at, not both")
 
 
 # One encoder for every payload: json.dumps with options builds a new encoder per call.

@@ -16,7 +16,7 @@ from .errors import MAX_DELAY_SECONDS
 from .job import Call, Job
 from .limits import Limit
 from .schedule import Schedule
-from .store.keys import check_job_id, check_name
+from .store.keys import check_name, check_new_job_id
 
 if TYPE_CHECKING:
     from .client import Client
@@ -240,11 +240,16 @@ def check_delay(delay: float | None) -> float | None:
 
 
 def check_run_at(run_at: datetime | None) -> datetime | None:
-    """A due time at most ten years from now (a past one means now)."""
+    """A due time with its time zone, at most ten years from now (a past one means now)."""
     if run_at is None:
         return None
     if not isinstance(run_at, datetime):
         raise ValueError(f"run_at must be a datetime, not {run_at!r}")
+    if run_at.utcoffset() is None:
+        raise ValueError(
+            f"run_at must say its time zone, not {run_at.isoformat()} (naive: which zone?): "
+            "e.g. datetime.now(UTC) + timedelta(hours=1), or run_at.replace(tzinfo=ZoneInfo(...))"
+        )
     try:
         too_late = run_at.timestamp() > time.time() + MAX_DELAY_SECONDS
     except (OverflowError, ValueError):  # out of the platform's time range
@@ -277,7 +282,7 @@ class TaskCall(Generic[P, R]):
         client: Client | None = None,
     ) -> None:
         self.task = task
-        self.job_id = None if job_id is None else check_job_id(job_id)
+        self.job_id = None if job_id is None else check_new_job_id(job_id)
         if delay is not None and run_at is not None:
             raise ValueError("give delay or run_at, not both")
         self.delay = check_delay(delay)
