@@ -84,6 +84,14 @@ class Settings:
         if self.max_stalls < 0:
             raise ConfigurationError(f"max_stalls must be >= 0, not {self.max_stalls}")
 
+    def __repr__(self) -> str:
+        """The dataclass repr, with the password in ``redis_url`` masked."""
+        from .store.connect import redact  # not at the top: connect imports this module
+
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["redis_url"] = redact(self.redis_url)
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in values.items())})"
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
