@@ -88,6 +88,7 @@ class Target:
 
 def parse(url: str) -> Target:
     """Read a taskmesh Redis URL; raises ValueError for an unknown form."""
+    _check_userinfo(url)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("redis", "rediss", "unix"):
@@ -509,14 +510,36 @@ async def axread(conn: aredis.Redis, streams: dict[Any, Any], count: int, block:
 def redact(url: str) -> str:
     """``url`` with its passwords (user info, ``*password=`` query values) replaced by ``***``."""
     scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    tail = _QUERY_PASSWORD.sub(r"\1***", tail)
-    if not slash and "?" in netloc:  # redis://host?password=...
-        netloc = _QUERY_PASSWORD.sub(r"\1***", netloc)
-    return f"{scheme}{sep}{netloc}{slash}{tail}"
+    if not sep:
+        scheme, rest = "", url
+    userinfo, tail = _userinfo(rest)
+    if ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    return scheme + sep + userinfo + _QUERY_PASSWORD.sub(r"\1***", tail)
+
+
+def _userinfo(rest: str) -> tuple[str, str]:
+    """``rest`` (a URL after ``scheme://``) as its user info and the rest, from the ``@`` on.
+
+    The user info ends at the last ``@`` outside query values, not at the first ``/``, ``?`` or ``#`` as
+    for a URL parser: a password holding those unencoded is found whole, to be masked or refused.
+    """
+    query = rest.find("?")
+    values = rest.find("=", query) if query >= 0 else -1
+    at = rest.rfind("@", 0, values if values >= 0 else len(rest))
+    return (rest[:at], rest[at:]) if at >= 0 else ("", rest)
+
+
+def _check_userinfo(url: str) -> None:
+    """Refuse user info holding ``/``, ``?`` or ``#``: a URL parser ends the host there, and its error
+    would quote part of the password as the port."""
+    scheme, _, rest = url.partition("://")
+    userinfo, _ = _userinfo(rest)
+    if scheme.lower() != "unix" and any(char in userinfo for char in "/?#"):
+        raise ValueError(
+            "the user name or password in the Redis URL holds '/', '?' or '#': "
+            "percent-encode them (%2F, %3F, %23; '%' itself as %25)"
+        )
 
 
 def unavailable(url: str, exc: BaseException) -> RedisUnavailable:
