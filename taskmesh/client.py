@@ -342,17 +342,27 @@ class Client:
         await scripts.acall(self.adirect, "control", self.keys(queue).all, self._limit_args(limit, task))
 
     def _limit_args(self, limit: Limit | None, task: str | None) -> list[Any]:
-        name = "" if task is None else check_name("task name", task)
+        if limit is not None and not isinstance(limit, Limit):
+            raise TypeError(f"limit must be a taskmesh.Limit (e.g. Limit.parse('100/m')) or None, not {limit!r}")
+        if task is None:
+            name = ""
+        elif limit is None and isinstance(task, str) and task:
+            name = task  # removal takes any stored name, a garbage one too (QueueSettings.invalid)
+        else:
+            name = check_name("task name", task)
         return [self.settings.events_maxlen, "limit", name, "" if limit is None else limit.to_json()]
 
     @connect.guard
     def queue_settings(self, queue: str = "default") -> QueueSettings:
-        """Whether ``queue`` is paused, and its limits."""
-        return parse_settings(self.redis.hgetall(self.keys(queue).meta))  # type: ignore[arg-type]
+        """Whether ``queue`` is paused, and its limits; stored limits that cannot be read are in ``invalid``."""
+        # As bytes: a value that is not UTF-8 is reported like any other unreadable limit.
+        meta = self.redis.execute_command("HGETALL", self.keys(queue).meta, NEVER_DECODE=True)  # type: ignore[no-untyped-call]
+        return parse_settings(meta)
 
     @connect.aguard
     async def aqueue_settings(self, queue: str = "default") -> QueueSettings:
-        return parse_settings(await self.aredis.hgetall(self.keys(queue).meta))  # type: ignore[arg-type]
+        meta = await self.aredis.execute_command("HGETALL", self.keys(queue).meta, NEVER_DECODE=True)  # type: ignore[no-untyped-call]
+        return parse_settings(meta)
 
     @connect.guard
     def queues(self) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 _RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*(ms|s|m|h|d)?\s*")
@@ -84,13 +85,37 @@ class QueueSettings:
     paused: bool = False
     limit: Limit | None = None
     task_limits: dict[str, Limit] = field(default_factory=dict)
+    #: Stored limits that cannot be read, by task name ('' for the queue's own), with the reason. Workers
+    #: do not enforce them; remove one with ``set_limit(queue, None, task=name)``.
+    invalid: dict[str, str] = field(default_factory=dict)
 
 
 def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def parse_settings(meta: dict[str, str]) -> QueueSettings:
-    """Read a queue's meta hash (see ``store/lua/lib.lua``)."""
-    limits = {f[len("limit:") :]: Limit.from_json(v) for f, v in meta.items() if f.startswith("limit:")}
-    return QueueSettings(paused="paused" in meta, limit=limits.pop("", None), task_limits=limits)
+def parse_settings(meta: Mapping[str | bytes, str | bytes]) -> QueueSettings:
+    """Read a queue's meta hash (see ``store/lua/lib.lua``), as text or as bytes.
+
+    Anything may have been written there, so a limit that cannot be read is reported in
+    ``QueueSettings.invalid`` rather than raised: the other settings stay readable.
+    """
+    fields = {_text(name): value for name, value in meta.items()}
+    limits: dict[str, Limit] = {}
+    invalid: dict[str, str] = {}
+    for name, raw in fields.items():
+        if name.startswith("limit:"):
+            task = name[len("limit:") :]
+            try:
+                limits[task] = Limit.from_json(raw.decode() if isinstance(raw, bytes) else raw)
+            except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+                invalid[task] = f"{_short(_text(raw))} is not a limit ({str(exc)[:100]})"
+    return QueueSettings(paused="paused" in fields, limit=limits.pop("", None), task_limits=limits, invalid=invalid)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
