@@ -333,13 +333,15 @@ class Client:
 
         A task's ``@task(rate_limit=..., max_active=...)`` is set this way by each worker that starts.
         """
+        args = self._limit_args(limit, task)  # checked before anything is written
         self._remember(queue)
-        scripts.call(self.direct, "control", self.keys(queue).all, self._limit_args(limit, task))
+        scripts.call(self.direct, "control", self.keys(queue).all, args)
 
     @connect.aguard
     async def aset_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
+        args = self._limit_args(limit, task)
         await self._aremember(queue)
-        await scripts.acall(self.adirect, "control", self.keys(queue).all, self._limit_args(limit, task))
+        await scripts.acall(self.adirect, "control", self.keys(queue).all, args)
 
     def _limit_args(self, limit: Limit | None, task: str | None) -> list[Any]:
         if limit is not None and not isinstance(limit, Limit):
