@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -423,3 +424,121 @@ def test_schedules_are_added_listed_paused_and_removed(cli: Any, taskmesh_client
     assert "invalid cron expression '61 * * * *'" in _one_error_line(
         cli("schedules", "add", "bad", "cli.add", "--cron", "61 * * * *")
     )
+
+
+# -- what reaches a terminal -------------------------------------------------------------
+
+#: Text a terminal would act on (clear the screen, set the title, ring) or that reorders what follows it.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\u202eevil\u2066\u2028\x85"
+RAW = ("\x1b", "\x07", "\u202e", "\u2066", "\u2028", "\x85")
+
+
+def _no_raw_controls(text: str) -> None:
+    assert not [char for char in RAW if char in text], repr(text)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://user:Zq7/Xw9@localhost:6379/0", "redis://:Zq7/Xw9@localhost/0", "redis://u:Zq7#Xw9@localhost/0"],
+)
+def test_an_invalid_url_is_one_line_that_never_shows_the_password(cli: Any, url: str) -> None:
+    line = _one_error_line(cli("queues", "--redis-url", url))
+
+    assert "Zq7" not in line and "Xw9" not in line, line
+    assert "***" in line and "percent-encode" in line
+
+
+def test_status_escapes_what_a_job_chose_and_json_stays_ascii(
+    cli: Any, taskmesh_client: Client, taskmesh_drain: Any
+) -> None:
+    returned = echo.enqueue(HOSTILE)
+    bad_keyword = taskmesh_client.submit(Call(echo.name, ["x"], {HOSTILE: 1}))  # the task has no such parameter
+    taskmesh_drain([echo], raise_errors=False)
+
+    for handle in (returned, bad_keyword):
+        text, as_json = cli("status", handle.id), cli("status", handle.id, "--json")
+        assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+        _no_raw_controls(text.stdout)
+        _no_raw_controls(as_json.stdout)
+        assert "\\x1b[2J\\x1b]0;pwned\\x07\\u202eevil" in text.stdout
+    assert json.loads(cli("status", returned.id, "--json").stdout)["result"] == HOSTILE
+
+
+def test_events_escape_every_field_and_json_stays_ascii(cli: Any, taskmesh_client: Client) -> None:
+    handle = taskmesh_client.enqueue("cli.shout", "a")
+    stream = taskmesh_client.keys("default").events
+    taskmesh_client.redis.xadd(stream, {"event": "log", "job": handle.id, "message": HOSTILE})
+
+    text = cli("events", "--since", "0", "--timeout", "0.3", "--queue", "default")
+    as_json = cli("events", "--since", "0", "--timeout", "0.3", "--queue", "default", "--json")
+
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    _no_raw_controls(text.stdout)
+    _no_raw_controls(as_json.stdout)
+    assert f"log  {handle.id}  message=\\x1b[2J" in text.stdout
+    assert json.loads(as_json.stdout.splitlines()[-1])["message"] == HOSTILE
+
+
+def test_render_escapes_job_ids_names_and_data_read_from_a_stream() -> None:
+    from taskmesh.cli.events import render
+
+    line = render(Event("1700000000000-0", "default", "log\x1b[1m", "job\u202eid", {"k\x1b": "v\u2028w"}))
+
+    _no_raw_controls(line)
+    assert line.endswith("default  log\\x1b[1m  job\\u202eid  k\\x1b=v\\u2028w")
+
+
+def test_log_lines_of_the_command_line_are_escaped() -> None:
+    from taskmesh.cli.common import EscapingFormatter
+
+    formatter = EscapingFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("taskmesh", logging.WARNING, __file__, 1, "job %s: %s", ("a\u202eb", HOSTILE), None)
+    try:
+        raise ValueError(HOSTILE)
+    except ValueError:
+        record.exc_info = sys.exc_info()
+
+    text = formatter.format(record)
+
+    _no_raw_controls(text)
+    assert text.startswith("WARNING job a\\u202eb: \\x1b[2J")
+    assert "ValueError: \\x1b[2J" in text and "\nTraceback" in text  # a traceback keeps its lines
+
+
+def test_limit_and_queues_show_an_unreadable_stored_limit_and_clear_removes_it(
+    cli: Any, taskmesh_client: Client
+) -> None:
+    taskmesh_client.redis.hset(taskmesh_client.keys("math").meta, "limit:cli.bad", "not json")
+    taskmesh_client.redis.sadd(f"{{{taskmesh_client.settings.prefix}}}:queues", "math")
+
+    capped = cli("limit", "math", "--task", "cli.add", "--max-active", "1")
+    queues = cli("queues")
+
+    assert capped.returncode == 0 and queues.returncode == 0, capped.stderr + queues.stderr
+    assert capped.stdout.splitlines()[1:] == [
+        "  task cli.add: max_active=1",
+        "  task cli.bad: invalid stored limit, ignored by workers: 'not json' is not a limit "
+        "(Expecting value: line 1 column 1 (char 0)); remove it: taskmesh limit math --task cli.bad --clear",
+    ]
+    assert "math: task cli.add: max_active=1; task cli.bad: invalid limit (taskmesh limit math)" in queues.stdout
+    assert json.loads(cli("queues", "--json").stdout)["settings"]["math"]["invalid_limits"].keys() == {"cli.bad"}
+
+    cleared = cli("limit", "math", "--task", "cli.bad", "--clear")
+    assert cleared.stdout.splitlines() == ["math: running; queue limit: none", "  task cli.add: max_active=1"]
+    assert taskmesh_client.queue_settings("math").invalid == {}
+
+
+def test_queues_and_events_skip_a_name_in_the_set_of_queues_that_is_no_queue_name(
+    cli: Any, taskmesh_client: Client
+) -> None:
+    handle = taskmesh_client.enqueue("cli.shout", "a")
+    taskmesh_client.redis.sadd(f"{{{taskmesh_client.settings.prefix}}}:queues", "bad name" + HOSTILE)
+
+    queues = cli("queues")
+    events = cli("events", "--since", "0", "--timeout", "0.3")
+
+    assert queues.returncode == 0 and events.returncode == 0, queues.stderr + events.stderr
+    assert "default" in queues.stdout and handle.id in events.stdout
+    for result in (queues, events):
+        _no_raw_controls(result.stdout + result.stderr)
+        assert "taskmesh: ignoring 'bad name\\x1b[2J" in result.stderr

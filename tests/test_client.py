@@ -372,6 +372,100 @@ def test_invalid_task_name_or_priority_is_refused_and_nothing_written(taskmesh_c
     assert stored_keys(taskmesh_client) == []
 
 
+@pytest.mark.parametrize("args", ["hello", b"ab", {"a": 1}], ids=["str", "bytes", "dict"])
+def test_call_args_that_are_not_a_list_or_tuple_are_refused_where_the_call_is_made(args: Any) -> None:
+    # Before: "hello" became five arguments, b"ab" the ints 97 and 98, a dict its keys.
+    with pytest.raises(TypeError, match=r"args must be a list or tuple, not (str|bytes|dict)"):
+        Call(echo.name, args)
+
+
+def test_call_keyword_names_that_are_not_strings_are_refused() -> None:
+    # Before: {1: "a", "1": "b"} was stored as {"1": "b"}, one argument lost.
+    with pytest.raises(TypeError, match=r"keyword argument names must be strings, not int 1"):
+        Call(echo.name, [], {1: "a", "1": "b"})
+
+
+def _tampered(**fields: Any) -> Call:
+    """A call whose fields were changed past the checks of its construction."""
+    call = Call(echo.name, ["ok"])
+    for name, value in fields.items():
+        object.__setattr__(call, name, value)
+    return call
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "words"),
+    [
+        ({"args": "hello"}, TypeError, "args must be a list or tuple"),
+        ({"args": b"ab"}, TypeError, "args must be a list or tuple"),
+        ({"args": {"a": 1}}, TypeError, "args must be a list or tuple"),
+        ({"kwargs": {1: "a", "1": "b"}}, TypeError, "keyword argument names must be strings"),
+        ({"delay": 5, "run_at": datetime.now(UTC) + timedelta(hours=1)}, ValueError, "delay or run_at, not both"),
+    ],
+)
+def test_every_enqueue_path_checks_a_call_again_and_a_bad_one_writes_nothing(
+    taskmesh_client: Client, fields: dict[str, Any], error: type[Exception], words: str
+) -> None:
+    bad = _tampered(**fields)
+    with pytest.raises(error, match=words):
+        taskmesh_client.submit(bad)
+    with pytest.raises(error, match=words):
+        taskmesh_client.enqueue_many([add.call(1, 2), echo.options(queue="other").call("x"), bad])
+
+    async def main() -> None:
+        try:
+            with pytest.raises(error, match=words):
+                await taskmesh_client.aenqueue_many([add.call(1, 2), bad])
+            with pytest.raises(error, match=words):
+                await taskmesh_client.asubmit(bad)
+        finally:
+            await taskmesh_client.aclose()
+
+    asyncio.run(main())
+    assert stored_keys(taskmesh_client) == []
+
+
+def test_keyword_names_reach_enqueue_only_as_strings(taskmesh_client: Client) -> None:
+    # Through ``**`` Python itself refuses other keys; through a Call, the Call does (above).
+    with pytest.raises(TypeError, match="must be strings"):
+        taskmesh_client.enqueue(echo, **{1: "a"})  # type: ignore[misc]
+    with pytest.raises(TypeError, match="must be strings"):
+        echo.enqueue(**{1: "a"})  # type: ignore[misc]
+    with pytest.raises(TypeError, match="must be strings"):
+        echo.call(**{1: "a"})  # type: ignore[misc]
+    assert echo.call(**{"1": "b"}).kwargs == {"1": "b"}
+    assert stored_keys(taskmesh_client) == []
+
+
+def test_delay_with_run_at_is_refused_in_every_form(taskmesh_client: Client) -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    with pytest.raises(ValueError, match="delay or run_at, not both"):
+        Call(add.name, [1, 2], delay=5, run_at=later)
+    with pytest.raises(ValueError, match="delay or run_at, not both"):
+        add.options(delay=5, run_at=later)
+    assert stored_keys(taskmesh_client) == []
+
+
+def test_a_run_at_without_time_zone_is_refused_and_nothing_written(taskmesh_client: Client) -> None:
+    naive = datetime.now() + timedelta(hours=1)  # the mistake under test
+    with pytest.raises(ValueError, match="run_at must say its time zone"):
+        add.options(run_at=naive)
+    with pytest.raises(ValueError, match="run_at must say its time zone"):
+        taskmesh_client.submit(Call(add.name, [1, 2], run_at=naive))
+    with pytest.raises(ValueError, match="run_at must say its time zone"):
+        taskmesh_client.enqueue_many([add.call(1, 2), Call(add.name, [1, 2], run_at=naive)])
+    assert stored_keys(taskmesh_client) == []
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert add.options(run_at=later).enqueue(1, 2).status().state is JobState.DELAYED
+
+
+def test_repr_of_a_client_hides_the_redis_password() -> None:
+    for url, secret in [("redis://app:s3cret@h:1/0", "s3cret"), ("redis://:Zq7/Xw9@h/0", "Zq7")]:
+        client = Client(url, prefix="p")
+        assert secret not in repr(client) and secret not in repr(client.settings)
+        assert "***" in repr(client)
+
+
 # -- status and results ------------------------------------------------------------------
 
 

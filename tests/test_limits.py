@@ -1,10 +1,14 @@
-"""Large batches and retention under load: scripts handle any batch size and keep finished jobs bounded."""
+"""Large batches and retention under load: scripts handle any batch size and keep finished jobs bounded.
+Stored limits that cannot be read: reported, never in the way of the others, removable."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
-from taskmesh import Client, WorkerStats, task
+import pytest
+
+from taskmesh import Client, Limit, WorkerStats, task
 from taskmesh.store import scripts
 from taskmesh.store.scripts import Update
 
@@ -55,3 +59,50 @@ def test_one_step_leases_and_completes_ten_thousand_jobs(taskmesh_client: Client
     accepted, _, _ = scripts.parse_step(reply)
     assert all(accepted)
     assert stored(taskmesh_client) == (50, 50, 50)
+
+
+GARBAGE = {
+    "limit:": "[1, 2]",  # the queue's own limit
+    "limit:limits.bad": "not json",
+    "limit:limits.empty": "{}",
+    "limit:limits.binary": b"\xff\xfe{",
+    "limit:limits.deep": "[" * 100_000 + "]" * 100_000,
+}
+
+
+def test_a_stored_limit_that_cannot_be_read_is_reported_and_the_others_stay_readable(taskmesh_client: Client) -> None:
+    taskmesh_client.set_limit("default", Limit(max_active=2), task="limits.noop")
+    taskmesh_client.redis.hset(taskmesh_client.keys("default").meta, mapping=GARBAGE)  # type: ignore[arg-type]
+    taskmesh_client.pause("default")
+
+    # Setting another task's limit writes it and reads the settings back (this raised after writing).
+    taskmesh_client.set_limit("default", Limit.parse("5/s"), task="limits.other")
+    settings = taskmesh_client.queue_settings("default")
+
+    assert settings.paused and settings.limit is None
+    assert settings.task_limits == {"limits.noop": Limit(max_active=2), "limits.other": Limit.parse("5/s")}
+    assert set(settings.invalid) == {"", "limits.bad", "limits.empty", "limits.binary", "limits.deep"}
+    assert "'not json' is not a limit" in settings.invalid["limits.bad"]
+    assert asyncio.run(taskmesh_client.aqueue_settings("default")).invalid == settings.invalid
+
+
+def test_an_unreadable_stored_limit_is_removed_by_clearing_it(taskmesh_client: Client) -> None:
+    taskmesh_client.redis.hset(taskmesh_client.keys("default").meta, mapping=GARBAGE)  # type: ignore[arg-type]
+    taskmesh_client.redis.hset(taskmesh_client.keys("default").meta, "limit:not a task name", '{"max":1}')
+    assert taskmesh_client.queue_settings("default").task_limits == {"not a task name": Limit(max_active=1)}
+
+    taskmesh_client.set_limit("default", None)
+    for name in ("limits.bad", "limits.empty", "limits.binary", "limits.deep", "not a task name"):
+        taskmesh_client.set_limit("default", None, task=name)
+
+    settings = taskmesh_client.queue_settings("default")
+    assert (settings.limit, settings.task_limits, settings.invalid) == (None, {}, {})
+    assert taskmesh_client.redis.hgetall(taskmesh_client.keys("default").meta) == {}
+    with pytest.raises(ValueError, match="invalid task name"):  # a limit is set only under a valid name
+        taskmesh_client.set_limit("default", Limit(max_active=1), task="not a task name")
+
+
+def test_set_limit_refuses_what_is_not_a_limit(taskmesh_client: Client) -> None:
+    with pytest.raises(TypeError, match=r"Limit.parse\('100/m'\)"):
+        taskmesh_client.set_limit("default", "100/m")  # type: ignore[arg-type]
+    assert list(taskmesh_client.redis.scan_iter(match=f"{{{taskmesh_client.settings.prefix}*")) == []

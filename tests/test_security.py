@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from redis.crc import key_slot
 
-from taskmesh import Client, JobFailed, task
+from taskmesh import Call, Client, JobFailed, JobNotFound, task
 from taskmesh.store.keys import QUEUE_KEY_NAMES, QueueKeys, check_job_id, check_name
 from taskmesh.testing import RunningWorker
 
@@ -80,3 +80,63 @@ def test_every_key_of_a_queue_shares_one_slot_and_no_other_queue_has_it(prefix: 
     assert all(k.startswith(f"{{{prefix}:{queue}}}:") for k in keys.all)
     other = QueueKeys.of(prefix, queue + "x")
     assert not set(keys.all) & set(other.all)
+
+
+INVISIBLE = {
+    "C1 control": "job\x85id",
+    "C1 CSI": "job\x9b2J",
+    "line separator": "job\u2028id",
+    "paragraph separator": "job\u2029id",
+    "right-to-left override": "invoice-\u202egpj.exe",
+    "left-to-right isolate": "job\u2066id",
+    "no-break space": "job\u00a0id",
+    "ideographic space": "job\u3000id",
+    "zero-width space": "job\u200bid",
+    "byte order mark": "\ufeffjob",
+    "private use": "job\ue000",
+    "lone surrogate": "job\ud800",
+    "unassigned": "job\u0378",
+}
+
+
+@pytest.mark.parametrize("bad", INVISIBLE.values(), ids=INVISIBLE.keys())
+def test_job_ids_with_invisible_or_reordering_characters_are_refused_and_nothing_written(
+    taskmesh_client: Client, bad: str
+) -> None:
+    with pytest.raises(ValueError, match="invalid job id"):
+        check_job_id(bad)
+    with pytest.raises(ValueError, match="invalid job id"):
+        echo.options(job_id=bad)
+    with pytest.raises(ValueError, match="invalid job id"):
+        taskmesh_client.enqueue_many([echo.call("ok"), Call(echo.name, ["x"], job_id=bad)])
+    with pytest.raises(ValueError, match="invalid job id"):
+        taskmesh_client.cancel(bad)
+    assert list(taskmesh_client.redis.scan_iter(match=f"{{{taskmesh_client.settings.prefix}*")) == []
+
+
+def test_printable_unicode_job_ids_are_kept_up_to_200_characters(taskmesh_client: Client) -> None:
+    for job_id in ("rapport-été-2026", "注文-42", "emoji-🙂", "ü" * 200):
+        handle = echo.options(job_id=job_id).enqueue("x")
+        assert (handle.id, handle.created, handle.status().id) == (job_id, True, job_id)
+    with pytest.raises(ValueError, match="invalid job id"):
+        echo.options(job_id="ü" * 201)
+    with pytest.raises(TypeError, match="job id must be a string"):
+        check_job_id(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reserved", ["nightly@1767225600000", "reports.daily:eu-1@0", "x@42"])
+def test_a_producer_cannot_take_the_id_of_a_schedules_tick(taskmesh_client: Client, reserved: str) -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        echo.options(job_id=reserved)
+    with pytest.raises(ValueError, match="reserved"):
+        taskmesh_client.submit(Call(echo.name, ["x"], job_id=reserved))
+    with pytest.raises(ValueError, match="reserved"):
+        taskmesh_client.enqueue_many([echo.call("ok"), Call(echo.name, ["x"], job_id=reserved)])
+    assert list(taskmesh_client.redis.scan_iter(match=f"{{{taskmesh_client.settings.prefix}*")) == []
+    with pytest.raises(JobNotFound):  # the schedule's job itself can still be looked up and cancelled
+        taskmesh_client.cancel(reserved)
+
+
+@pytest.mark.parametrize("job_id", ["user@example.com", "nightly@", "@1767225600000", "nightly@12x", "a@1@2"])
+def test_ids_with_an_at_sign_outside_the_schedule_form_are_kept(taskmesh_client: Client, job_id: str) -> None:
+    assert echo.options(job_id=job_id).enqueue("x").status().id == job_id

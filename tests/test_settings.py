@@ -118,3 +118,19 @@ def test_replace_validates_like_load() -> None:
         Settings().replace(lease_seconds=1, renew_interval=2)
     short = Settings().replace(lease_seconds=1, renew_interval=0.3, sweep_interval=0.2)
     assert (short.lease_seconds, short.renew_interval) == (1, 0.3)
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("redis://app:s3cret@h:1/0", "s3cret"),
+        ("redis://:Zq7/Xw9@h/0", "Zq7"),  # a '/' in the password once ended the masking there
+        ("redis://:Zq7/Xw9@h/0", "Xw9"),
+        ("redis+sentinel://:pw1@a:1,b:2/m?sentinel_password=Xw9", "Xw9"),
+    ],
+)
+def test_repr_of_settings_hides_the_redis_password(url: str, secret: str) -> None:
+    settings = Settings(redis_url=url)
+    assert secret not in repr(settings) and secret not in str(settings)
+    assert "***" in repr(settings) and "prefix='taskmesh'" in repr(settings)
+    assert settings.redis_url == url

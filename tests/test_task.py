@@ -162,6 +162,9 @@ def test_options_describe_one_call_without_changing_the_task() -> None:
         ({"priority": 5000}, "priority must be"),
         ({"queue": "a b"}, "invalid queue name"),
         ({"delay": 1, "run_at": datetime(2030, 1, 1, tzinfo=UTC)}, "delay or run_at"),
+        ({"run_at": datetime(2030, 1, 1)}, "run_at must say its time zone"),
+        ({"job_id": "nightly@1767225600000"}, "reserved"),
+        ({"job_id": "invoice-\u202egpj.exe"}, "invalid job id"),
     ],
 )
 def test_invalid_call_options_are_refused(options: dict[str, Any], words: str) -> None:

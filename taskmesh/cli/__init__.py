@@ -16,7 +16,7 @@ import redis
 
 from ..errors import RedisUnavailable, TaskmeshError
 from . import control, enqueue, events, plugins, queues, run, schedules, status, tasks
-from .common import EXIT_ERROR, EXIT_UNREACHABLE, CliError, load_settings, unreachable
+from .common import EXIT_ERROR, EXIT_UNREACHABLE, CliError, EscapingFormatter, escape, load_settings, unreachable
 
 COMMANDS = (run, enqueue, status, control, queues, schedules, tasks, plugins, events)
 
@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (the console script exits with it)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     try:
         code: int = args.handler(args)
     except CliError as exc:
@@ -58,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(message: str, code: int = EXIT_ERROR) -> int:
     first = message.strip().splitlines()[0] if message.strip() else "error"
-    print(f"taskmesh: {first}", file=sys.stderr)
+    print(f"taskmesh: {escape(first)}", file=sys.stderr)
     return code
 
 

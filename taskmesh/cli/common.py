@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from ..client import Client
 from ..settings import Settings
 from ..store import connect as connections
+from ..store.keys import NAME_RE
 
 #: Exit codes: 1 for a usage or library error, 2 when Redis cannot be reached.
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 2
 
 CONNECTION_ERRORS = connections.UNAVAILABLE_ERRORS
+# What a terminal acts on or what reorders the text around it: C0 and C1 controls, DEL, bidi marks,
+# embeddings, overrides and isolates, line and paragraph separators.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 class CliError(Exception):
@@ -77,12 +84,50 @@ def connect(settings: Settings) -> Client:
     return Client(settings=settings)
 
 
+def escape(value: object) -> str:
+    r"""``str(value)`` fit for a terminal: the characters it would act on written as escapes (``\x1b``,
+    ``\u202e``, ``\n``). Everything read from Redis (job ids, task names, errors, events) goes through it."""
+    return _UNSAFE.sub(_escaped, str(value))
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+class EscapingFormatter(logging.Formatter):
+    """A log formatter that passes each line through :func:`escape`: log messages quote job ids, task names
+    and errors, which anyone who can write to Redis chooses."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(escape(line) for line in super().formatException(ei).split("\n"))
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(escape(line) for line in super().formatStack(stack_info).split("\n"))
+
+
+def valid_queues(names: Iterable[str]) -> list[str]:
+    """``names`` without those that are no queue name (the set of queues in Redis may hold anything),
+    each left out with a line on stderr."""
+    valid = []
+    for name in names:
+        if NAME_RE.fullmatch(name):
+            valid.append(name)
+        else:
+            print(f"taskmesh: ignoring {escape(repr(name))} in the set of queues: not a queue name", file=sys.stderr)
+    return valid
+
+
 def print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, default=str)
+    """``value`` as JSON; ``ensure_ascii`` escapes every control and non-ASCII character in it."""
+    json.dump(value, sys.stdout, indent=2, default=str, ensure_ascii=True)
     sys.stdout.write("\n")
 
 
 def table(rows: list[list[str]]) -> str:
-    """Left-aligned columns separated by two spaces."""
+    """Left-aligned columns separated by two spaces, each cell through :func:`escape`."""
+    rows = [[escape(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)

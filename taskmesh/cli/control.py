@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from ..limits import Limit
-from .common import CliError, add_common_options, connect, load_settings
+from .common import CliError, add_common_options, connect, escape, load_settings
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "limit",
         help="set or clear a queue's or a task's limits",
         description="Limit job starts (--rate N/s, N/m, N/h, N/10s ...) and jobs active at once (--max-active) "
-        "in a queue, or for one task in it (--task), for every worker. Without limits: show them.",
+        "in a queue, or for one task in it (--task), for every worker. Without limits: show them. A stored limit "
+        "that cannot be read is shown as invalid (workers ignore it); --clear removes it.",
     )
     limit.add_argument("queue", metavar="QUEUE")
     limit.add_argument("--task", metavar="NAME", help="limit this task's jobs in the queue")
@@ -44,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cancel_command(args: argparse.Namespace) -> int:
     client = connect(load_settings(args))
     try:
-        print(client.cancel(args.job_id, args.queue))
+        print(escape(client.cancel(args.job_id, args.queue)))
     finally:
         client.close()
     return 0
@@ -82,5 +84,9 @@ def limit_command(args: argparse.Namespace) -> int:
         client.close()
     print(f"{args.queue}: {'paused' if settings.paused else 'running'}; queue limit: {settings.limit or 'none'}")
     for name, task_limit in sorted(settings.task_limits.items()):
-        print(f"  task {name}: {task_limit}")
+        print(f"  task {escape(name)}: {task_limit}")
+    for name, reason in sorted(settings.invalid.items()):
+        where = f"task {escape(name)}" if name else "queue"
+        clear = f"taskmesh limit {args.queue}{f' --task {escape(shlex.quote(name))}' if name else ''} --clear"
+        print(f"  {where}: invalid stored limit, ignored by workers: {escape(reason)}; remove it: {clear}")
     return 0

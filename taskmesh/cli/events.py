@@ -8,7 +8,7 @@ from datetime import datetime
 
 from ..client import Client
 from ..events import Event
-from .common import add_common_options, check_redis, load_settings
+from .common import add_common_options, check_redis, escape, load_settings, valid_queues
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,9 +36,9 @@ def command(args: argparse.Namespace) -> int:
     check_redis(settings.redis_url)
     client = Client(settings=settings)
     try:
-        queues = args.queues or sorted({*client.queues(), *settings.queues})
+        queues = args.queues or valid_queues(sorted({*client.queues(), *settings.queues}))
         for event in client.events(queues, since=args.since, timeout=args.timeout):
-            print(json.dumps(event.to_dict()) if args.json else render(event), flush=True)
+            print(json.dumps(event.to_dict(), ensure_ascii=True) if args.json else render(event), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
@@ -47,8 +47,10 @@ def command(args: argparse.Namespace) -> int:
 
 
 def render(event: Event) -> str:
-    """``time  queue  event  job  key=value ...``; the time comes from the stream id (Redis clock)."""
+    """``time  queue  event  job  key=value ...``; the time comes from the stream id (Redis clock).
+
+    Every field is escaped for the terminal: whoever can write to Redis chooses them."""
     millis = int(event.id.partition("-")[0])
     when = datetime.fromtimestamp(millis / 1000).isoformat(sep=" ", timespec="milliseconds")
-    data = " ".join(f"{key}={value}" for key, value in event.data.items())
-    return f"{when}  {event.queue}  {event.name}  {event.job_id}  {data}".rstrip()
+    data = " ".join(f"{escape(key)}={escape(value)}" for key, value in event.data.items())
+    return f"{when}  {event.queue}  {escape(event.name)}  {escape(event.job_id)}  {data}".rstrip()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..client import STATES
-from .common import add_common_options, connect, load_settings, print_json, table
+from .common import add_common_options, connect, escape, load_settings, print_json, table, valid_queues
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +24,7 @@ def command(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     client = connect(settings)
     try:
-        names = client.queues()
+        names = valid_queues(client.queues())
         counts = {queue: client.counts(queue) for queue in names}
         flow_settings = {queue: client.queue_settings(queue) for queue in names}
         workers = client.workers()
@@ -36,6 +36,7 @@ def command(args: argparse.Namespace) -> int:
                 "paused": s.paused,
                 "limit": str(s.limit) if s.limit else None,
                 "task_limits": {t: str(limit) for t, limit in s.task_limits.items()},
+                "invalid_limits": s.invalid,
             }
             for queue, s in flow_settings.items()
         }
@@ -47,12 +48,15 @@ def command(args: argparse.Namespace) -> int:
         print(table(rows))
         for queue, s in flow_settings.items():
             notes = (["paused"] if s.paused else []) + ([f"limit {s.limit}"] if s.limit else [])
-            notes += [f"task {t}: {limit}" for t, limit in sorted(s.task_limits.items())]
+            notes += [f"task {escape(t)}: {limit}" for t, limit in sorted(s.task_limits.items())]
+            notes += [
+                f"{f'task {escape(t)}' if t else 'queue'}: invalid limit (taskmesh limit {queue})" for t in s.invalid
+            ]
             if notes:
                 print(f"{queue}: {'; '.join(notes)}")
     else:
         print(f"no queues under prefix {settings.prefix!r}")
     print(f"\n{len(workers)} live worker(s)" + (":" if workers else ""))
     for worker in workers:
-        print(f"  {worker}")
+        print(f"  {escape(worker)}")
     return 0

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..job import JobState, JobStatus
-from .common import CliError, add_common_options, connect, load_settings, print_json
+from .common import CliError, add_common_options, connect, escape, load_settings, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,7 +36,7 @@ def command(args: argparse.Namespace) -> int:
 
 
 def render(status: JobStatus) -> str:
-    """A short human-readable summary, one field a line."""
+    """A short human-readable summary, one field a line, every value escaped for the terminal."""
     fields: list[tuple[str, Any]] = [
         ("job", status.id),
         ("task", status.task),
@@ -63,10 +63,10 @@ def render(status: JobStatus) -> str:
             fields.append((name, _time(when)))
     if status.worker:
         fields.append(("worker", status.worker))
-    lines = [f"{name + ':':<10} {value}" for name, value in fields]
+    lines = [f"{name + ':':<10} {escape(value)}" for name, value in fields]
     if status.logs:
         lines.append("logs:")
-        lines.extend(f"  {line}" for line in status.logs)
+        lines.extend(f"  {escape(line)}" for line in status.logs)
     return "\n".join(lines)
 
 

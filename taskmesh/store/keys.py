@@ -11,8 +11,8 @@ import unicodedata
 from dataclasses import dataclass
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")
-#: A job id: 1-200 printable characters without spaces, ``{`` or ``}``. This is its plain-ASCII form, the
-#: fast path of :func:`check_job_id`; other ids are checked character by character (see there).
+#: A job id in plain ASCII: 1-200 printable characters without spaces, ``{`` or ``}``. The fast path of
+#: :func:`is_job_id`, which also takes printable non-ASCII characters (use it to check an id).
 JOB_ID_RE = re.compile(r"[!-z|~]{1,200}")
 MAX_JOB_ID = 200
 #: The ids the schedules' jobs get (``<schedule name>@<tick ms>``, see ``lua/cron.lua``): no producer may take one.
@@ -51,17 +51,28 @@ def check_job_id(value: str) -> str:
     overrides, private use, surrogates, unassigned) or Z (spaces of any kind, line and paragraph
     separators): an id reads the same wherever it is shown.
     """
+    if isinstance(value, str) and JOB_ID_RE.fullmatch(value):  # the common case first: enqueue is hot
+        return value
     if not isinstance(value, str):
         raise TypeError(f"a job id must be a string, not {type(value).__name__}")
-    if JOB_ID_RE.fullmatch(value) or (not value.isascii() and _printable(value)):
+    if not value.isascii() and _printable(value):
         return value
     raise ValueError(f"invalid job id {_shown(value)}: use 1-200 printable characters without spaces, '{{' or '}}'")
 
 
+def is_job_id(value: object) -> bool:
+    """Whether ``value`` is a valid job id (see :func:`check_job_id`); :data:`JOB_ID_RE` alone is its ASCII part."""
+    if not isinstance(value, str):
+        return False
+    return JOB_ID_RE.fullmatch(value) is not None or (not value.isascii() and _printable(value))
+
+
 def check_new_job_id(value: str) -> str:
     """:func:`check_job_id` for the id a producer gives a new job: the ids of schedules' jobs are reserved."""
+    if isinstance(value, str) and "@" not in value and JOB_ID_RE.fullmatch(value):
+        return value
     check_job_id(value)
-    if "@" in value and SCHEDULE_JOB_ID_RE.fullmatch(value):
+    if SCHEDULE_JOB_ID_RE.fullmatch(value):
         raise ValueError(
             f"job id {value!r} is reserved: <name>@<digits> is the id of a schedule's job (one per tick); "
             "give an id of another form (e.g. without '@')"
