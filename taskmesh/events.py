@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .store.keys import check_job_id
 
 #: Every event name a script emits.
 EVENT_NAMES = (
@@ -27,6 +30,13 @@ EVENT_NAMES = (
     "tick_skipped",  # a schedule's tick passed unfired (job empty; data: schedule, tick ms, reason)
 )
 FINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
+#: Keys of ``Event.to_dict`` a data field would overwrite.
+_RESERVED = frozenset({"id", "queue"})
+
+
+class MalformedEvent(ValueError):
+    """A stream entry that is not an event taskmesh could have written (another program wrote it, or
+    wrote over it). Raised by :meth:`Event.parse`; the message says what is wrong, never the values."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,5 +56,46 @@ class Event:
         job_id = data.pop("job", "")
         return cls(id=entry_id, queue=queue, name=name, job_id=job_id, data=data)
 
+    @classmethod
+    def parse(cls, queue: str, entry_id: str, fields: object, *, max_bytes: int) -> Event:
+        """``from_entry`` for an entry read from Redis, which anything with access may have written.
+
+        Raises :class:`MalformedEvent` unless ``fields`` maps text to text, valid UTF-8 (a reply decoded
+        with ``surrogateescape`` carries invalid bytes as lone surrogates) of at most ``max_bytes`` in
+        all, with a known ``event`` name, a ``job`` that is empty (a queue event) or a valid job id, and
+        no data field named ``id`` or ``queue`` (it would overwrite the event's own in ``to_dict``).
+        """
+        if not isinstance(fields, Mapping) or not fields:
+            raise MalformedEvent("no fields")
+        size = 0
+        for key, value in fields.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise MalformedEvent("a field that is not text")
+            size += _utf8_size(key) + _utf8_size(value)
+            if size > max_bytes:
+                raise MalformedEvent(f"fields larger than {max_bytes} bytes")
+        name, job_id = fields.get("event"), fields.get("job")
+        if name not in EVENT_NAMES:
+            raise MalformedEvent("no event name" if name is None else "an unknown event name")
+        if job_id is None:
+            raise MalformedEvent("no job field")
+        if job_id:
+            try:
+                check_job_id(job_id)
+            except ValueError:
+                raise MalformedEvent("an invalid job id") from None
+        if not _RESERVED.isdisjoint(fields):
+            raise MalformedEvent("a data field named id or queue")
+        return cls.from_entry(queue, entry_id, dict(fields))
+
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "queue": self.queue, "event": self.name, "job": self.job_id, **self.data}
+
+
+def _utf8_size(text: str) -> int:
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        raise MalformedEvent("text that is not valid UTF-8") from None

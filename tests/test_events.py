@@ -104,3 +104,40 @@ def test_a_single_queue_name_may_be_given_as_a_string(taskmesh_client: Client) -
     handle = fail.enqueue()
     [event] = taskmesh_client.events("other", since="0", timeout=0)
     assert (event.queue, event.name, event.job_id) == ("other", "enqueued", handle.id)
+
+
+def test_parse_takes_the_entries_taskmesh_writes() -> None:
+    entries = [
+        {"event": "active", "job": "0123abcd", "attempt": "1"},
+        {"event": "enqueued", "job": "rapport-été-№1"},  # a job id may be printable non-ASCII
+        {"event": "limited", "job": "", "task": "reports.export", "limit": '{"rate":5,"per":1000}'},
+        {"event": "log", "job": "j1", "message": "ünïcode ✓"},
+    ]
+    for fields in entries:
+        assert Event.parse("q", "1-0", fields, max_bytes=1024) == Event.from_entry("q", "1-0", fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        (None, "no fields"),
+        ([("event", "enqueued")], "no fields"),
+        ({}, "no fields"),
+        ({"event": "enqueued", "job": 7}, "a field that is not text"),
+        ({"job": "j1"}, "no event name"),
+        ({"event": "exploded", "job": "j1"}, "an unknown event name"),
+        ({"event": "enqueued"}, "no job field"),
+        ({"event": "enqueued", "job": "a b"}, "an invalid job id"),
+        ({"event": "enqueued", "job": "x" * 201}, "an invalid job id"),
+        ({"event": "enqueued", "job": "j\u202e1"}, "an invalid job id"),
+        ({"event": "enqueued", "job": "j1", "id": "0-1"}, "a data field named id or queue"),
+        ({"event": "enqueued", "job": "j1", "queue": "other"}, "a data field named id or queue"),
+        ({"event": "log", "job": "j1", "message": "é" * 600}, "fields larger than 1024 bytes"),
+        ({"event": "log", "job": "j1", "message": b"\xff".decode("utf-8", "surrogateescape")}, "not valid UTF-8"),
+    ],
+)
+def test_parse_refuses_an_entry_taskmesh_could_not_have_written(fields: object, reason: str) -> None:
+    from taskmesh.events import MalformedEvent
+
+    with pytest.raises(MalformedEvent, match=reason):
+        Event.parse("q", "1-0", fields, max_bytes=1024)

@@ -213,3 +213,165 @@ def test_a_burst_worker_delivers_its_last_events_before_it_returns(taskmesh_clie
 def test_an_unknown_sink_is_a_start_up_error_naming_the_known_ones() -> None:
     with pytest.raises(ConfigurationError, match=r"unknown sink\(s\) nope in the sinks setting; known sinks: log"):
         Worker.create(Registry([double]), Settings(sinks=("nope",)), entry_points=False)
+
+
+# -- hostile entries: anything that can write to Redis can write to a stream or a job record ---------
+
+
+def pending(taskmesh_client: Client, group: str) -> int:
+    return int(taskmesh_client.redis.xpending(taskmesh_client.keys("default").events, group)["pending"])
+
+
+@pytest.mark.parametrize(
+    ("record", "task"),
+    [
+        pytest.param(b"[1, 2]", None, id="a JSON list"),
+        pytest.param(b"42", None, id="a JSON number"),
+        pytest.param(b"not JSON", None, id="not JSON"),
+        pytest.param(b"\xff\xfe{}", None, id="invalid UTF-8"),
+        pytest.param(b"[" * 100_000, None, id="nested past the parser's depth"),
+        pytest.param(b'{"task": "a' + b"9" * 5000 + b'"}', None, id="a task name too long"),
+        pytest.param(b'{"task": ["x"], "started": "0", "finished": true}', None, id="wrong types"),
+        pytest.param(b'{"task": "forged.task", "started": NaN, "finished": 1e999}', "forged.task", id="NaN"),
+        pytest.param(
+            b'{"task": "forged.task", "started": 0, "finished": 1' + b"0" * 400 + b"}",
+            "forged.task",
+            id="an int past a float's range",
+        ),
+        pytest.param(b'{"task": "forged.task", "started": 10, "finished": 5}', "forged.task", id="backwards"),
+    ],
+)
+def test_a_job_record_not_as_taskmesh_writes_it_leaves_its_event_bare_and_the_reader_going_on(
+    taskmesh_client: Client,
+    start: Callable[..., RunningWorker],
+    caplog: pytest.LogCaptureFixture,
+    record: bytes,
+    task: str | None,
+) -> None:
+    caplog.set_level(logging.INFO, logger="taskmesh.events")
+    start([], sinks=("log",))
+    redis, keys = taskmesh_client.redis, taskmesh_client.keys("default")
+    redis.hset(keys.jobs, "forged", record)
+    forged = str(redis.xadd(keys.events, {"event": "completed", "job": "forged"}))
+    handle = double.enqueue(21)
+    assert handle.result(timeout=BOUND) == 42
+
+    def logged() -> list[dict[str, Any]]:
+        return [json.loads(r.getMessage()) for r in caplog.records if r.name == "taskmesh.events"]
+
+    wait_until(
+        lambda: [r["event"] for r in logged() if r["job"] == handle.id] == ["enqueued", "active", "completed"],
+        timeout=BOUND,
+        message="the real job's events after the forged record's",
+    )
+    [bare] = [r for r in logged() if r["id"] == forged]
+    expected = {"id": forged, "queue": "default", "event": "completed", "job": "forged"}
+    assert bare == {**expected, **({"task": task} if task else {})}
+    wait_until(lambda: pending(taskmesh_client, "sinks:log") == 0, timeout=BOUND, message="every event acknowledged")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"job": "j1"}, id="no event name"),
+        pytest.param({"event": "exploded", "job": "j1"}, id="an unknown event name"),
+        pytest.param({"event": "enqueued"}, id="no job field"),
+        pytest.param({"event": "enqueued", "job": "a b{"}, id="an invalid job id"),
+        pytest.param({"event": "enqueued", "job": "j1", "id": "0-1"}, id="a field shadowing the event id"),
+        pytest.param({"event": "log", "job": "j1", "message": "x" * 2000}, id="larger than max_payload_bytes"),
+        pytest.param({"event": "enqueued", "job": b"j\xff\xfe"}, id="invalid UTF-8 in a value"),
+        pytest.param({b"\xc3(": "x", "event": "enqueued", "job": "j1"}, id="invalid UTF-8 in a name"),
+    ],
+)
+def test_a_malformed_stream_entry_is_skipped_counted_logged_with_its_id_and_acknowledged(
+    taskmesh_client: Client,
+    start: Callable[..., RunningWorker],
+    caplog: pytest.LogCaptureFixture,
+    fields: dict[Any, Any],
+) -> None:
+    seen: list[Event] = []
+    worker = start([Sinks(collect=lambda s: Collect(seen))], sinks=("collect",), max_payload_bytes=1024)
+    bad = str(taskmesh_client.redis.xadd(taskmesh_client.keys("default").events, fields))
+    handle = double.enqueue(4)
+    assert handle.result(timeout=BOUND) == 8
+    wait_until(lambda: names_of(seen, handle.id) == ["enqueued", "active", "completed"], timeout=BOUND)
+    assert bad not in [e.id for e in seen] and len(seen) == 3
+    assert worker.worker.stats.events_dropped == 1
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "taskmesh.sinks"]
+    assert f"event bus: skipped entry {bad} of queue default (" in warning
+    wait_until(lambda: pending(taskmesh_client, "sinks:collect") == 0, timeout=BOUND, message="the bad entry acked")
+
+
+def test_a_flood_of_malformed_entries_is_logged_once_and_the_events_after_it_arrive(
+    taskmesh_client: Client, start: Callable[..., RunningWorker], caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Event] = []
+    worker = start([Sinks(collect=lambda s: Collect(seen))], sinks=("collect",))
+    pipe = taskmesh_client.redis.pipeline(transaction=False)
+    for i in range(600):
+        pipe.xadd(taskmesh_client.keys("default").events, {"event": "exploded", "job": str(i)})
+    pipe.execute()
+    handle = double.enqueue(4)
+    assert handle.result(timeout=BOUND) == 8
+    wait_until(lambda: names_of(seen, handle.id) == ["enqueued", "active", "completed"], timeout=BOUND)
+    assert len(seen) == 3 and worker.worker.stats.events_dropped == 600
+    assert len([r for r in caplog.records if r.name == "taskmesh.sinks"]) == 1, "one warning, not one per entry"
+    wait_until(lambda: pending(taskmesh_client, "sinks:collect") == 0, timeout=BOUND, message="all acked")
+    worker.stop(timeout=BOUND)
+    last = [r.getMessage() for r in caplog.records if r.name == "taskmesh.sinks"][-1]
+    assert "and 598 more since the last warning; 600 skipped so far" in last, "the rest reported at the stop"
+
+
+def test_an_entry_whose_handling_raises_is_skipped_alone(
+    monkeypatch: pytest.MonkeyPatch,
+    taskmesh_client: Client,
+    start: Callable[..., RunningWorker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real = Event.from_entry.__func__  # type: ignore[attr-defined]
+
+    def from_entry(cls: type[Event], queue: str, entry_id: str, fields: dict[str, str]) -> Event:
+        if fields.get("job") == "poison":
+            raise RuntimeError("a bug in event parsing")
+        return real(cls, queue, entry_id, fields)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Event, "from_entry", classmethod(from_entry))
+    seen: list[Event] = []
+    start([Sinks(collect=lambda s: Collect(seen))], sinks=("collect",))
+    stream = taskmesh_client.keys("default").events
+    poison = str(taskmesh_client.redis.xadd(stream, {"event": "enqueued", "job": "poison"}))
+    handle = double.enqueue(4)
+    assert handle.result(timeout=BOUND) == 8
+    wait_until(lambda: names_of(seen, handle.id) == ["enqueued", "active", "completed"], timeout=BOUND)
+    assert poison not in [e.id for e in seen]
+    [warning] = [r for r in caplog.records if r.name == "taskmesh.sinks"]
+    assert f"skipped entry {poison} of queue default (RuntimeError('a bug in event parsing'))" in warning.getMessage()
+    assert warning.exc_info is not None, "an unexpected error is logged with its traceback"
+    wait_until(lambda: pending(taskmesh_client, "sinks:collect") == 0, timeout=BOUND, message="the entry acked")
+
+
+def test_a_failed_read_is_logged_and_the_reader_goes_on_and_delivers_what_it_had_read(
+    monkeypatch: pytest.MonkeyPatch,
+    taskmesh_client: Client,
+    start: Callable[..., RunningWorker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(bus_module, "CLAIM_IDLE", 0.2)
+    monkeypatch.setattr(bus_module, "CLAIM_EVERY", 0.2)
+    real = bus_module.EventBus._enrich
+    failures = [RuntimeError("a bug in the reader")]
+
+    async def enrich(self: bus_module.EventBus, *args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real(self, *args)
+
+    monkeypatch.setattr(bus_module.EventBus, "_enrich", enrich)
+    seen: list[Event] = []
+    start([Sinks(collect=lambda s: Collect(seen))], sinks=("collect",))
+    handle = double.enqueue(4)
+    assert handle.result(timeout=BOUND) == 8
+    wait_until(lambda: names_of(seen, handle.id) == ["enqueued", "active", "completed"], timeout=BOUND)
+    assert len(seen) == 3, "the events of the failed read come back through the claim, once"
+    [error] = [r for r in caplog.records if "event bus: reading queue default failed" in r.getMessage()]
+    assert error.exc_info is not None and "a bug in the reader" in str(error.exc_info[1])

@@ -22,6 +22,15 @@ while some worker with sinks serves it; a group starts with the events after its
 **Enrichment.** Stream entries carry the job id, not the task: the bus adds ``task`` (read once per
 job from the job record and remembered) and, on ``completed``/``failed``/``cancelled``,
 ``duration_ms`` of the last attempt (finish minus start, by the Redis clock).
+
+**Hostile entries.** Anything that can write to Redis can write to a stream, so every entry is checked
+(``Event.parse``: known event name, valid job id, UTF-8 text, at most ``max_payload_bytes``). An entry
+that fails the check, or whose handling raises, is skipped: acknowledged at once (it never stays pending
+for the next worker), counted (``WorkerStats.events_dropped``, and ``EventBus.skipped``) and logged with
+its id, at most once per ``WARN_EVERY`` seconds; the entries after it go on to the sinks. A job record
+that is not what taskmesh writes only leaves its events without ``task`` or ``duration_ms``. Any other
+error of the reader is logged with its traceback and the reader goes on after a pause (1 s doubling to
+30 s while it repeats); the events it had read come back through the claim (``CLAIM_IDLE``).
 """
 
 from __future__ import annotations
@@ -30,19 +39,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import redis
 import redis.asyncio as aredis
 
-from ..events import FINAL_EVENTS, Event
+from ..events import FINAL_EVENTS, Event, MalformedEvent
 from ..store import connect
-from ..store.keys import QueueKeys
+from ..store.keys import NAME_RE, QueueKeys
+from ..task import Backoff
 
 if TYPE_CHECKING:
     from ..dispatch.worker import WorkerStats
@@ -63,8 +74,10 @@ READ_BLOCK_MS = 1000
 STOP_WAIT = 5.0
 #: Jobs whose task name is remembered between their events.
 REMEMBER = 10_000
-#: At most one warning per sink per this many seconds about drops or errors.
+#: At most one warning per sink per this many seconds about drops or errors (and one about skipped entries).
 WARN_EVERY = 10.0
+#: The pause after an unexpected error of the reader, growing while the errors repeat.
+REREAD = Backoff.exponential(1.0, cap=30.0)
 
 
 def group_name(sinks: Mapping[str, object]) -> str:
@@ -109,11 +122,16 @@ class EventBus:
         self._tasks: OrderedDict[str, str] = OrderedDict()  # job id -> task name, most recent last
         self._redis: aredis.Redis | None = None
         self._feeders: list[asyncio.Task[None]] = []
+        self.skipped = 0  # malformed entries (or entries whose handling failed) acknowledged unseen
+        self._skips = _Skips()
 
     async def start(self) -> None:
         """Join the group on every queue's stream (creating it at the stream's end), then start reading."""
         if self._redis is None:
-            self._redis = connect.blocking_client(self._settings.redis_url, READ_BLOCK_MS / 1000)
+            # Invalid UTF-8 in an entry comes through as lone surrogates, which Event.parse refuses.
+            self._redis = connect.blocking_client(
+                self._settings.redis_url, READ_BLOCK_MS / 1000, encoding_errors="surrogateescape"
+            )
         for keys in self._keys:
             await self._join(keys.events)
         for outlet in self._outlets:
@@ -134,6 +152,7 @@ class EventBus:
         for waiting in late:
             waiting.cancel()
         await _cancel([outlet.task for outlet in self._outlets if outlet.task is not None])
+        self._report_skips(force=True)
         for outlet in self._outlets:
             self._report(outlet, force=True)
             try:
@@ -158,24 +177,35 @@ class EventBus:
                 raise
 
     async def _feed(self, keys: QueueKeys) -> None:
+        """Read the queue's events until cancelled: no error ends it (see "Hostile entries" above)."""
         loop = asyncio.get_running_loop()
         next_claim = loop.time() + CLAIM_EVERY * random.uniform(0.5, 1.5)
+        failures, rejoin = 0, False
         while True:
             try:
+                if rejoin:  # here, not in the handler below, where an error would end the reader
+                    await self._join(keys.events)
+                    rejoin = False
                 await self._flush(keys.events)
                 if loop.time() >= next_claim:
                     next_claim = loop.time() + CLAIM_EVERY * random.uniform(0.5, 1.5)
                     await self._claim(keys)
                 await self._read(keys, block=READ_BLOCK_MS)
+                failures = 0
             except redis.exceptions.ResponseError as exc:
                 if "NOGROUP" in str(exc):  # the stream was deleted (and the group with it)
-                    await self._join(keys.events)
+                    rejoin = True
                     continue
                 log.error("event bus: reading queue %s failed: %s", keys.queue, exc)
                 await asyncio.sleep(1.0)
             except (redis.exceptions.RedisError, OSError) as exc:
                 log.warning("event bus: redis unreachable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
+            except Exception:
+                failures += 1
+                pause = REREAD.delay(failures)
+                log.exception("event bus: reading queue %s failed; reading again in %.1f s", keys.queue, pause)
+                await asyncio.sleep(pause)
 
     async def _read(self, keys: QueueKeys, block: int | None) -> None:
         """New events of the queue for this consumer; without ``block``, until none are left (bounded)."""
@@ -251,26 +281,63 @@ class EventBus:
 
     # -- delivering --------------------------------------------------------------
 
-    async def _publish(self, keys: QueueKeys, entries: list[tuple[str, dict[str, str]]]) -> None:
+    async def _publish(self, keys: QueueKeys, entries: list[tuple[str, Any]]) -> None:
+        """Hand the entries to the sinks in stream order, skipping those that are not events (``_skip``)."""
         if not entries:
             return
-        await self._enrich(keys, entries)
-        stream = keys.events
+        events: list[Event] = []
         for entry_id, fields in entries:
-            event = Event.from_entry(keys.queue, entry_id, fields)
-            pending = _Pending(stream, entry_id, len(self._outlets))
-            self._inflight[stream].add(entry_id)
-            for outlet in self._outlets:
-                if outlet.buffer.full():
-                    await asyncio.sleep(0)  # a sink that keeps up empties its buffer meanwhile
-                try:
-                    outlet.buffer.put_nowait((event, pending))
-                except asyncio.QueueFull:
-                    outlet.dropped += 1
-                    outlet.unreported += 1
-                    self._stats.events_dropped += 1
-                    self._report(outlet)
-                    self._done(pending)
+            try:
+                events.append(Event.parse(keys.queue, entry_id, fields, max_bytes=self._settings.max_payload_bytes))
+            except Exception as exc:  # MalformedEvent, or a bug: either way this entry only
+                self._skip(keys, entry_id, exc)
+        for event in await self._enrich(keys, events):
+            await self._offer(keys.events, event)
+
+    async def _offer(self, stream: str, event: Event) -> None:
+        pending = _Pending(stream, event.id, len(self._outlets))
+        self._inflight[stream].add(event.id)
+        for outlet in self._outlets:
+            if outlet.buffer.full():
+                await asyncio.sleep(0)  # a sink that keeps up empties its buffer meanwhile
+            try:
+                outlet.buffer.put_nowait((event, pending))
+            except asyncio.QueueFull:
+                outlet.dropped += 1
+                outlet.unreported += 1
+                self._stats.events_dropped += 1
+                self._report(outlet)
+                self._done(pending)
+
+    def _skip(self, keys: QueueKeys, entry_id: str, error: Exception) -> None:
+        """Acknowledge an entry no sink will see, so that it never stays pending; count and report it."""
+        self._acks[keys.events].append(entry_id)
+        self.skipped += 1
+        self._stats.events_dropped += 1
+        self._skips.unreported += 1
+        self._skips.last = (keys.queue, entry_id, error)
+        self._report_skips()
+
+    def _report_skips(self, force: bool = False) -> None:
+        """Warn about skipped entries like ``_report`` about a sink: the first at once, then at most every
+        ``WARN_EVERY`` seconds, naming the last one (with its traceback when it was not merely malformed)."""
+        skips, now = self._skips, time.monotonic()
+        if not skips.unreported or skips.last is None:
+            return
+        if not force and skips.warned and now - skips.warned < WARN_EVERY:
+            return
+        queue, entry_id, error = skips.last
+        more = f" and {skips.unreported - 1} more since the last warning" if skips.unreported > 1 else ""
+        skips.warned, skips.unreported = now, 0
+        log.warning(
+            "event bus: skipped entry %s of queue %s (%s)%s; %d skipped so far",
+            entry_id,
+            queue,
+            error if isinstance(error, MalformedEvent) else f"{error!r:.200}",
+            more,
+            self.skipped,
+            exc_info=None if isinstance(error, MalformedEvent) else error,
+        )
 
     async def _drain(self, outlet: _Outlet) -> None:
         while True:
@@ -307,42 +374,81 @@ class EventBus:
             f"; last: {error!r}" if error is not None else "",
         )
 
-    async def _enrich(self, keys: QueueKeys, entries: list[tuple[str, dict[str, str]]]) -> None:
-        """Add ``task`` to job events and ``duration_ms`` to final ones, from the job records."""
+    async def _enrich(self, keys: QueueKeys, events: list[Event]) -> list[Event]:
+        """Add ``task`` to job events and ``duration_ms`` to final ones, from the job records; returns the
+        events that are left (one whose enrichment fails is skipped, the others go on)."""
         assert self._redis is not None
         wanted = sorted(
-            {
-                fields["job"]
-                for _, fields in entries
-                if fields.get("job") and (fields.get("event") in FINAL_EVENTS or fields["job"] not in self._tasks)
-            }
+            {e.job_id for e in events if e.job_id and (e.name in FINAL_EVENTS or e.job_id not in self._tasks)}
         )
-        records: dict[str, dict[str, Any]] = {}
+        durations: dict[str, int | None] = {}
         if wanted:
             for job_id, raw in zip(wanted, await self._redis.hmget(keys.jobs, wanted), strict=True):
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    record = json.loads(raw or "")
-                    records[job_id] = record
-                    self._remember(job_id, str(record["task"]))
-        for _, fields in entries:
-            job_id = fields.get("job", "")
-            if not job_id:
+                task, durations[job_id] = _job_facts(raw)
+                if task is not None:
+                    self._remember(job_id, task)
+        enriched: list[Event] = []
+        for event in events:
+            try:
+                self._annotate(event, durations.get(event.job_id))
+            except Exception as exc:
+                self._skip(keys, event.id, exc)
                 continue
-            task = self._tasks.get(job_id)
-            if task is not None:
-                fields.setdefault("task", task)
-            record = records.get(job_id)
-            if fields.get("event") in FINAL_EVENTS:
-                self._tasks.pop(job_id, None)
-                started, finished = (record or {}).get("started"), (record or {}).get("finished")
-                if isinstance(started, (int, float)) and isinstance(finished, (int, float)):
-                    fields["duration_ms"] = str(int(finished - started))
+            enriched.append(event)
+        return enriched
+
+    def _annotate(self, event: Event, duration_ms: int | None) -> None:
+        if not event.job_id:
+            return
+        event.data.pop("task", None)  # on a job event, only the bus says these, from the job record
+        event.data.pop("duration_ms", None)
+        task = self._tasks.get(event.job_id)
+        if task is not None:
+            event.data["task"] = task
+        if event.name in FINAL_EVENTS:
+            self._tasks.pop(event.job_id, None)
+            if duration_ms is not None:
+                event.data["duration_ms"] = str(duration_ms)
 
     def _remember(self, job_id: str, task: str) -> None:
         self._tasks[job_id] = task
         self._tasks.move_to_end(job_id)
         while len(self._tasks) > REMEMBER:
             self._tasks.popitem(last=False)
+
+
+@dataclass(slots=True)
+class _Skips:
+    """Entries skipped since the last warning about them, and the last one: (queue, entry id, error)."""
+
+    unreported: int = 0
+    warned: float = 0.0  # monotonic time of the last warning
+    last: tuple[str, str, Exception] | None = None
+
+
+def _job_facts(raw: object) -> tuple[str | None, int | None]:
+    """The task name and the last attempt's run time (ms) a job record tells; each None when it tells
+    none: no record, or not the JSON object taskmesh writes (anything that can write to Redis can write
+    a record), a task that is not a task name, times that are not numbers or run backwards."""
+    try:
+        record = json.loads(raw) if isinstance(raw, str) else None
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(record, dict):
+        return None, None
+    task = record.get("task")
+    started, finished = record.get("started"), record.get("finished")
+    duration: int | None = None
+    if _is_number(started) and _is_number(finished):
+        with contextlib.suppress(OverflowError):  # ints past a float's range
+            elapsed = finished - started
+            if math.isfinite(elapsed) and 0 <= elapsed < 2**53:
+                duration = int(elapsed)
+    return (task if isinstance(task, str) and NAME_RE.fullmatch(task) else None), duration
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
