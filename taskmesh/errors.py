@@ -33,6 +33,21 @@ class RedisUnavailable(TaskmeshError):
     """Redis could not be reached at the configured URL."""
 
 
+class RedisFull(RedisUnavailable):
+    """Redis is out of memory (``maxmemory`` reached, policy ``noeviction``) and refuses new jobs.
+
+    Nothing was written. Free memory (keep fewer finished jobs: ``completed_keep``, ``failed_keep``), raise
+    ``maxmemory``, or try again later. Workers stop leasing meanwhile, but still record what running jobs report.
+    """
+
+
+class CorruptRecord(TaskmeshError, ValueError):
+    """A job's record in Redis cannot be read (written by something other than taskmesh's scripts).
+
+    The scripts fail such a job, with the reason in its error, the first time they meet it.
+    """
+
+
 class JobNotFound(TaskmeshError, LookupError):
     """No job with this id exists (it may have been removed by retention)."""
 

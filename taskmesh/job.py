@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .errors import Cancelled, JobFailed, JobNotFound, JobTimeout, LeaseLost, PayloadError
+from .errors import Cancelled, CorruptRecord, JobFailed, JobNotFound, JobTimeout, LeaseLost, PayloadError
 
 if TYPE_CHECKING:
     from .client import Client
@@ -128,8 +128,9 @@ def encode_payload(task: str, args: Sequence[Any], kwargs: Mapping[str, Any], li
     return payload
 
 
-def decode_payload(raw: str) -> tuple[str, list[Any], dict[str, Any]]:
-    """A stored payload's task name, args and kwargs; anything else it holds is a :class:`PayloadError`.
+def decode_payload(raw: str, job_id: str) -> tuple[str, list[Any], dict[str, Any]]:
+    """Job ``job_id``'s stored payload: task name, args and kwargs; anything else it holds is a
+    :class:`PayloadError`.
 
     The payload comes from Redis, so it is treated as hostile: whatever it holds, this raises nothing else.
     """
@@ -143,7 +144,7 @@ def decode_payload(raw: str) -> tuple[str, list[Any], dict[str, Any]]:
         if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
             raise TypeError("'t' must be a string, 'a' a list and 'k' an object")
     except Exception as exc:  # RecursionError and MemoryError included: one bad payload fails one job
-        raise PayloadError(f"malformed payload: {_short(repr(exc))}") from None
+        raise PayloadError(f"malformed payload for job {job_id}: {_short(repr(exc))}") from None
     return name, args, kwargs
 
 
@@ -185,6 +186,17 @@ class JobStatus:
 
     @classmethod
     def from_record(cls, job_id: str, queue: str, raw: str | bytes) -> JobStatus:
+        """The status a stored record describes; :class:`CorruptRecord` if it cannot be read."""
+        try:
+            return cls._from_record(job_id, queue, raw)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError, OSError) as exc:
+            raise CorruptRecord(
+                f"job {job_id} in queue {queue!r}: its record in Redis cannot be read ({_short(repr(exc))}); "
+                "the next worker step that meets it fails the job"
+            ) from None
+
+    @classmethod
+    def _from_record(cls, job_id: str, queue: str, raw: str | bytes) -> JobStatus:
         rec = json.loads(raw)
         return cls(
             id=job_id,

@@ -1,11 +1,13 @@
 """ACL: a Redis user restricted to one prefix runs a worker and a producer, and cannot touch other prefixes.
 
-The rule is the one README.md recommends (see ``acl_rule``).
+The rule is the one README.md documents (read from it: see ``acl_rule``). A user missing a command the scripts
+use is refused at start-up, and a script refused part-way loses no job.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,18 +17,28 @@ import pytest
 import redis
 from servers import Server
 
-from taskmesh import Client, task
-from taskmesh.testing import running_worker, wait_until
+from taskmesh import Client, ConfigurationError, JobState, Limit, Worker, task
+from taskmesh.registry import Registry
+from taskmesh.store import scripts
+from taskmesh.testing import RunningWorker, running_worker, wait_until
 
 FAST = {"lease_seconds": 1.0, "renew_interval": 0.3, "sweep_interval": 0.2}
-COMMANDS = "-@all +@read +@write +@connection -@dangerous -@keyspace +evalsha +script|load +time +info"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def acl_rule(prefix: str, unblock: bool = True) -> list[str]:
-    """``ACL SETUSER`` arguments: the prefix's keys (``{prefix:queue}:...`` and ``{prefix}:...``), no channels,
-    the command categories taskmesh uses, and ``CLIENT UNBLOCK`` so a stopping worker ends its wait at once."""
-    rule = ["on", ">secret", "resetkeys", f"~{{{prefix}[:}}]*", "resetchannels", *COMMANDS.split()]
-    return [*rule, "+client|unblock"] if unblock else rule
+def documented_rule() -> list[str]:
+    """The ``ACL SETUSER app ...`` arguments README.md recommends, after the user name."""
+    block = re.search(r"```\nACL SETUSER app (.*?)\n```", README.read_text(), re.S)
+    assert block, "README.md lost its ACL SETUSER example"
+    return block.group(1).split()
+
+
+def acl_rule(prefix: str, unblock: bool = True, without: tuple[str, ...] = ()) -> list[str]:
+    """The documented rule for ``prefix`` (``~{app[:}]*`` becomes the prefix's pattern), optionally without
+    ``+client|unblock`` or other grants."""
+    rule = [f"~{{{prefix}[:}}]*" if part == "~{app[:}]*" else part for part in documented_rule()]
+    dropped = set(without) | (set() if unblock else {"+client|unblock"})
+    return [part for part in rule if part not in dropped]
 
 
 @task(name="acl.echo")
@@ -75,6 +87,63 @@ def test_a_user_limited_to_its_prefix_runs_jobs_and_cannot_read_another_prefix(
     finally:
         client.close()
         other.close()
+
+
+@task(name="acl.limited", rate_limit="100/s")
+def limited(value: int) -> int:
+    return value
+
+
+def test_the_documented_rule_grants_what_rate_limits_use(server: Server) -> None:
+    prefix = f"a{uuid.uuid4().hex[:8]}"
+    with server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "app", *acl_rule(prefix))
+    client = Client(user_url(server, "app"), prefix=prefix)
+    try:
+        client.set_limit("default", Limit(rate=50, per=1))
+        with running_worker(client, [limited], **FAST):
+            handles = [client.enqueue(limited, i) for i in range(5)]
+            assert [h.result(timeout=10) for h in handles] == list(range(5))
+    finally:
+        client.close()
+
+
+def test_a_worker_whose_user_lacks_a_command_the_scripts_use_refuses_to_start(server: Server) -> None:
+    prefix = f"a{uuid.uuid4().hex[:8]}"
+    with server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "app", *acl_rule(prefix, without=("+pexpire",)))
+    client = Client(user_url(server, "app"), prefix=prefix)
+    try:
+        worker = Worker.create(Registry([echo]), client.settings.replace(**FAST), entry_points=False)
+        with pytest.raises(ConfigurationError, match="PEXPIRE"):
+            RunningWorker(worker).start()
+    finally:
+        client.close()
+
+
+def test_a_lease_refused_part_way_by_the_acl_loses_no_job(server: Server) -> None:
+    """An admin sets a rate limit; the worker's user may not PEXPIRE (granted later). Every lease is refused,
+    and each job stays waiting until the grant, then runs once."""
+    prefix = f"a{uuid.uuid4().hex[:8]}"
+    admin_client = Client(server.url, prefix=prefix)
+    with server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "app", *acl_rule(prefix, without=("+pexpire",)))
+        admin_client.set_limit("default", Limit(rate=10, per=1))
+        client = Client(user_url(server, "app"), prefix=prefix)
+        try:
+            handles = [client.enqueue(echo, i) for i in range(3)]
+            keys = client.keys("default")
+            with pytest.raises(redis.exceptions.ResponseError, match="can't run this command"):
+                scripts.call(client.redis, "step", keys.all, scripts.step_args(client.settings, "w", 3, []))
+            assert [h.status().state for h in handles] == [JobState.WAITING] * 3
+            assert client.counts()["waiting"] == 3 and client.counts()["active"] == 0
+            admin.execute_command("ACL", "SETUSER", "app", "+pexpire")
+            with running_worker(client, [echo], **FAST):
+                assert [h.result(timeout=10) for h in handles] == [0, 1, 2]
+            assert [h.status().attempts for h in handles] == [1, 1, 1]
+        finally:
+            client.close()
+            admin_client.close()
 
 
 def test_without_client_unblock_a_worker_still_stops_once_its_wait_times_out(

@@ -85,10 +85,10 @@ def test_a_stored_payload_that_holds_anything_fails_its_own_job_only(taskmesh_cl
 
 
 def test_decode_payload_raises_only_payload_errors() -> None:
-    assert decode_payload(encode_payload("t", [1], {"x": 2}, 1000)) == ("t", [1], {"x": 2})
+    assert decode_payload(encode_payload("t", [1], {"x": 2}, 1000), "j1") == ("t", [1], {"x": 2})
     for raw in ("", "null", "[" * 5000, '{"t": 1, "a": [], "k": {}}', '{"t": "t", "a": [], "k": {}, ' * 3):
         with pytest.raises(PayloadError):
-            decode_payload(raw)
+            decode_payload(raw, "j1")
 
 
 def test_a_result_or_progress_nested_too_deep_fails_cleanly(taskmesh_client: Client) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, cast
 
@@ -12,7 +12,8 @@ import redis.asyncio as aredis
 import redis.asyncio.cluster as acluster
 
 from ..errors import ConfigurationError
-from ..store import connect
+from ..store import connect, scripts
+from ..store.keys import QueueKeys
 
 log = logging.getLogger("taskmesh.worker")
 
@@ -58,3 +59,22 @@ async def _check(info_of: Callable[[str], Awaitable[Any]], config_get: Callable[
     if config.get("appendonly") == "yes":
         return f"AOF {config.get('appendfsync', 'everysec')}"
     return "RDB snapshots" if config.get("save") else "none (a restart loses every job)"
+
+
+async def check_access(conn: aredis.Redis, queues: Iterable[QueueKeys], maxlen: int) -> None:
+    """Refuse a Redis user that may not run a command taskmesh's scripts use on a queue's keys (an ACL that
+    withholds one would fail scripts half-way). Redis before 7.0 cannot tell: then this only logs."""
+    for keys in queues:
+        try:
+            denied = await scripts.acall(conn, "access", keys.all, [maxlen])
+        except redis.exceptions.NoPermissionError as exc:
+            message = f"the Redis user may not run taskmesh's scripts on queue {keys.queue!r}: {exc}"
+            raise ConfigurationError(message) from None
+        if denied is None:
+            log.info("cannot check the Redis user's permissions (Redis before 7.0); see the ACL in the docs")
+            return
+        if denied:
+            raise ConfigurationError(
+                f"the Redis user may not run {', '.join(map(str, denied))} (queue {keys.queue!r}), which taskmesh's "
+                "scripts use: grant them (see the ACL in the docs), or a script would fail half-way"
+            )

@@ -41,10 +41,10 @@ from ..store import connect, scripts
 from ..store.keys import QueueKeys, claim_key, queues_key, workers_key
 from ..store.scripts import Leased, Update
 from ..task import Task
-from .checks import check_server
+from .checks import check_access, check_server
 from .leases import Held, LeaseKeeper
 from .outcome import JobTimeoutError, error_json, result_json
-from .retry import REDIS_ERRORS, REDIS_RETRY, RedisRetry
+from .retry import REDIS_ERRORS, REDIS_RETRY, RedisRetry, Streak
 from .scheduler import Scheduler
 
 log = logging.getLogger("taskmesh.worker")
@@ -82,6 +82,14 @@ class _Queue:
     ready: bool = True  # a lease may find jobs
     next_due: float | None = None  # seconds until a delayed job is due or a rate limit lets one start
     held: bool = False  # a rate limit holds back jobs that are waiting (they start at next_due)
+    refused: Streak = field(init=False)  # Redis refuses this queue's steps: no step until refused.until
+    full: Streak = field(init=False)  # Redis is out of memory: no lease until full.until
+    swept: Streak = field(init=False)  # the stalled-job sweep fails
+
+    def __post_init__(self) -> None:
+        self.refused = Streak(f"queue {self.keys.queue}: Redis refuses the worker's step")
+        self.full = Streak(f"queue {self.keys.queue}: Redis is out of memory (maxmemory), so nothing is leased")
+        self.swept = Streak(f"queue {self.keys.queue}: stalled-job sweep failed")
 
 
 @dataclass(slots=True)
@@ -141,6 +149,8 @@ class Worker:
         self._waker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._need_wakeup = asyncio.Event()
+        self._listener = Streak("wake-up listener")
+        self._heartbeat = Streak("worker heartbeat failed")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._redis: aredis.Redis | None = None
@@ -248,6 +258,8 @@ class Worker:
         )
         conn = self._redis
         persistence = await self._retrying(lambda: check_server(conn))
+        queues = [queue.keys for queue in self._queues]
+        await self._retrying(lambda: check_access(conn, queues, self.settings.events_maxlen))
         await self._retrying(lambda: self._register())
         await self._retrying(lambda: self._publish_limits())
         bus = self._bus
@@ -363,7 +375,15 @@ class Worker:
         if self._stepping is not None:
             return False
         room = self._room()
-        return any(q.updates or (room > 0 and q.ready) for q in self._queues)
+        return any(self._may_step(q) and (q.updates or (room > 0 and self._may_lease(q))) for q in self._queues)
+
+    @staticmethod
+    def _may_step(queue: _Queue) -> bool:
+        return not queue.refused.waiting
+
+    @staticmethod
+    def _may_lease(queue: _Queue) -> bool:
+        return queue.ready and not queue.full.waiting
 
     def _launch_step(self) -> None:
         """Start the next step: results first, queue by queue in turn (none waits behind a busy one),
@@ -372,14 +392,14 @@ class Worker:
         count = len(self._queues)
         for i in range(count):
             queue = self._queues[(self._turn + i) % count]
-            if queue.updates:
+            if queue.updates and self._may_step(queue):
                 self._turn = (self._turn + i + 1) % count
-                preferred = any(q.ready for q in self._queues[: self._queues.index(queue)])
-                self._begin_step(queue, 0 if preferred else room)
+                preferred = any(self._may_lease(q) for q in self._queues[: self._queues.index(queue)])
+                self._begin_step(queue, 0 if preferred or queue.full.waiting else room)
                 return
         if room > 0:
             for queue in self._queues:
-                if queue.ready:
+                if self._may_step(queue) and self._may_lease(queue):
                     self._begin_step(queue, room)
                     return
 
@@ -399,31 +419,57 @@ class Worker:
 
     async def _step(self, queue: _Queue, want: int) -> None:
         updates, queue.updates = queue.updates, []
+        try:
+            result = await self._call_step(queue, want, updates)
+        except redis.exceptions.ResponseError as exc:
+            await self._refused(queue, want, updates, exc)
+            return
+        queue.refused.ok()
+        self._apply_step(queue, want, updates, result)
+
+    async def _call_step(self, queue: _Queue, want: int, updates: list[Update]) -> Any:
         args = scripts.step_args(self.settings, self.id, want, updates)
         assert self._redis is not None
         conn = self._redis
-        try:
-            result = await self._retrying(lambda: scripts.acall(conn, "step", queue.keys.all, args))
-        except redis.exceptions.ResponseError as exc:
-            await self._isolate(queue, updates, exc)
-            return
-        self._apply_step(queue, want, updates, result)
+        return await self._retrying(lambda: scripts.acall(conn, "step", queue.keys.all, args))
+
+    async def _refused(self, queue: _Queue, want: int, updates: list[Update], exc: Exception) -> None:
+        """Redis refused a step. If it refuses any step of the queue (a key of the wrong type, a command the
+        user may not run), keep the updates (their leases are renewed meanwhile) and try again after a
+        backoff; if it refuses only this batch, send the updates one by one, so a bad one costs its job only."""
+        if updates:
+            try:
+                result = await self._call_step(queue, 0, [])
+            except redis.exceptions.ResponseError as again:
+                exc = again
+            else:
+                self._apply_step(queue, 0, [], result)
+                await self._isolate(queue, updates, exc)
+                return
+        queue.updates[:0] = updates
+        self._wake_after(queue.refused.failed(exc))
+
+    def _wake_after(self, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
 
     async def _isolate(self, queue: _Queue, updates: list[Update], exc: Exception) -> None:
-        """Redis refused a batch: send its updates one by one, so one bad update costs only its own job.
-
-        A dropped update leaves its job leased to this worker; the job is recovered as stalled.
-        """
+        """Send a refused batch's updates one by one. An outcome Redis refuses is recorded as a failure that
+        says why; a refused progress or log line is dropped."""
         log.error("queue %s: Redis refused a batch of %d update(s) (%s)", queue.keys.queue, len(updates), exc)
-        assert self._redis is not None
-        conn = self._redis
         for update in updates:
-            args = scripts.step_args(self.settings, self.id, 0, [update])
             try:
-                result = await self._retrying(lambda a=args: scripts.acall(conn, "step", queue.keys.all, a))  # type: ignore[misc]
+                result = await self._call_step(queue, 0, [update])
             except redis.exceptions.ResponseError as one:
-                log.error("job %s: update %r dropped, Redis refused it: %s", update.id, update.kind, one)
-                continue
+                log.error("job %s: update %r refused by Redis: %s", update.id, update.kind, one)
+                if update.kind in "pl":
+                    continue
+                error = RuntimeError(f"the outcome could not be recorded ({update.kind}): {one}")
+                update = Update("f", update.id, update.token, error_json(error, tb=False))
+                try:
+                    result = await self._call_step(queue, 0, [update])
+                except redis.exceptions.ResponseError as last:  # the lease expires; the job is recovered
+                    log.error("job %s: its failure could not be recorded either: %s", update.id, last)
+                    continue
             self._apply_step(queue, 0, [update], result)
 
     def _apply_step(self, queue: _Queue, want: int, updates: list[Update], result: Any) -> None:
@@ -431,7 +477,11 @@ class Worker:
         accepted, leased, next_due = scripts.parse_step(result)
         for update, ok in zip(updates, accepted, strict=True):
             self._account(queue, update, ok)
+        if scripts.step_full(result):
+            self._wake_after(queue.full.failed("writes are refused; free memory or raise maxmemory", logging.WARNING))
+            return
         if want > 0:
+            queue.full.ok()
             queue.ready = len(leased) == want
             queue.held = scripts.step_held(result)
             queue.next_due = next_due
@@ -512,10 +562,7 @@ class Worker:
             self._finish(running, Update(kind, running.job.id, running.job.token))
 
     def _decode(self, leased: Leased) -> tuple[Task[Any, Any], list[Any], dict[str, Any]]:
-        try:
-            name, args, kwargs = decode_payload(leased.payload)
-        except PayloadError as exc:
-            raise PayloadError(f"job {leased.id}: {exc}") from None
+        name, args, kwargs = decode_payload(leased.payload, leased.id)
         task = self.registry.get(name)
         if task is None:
             known = ", ".join(t.name for t in self.registry) or "none"
@@ -611,8 +658,10 @@ class Worker:
             await asyncio.sleep(self.settings.renew_interval)
             try:
                 await self._retrying(self._register)
-            except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY: log and try again next beat
-                log.error("worker heartbeat failed: %s", exc)
+            except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY, OOM: try again next beat
+                self._heartbeat.failed(exc)
+            else:
+                self._heartbeat.ok()
             self._release_held_back()
 
     def _release_held_back(self) -> None:
@@ -626,12 +675,16 @@ class Worker:
                 self._finish(running, Update("r", running.job.id, running.job.token))
 
     def _held(self) -> list[Held]:
-        """The leases this worker holds; called on the LeaseKeeper's thread, so it copies first."""
+        """The leases this worker holds: running jobs, and finished ones whose outcome waits to be sent
+        (Redis refused it for now). Called on the LeaseKeeper's thread, so it copies first."""
         while True:
             try:
-                return [(r.queue.keys, r.job.id, r.job.token) for r in list(self._running.values())]
+                held = [(r.queue.keys, r.job.id, r.job.token) for r in list(self._running.values())]
             except RuntimeError:  # the loop changed the dict while it was being copied
                 continue
+            for queue in self._queues:
+                held += [(queue.keys, u.id, u.token) for u in list(queue.updates) if u.kind not in "pl"]
+            return held
 
     def _lease_lost(self, job_id: str, token: int) -> None:
         """Called on the LeaseKeeper's thread: this run's lease is another holder's now."""
@@ -704,9 +757,10 @@ class Worker:
                     recovered, lost = await self._retrying(
                         lambda q=queue: scripts.acall(conn, "sweep", q.keys.all, scripts.sweep_args(self.settings))  # type: ignore[misc]
                     )
-                except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY: log and sweep again later
-                    log.error("queue %s: stalled-job sweep failed: %s", queue.keys.queue, exc)
+                except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY: sweep again later
+                    queue.swept.failed(exc)
                     continue
+                queue.swept.ok()
                 if recovered or lost:
                     self.stats.recovered += len(recovered)
                     log.warning(
@@ -772,8 +826,9 @@ class Worker:
             except (redis.exceptions.RedisError, OSError) as exc:
                 if self._closing:
                     return
-                log.warning("wake-up listener: %s; retrying", exc)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(self._listener.failed(exc, logging.WARNING))
+            else:
+                self._listener.ok()
             if popped and (self._stopping or self._room() <= 0):
                 # This worker cannot take a job now (stopping, or filled up while it waited):
                 # pass the wake-up on to another idle worker.

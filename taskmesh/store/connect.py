@@ -43,7 +43,7 @@ import redis.retry as retry
 import redis.sentinel as sentinel
 from redis.backoff import NoBackoff
 
-from ..errors import RedisUnavailable
+from ..errors import RedisFull, RedisUnavailable
 from ..settings import Settings
 
 CONNECT_TIMEOUT = 2.0
@@ -548,6 +548,14 @@ def unavailable(url: str, exc: BaseException) -> RedisUnavailable:
     return RedisUnavailable(f"cannot reach Redis at {redact(url)}: {reason}")
 
 
+def full(url: str, exc: BaseException) -> RedisFull:
+    """The error taskmesh raises when Redis at ``url`` refuses a write for want of memory."""
+    return RedisFull(
+        f"Redis at {redact(url)} is out of memory (maxmemory reached) and refused the write; nothing was written. "
+        "Free memory (keep fewer finished jobs), raise maxmemory or try again later"
+    )
+
+
 class _Connected(Protocol):
     @property
     def settings(self) -> Settings: ...
@@ -566,6 +574,8 @@ def guard(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P],
     def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(self, *args, **kwargs)
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise full(self.settings.redis_url, exc) from exc
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(self.settings.redis_url, exc) from exc
 
@@ -579,6 +589,8 @@ def aguard(method: Callable[Concatenate[S, P], Awaitable[R]]) -> Callable[Concat
     async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(self, *args, **kwargs)
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise full(self.settings.redis_url, exc) from exc
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(self.settings.redis_url, exc) from exc
 
@@ -592,6 +604,8 @@ def guard_iter(method: Callable[Concatenate[S, P], Iterator[R]]) -> Callable[Con
     def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
         try:
             yield from method(self, *args, **kwargs)
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise full(self.settings.redis_url, exc) from exc
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(self.settings.redis_url, exc) from exc
 
@@ -608,6 +622,8 @@ def aguard_iter(
         try:
             async for item in method(self, *args, **kwargs):
                 yield item
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise full(self.settings.redis_url, exc) from exc
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(self.settings.redis_url, exc) from exc
 

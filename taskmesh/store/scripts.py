@@ -18,7 +18,7 @@ import redis.asyncio as aredis
 from ..settings import Settings
 from .connect import AsyncDirect, Direct
 
-SCRIPT_NAMES = ("enqueue", "step", "renew", "sweep", "cancel", "control", "cron")
+SCRIPT_NAMES = ("enqueue", "step", "renew", "sweep", "cancel", "control", "cron", "access")
 
 
 @cache
@@ -169,6 +169,11 @@ def parse_step(result: list[Any]) -> tuple[list[bool], list[Leased], float | Non
 def step_held(result: list[Any]) -> bool:
     """Whether a rate limit held back a waiting job in this step (it is due when ``next_due`` passes)."""
     return int(result[3]) >= 0
+
+
+def step_full(result: list[Any]) -> bool:
+    """Whether Redis was out of memory, so the step leased nothing (its updates were recorded)."""
+    return int(result[4]) == 1
 
 
 def renew_args(settings: Settings, held: list[tuple[str, int]]) -> list[Any]:

@@ -112,9 +112,9 @@ def load(conn: redis.Redis, ctx: Context) -> tuple[Task[Any, Any], list[Any], di
     if raw is None:
         raise TaskmeshError(f"job {ctx.job_id} has no payload in queue {ctx.queue!r} (removed meanwhile?)")
     try:
-        name, args, kwargs = decode_payload(str(raw))
+        name, args, kwargs = decode_payload(str(raw), ctx.job_id)
     except PayloadError as exc:
-        raise TaskmeshError(f"job {ctx.job_id}: {exc}") from None
+        raise TaskmeshError(str(exc)) from None
     if name != ctx.task:
         raise TaskmeshError(f"job {ctx.job_id} is for task {name!r}, not {ctx.task!r}")
     task = Registry.from_modules([ctx.module]).get(name)

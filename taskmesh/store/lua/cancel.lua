@@ -3,6 +3,7 @@
 -- stops it (it learns at its next lease renewal; the job ends cancelled whatever the run
 -- reports, or when its lease expires). Returns the job's state afterwards: 'cancelled',
 -- 'cancelling', the final state it already had, or 'missing'.
+allow_oom()  -- cancelling frees memory, so it runs at maxmemory too
 local id = ARGV[2]
 local rec = load(id)
 if not rec then return 'missing' end
@@ -20,8 +21,9 @@ elseif state == 'active' then
     rec.cancel = true
     save(id, rec)
     emit('cancelling', id)
-    finalize()
   end
+  finalize()
   return 'cancelling'
 end
+send_events()  -- a record found unreadable was failed (see contain)
 return state

@@ -3,6 +3,7 @@
 --   limit, [3] task ('' for the whole queue), [4] JSON {rate, per, max} ('' to remove).
 -- Emits 'paused', 'resumed' or 'limited' (job field empty); returns 1, or 0 for a limit set to
 -- what it already was (then only the running count is checked).
+allow_oom()  -- an operator can pause a queue or change its limits at maxmemory too
 local op = ARGV[2]
 if op == 'pause' then
   redis.call('HSET', K_META, 'paused', '1')
@@ -26,7 +27,7 @@ elseif op == 'limit' then
     local running = 0
     for _, id in ipairs(active) do
       local rec = load(id)
-      if rec and (task == '' or rec.task == task) then
+      if rec and rec.state == 'active' and (task == '' or rec.task == task) then
         running = running + 1
         if not rec.capped or (task ~= '' and not rec.counted) then
           rec.capped = true

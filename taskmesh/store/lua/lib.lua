@@ -25,45 +25,81 @@ local PRIO_SPAN = 1099511627776
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
--- The first event of a script trims the stream as it is added (one command for the common
--- single-event script); a script that emits more trims once more in finalize().
-local emitted = 0
+-- Events go out after the state they announce is written (flush() sends them last), so a script refused
+-- half-way announces nothing it did not do. The first event sent trims the stream as it is added (one
+-- command for the common single-event script); a script that sends more trims once more in finalize().
+local emitted, unsent = 0, {}
 local function emit(event, id, ...)
-  if emitted == 0 then
-    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'event', event, 'job', id, ...)
-  else
-    redis.call('XADD', K_EVENTS, '*', 'event', event, 'job', id, ...)
-  end
-  emitted = emitted + 1
+  unsent[#unsent + 1] = {'event', event, 'job', id, ...}
 end
 
+local function send_events()
+  for _, fields in ipairs(unsent) do
+    if emitted == 0 then
+      redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, '*', unpack(fields))
+    else
+      redis.call('XADD', K_EVENTS, '*', unpack(fields))
+    end
+    emitted = emitted + 1
+  end
+  unsent = {}
+end
+
+-- Wake-ups only save idle workers a wait, so a broken wakeup list (not a list) never fails a script.
 local function wake(n)
   -- A full list already wakes every idle worker: then add nothing (a read, not two writes).
-  n = math.min(n, WAKEUP_CAP - redis.call('LLEN', K_WAKEUP))
+  local queued = redis.pcall('LLEN', K_WAKEUP)
+  if type(queued) ~= 'number' then return end
+  n = math.min(n, WAKEUP_CAP - queued)
   if n <= 0 then return end
   local tokens = {}
   for i = 1, n do tokens[i] = '1' end
-  redis.call('LPUSH', K_WAKEUP, unpack(tokens))
+  redis.pcall('LPUSH', K_WAKEUP, unpack(tokens))
 end
 
--- Add one job unless its id is taken: its record (plus the `extra` fields), its payload, its place in
--- waiting (or delayed, when `due` is later than now) and its event (plus the fields in `...`).
+-- At maxmemory (policy noeviction) Redis refuses a script's first write if it may grow memory, and then
+-- lets every later write through (a script cannot stop half-way). So a script that takes on work calls
+-- out_of_memory() before its first write (a no-op write Redis refuses when full), and one that records
+-- what running jobs report (results, lease renewals) calls allow_oom() first: a no-op write Redis never
+-- refuses, so a full Redis cannot make a finished job run again.
+local K_NEVER = string.sub(K_JOBS, 1, -5) .. 'never'
+local function out_of_memory()
+  local reply = redis.pcall('LPUSHX', K_NEVER, '')
+  return type(reply) == 'table' and reply.err ~= nil and string.find(reply.err, 'OOM', 1, true) ~= nil
+end
+
+local function allow_oom()
+  redis.call('HDEL', K_NEVER, '')
+end
+
+-- The state of the job recorded as `raw`, or nil if the record cannot be read.
+local function state_of(raw)
+  local ok, rec = pcall(cjson.decode, raw)
+  if ok and type(rec) == 'table' and type(rec.state) == 'string' then return rec.state end
+  return nil
+end
+
+-- Add one job unless its id is taken: its payload, its place in waiting (or delayed, when `due` is later
+-- than now), its record (plus the `extra` fields) and its event (plus the fields in `...`).
 -- Returns true and its state, or false and the state of the job that has the id.
+-- The record is written last, so a write refused part-way (a key of the wrong type) leaves no job
+-- that seems queued but never runs: at most a payload without a record, replaced by the next try.
 local function add_job(id, task, payload, prio, due, extra, ...)
+  if redis.call('HSETNX', K_PAYLOADS, id, payload) == 0 then
+    local raw = redis.call('HGET', K_JOBS, id)
+    if raw then return false, state_of(raw) or 'failed' end
+    redis.call('HSET', K_PAYLOADS, id, payload)  -- left by an enqueue that failed part-way
+  end
   local rec = {task = task, prio = prio, attempt = 0, stalls = 0, created = now, state = 'waiting'}
   for k, v in pairs(extra) do rec[k] = v end
-  if due > now then rec.state, rec.due = 'delayed', due end
-  if redis.call('HSETNX', K_JOBS, id, cjson.encode(rec)) == 0 then
-    return false, cjson.decode(redis.call('HGET', K_JOBS, id)).state
-  end
-  redis.call('HSET', K_PAYLOADS, id, payload)
-  if rec.due then
+  if due > now then
+    rec.state, rec.due = 'delayed', due
     redis.call('ZADD', K_DELAYED, due, id)
-    emit('delayed', id, 'due', due, ...)
   else
     redis.call('ZADD', K_WAITING, redis.call('INCR', K_SEQ) - prio * PRIO_SPAN, id)
-    emit('enqueued', id, ...)
   end
+  redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+  if rec.due then emit('delayed', id, 'due', due, ...) else emit('enqueued', id, ...) end
   return true, rec.state
 end
 
@@ -94,19 +130,81 @@ end
 local records, dirty = {}, {}
 local zadd, zrem = {}, {}
 
+-- Every field a job record may hold, and its Lua type. A record is read, checked and contained before a
+-- script writes anything that depends on it: Redis does not roll back a script that fails half-way.
+local FIELDS = {task = 'string', state = 'string', attempt = 'number', stalls = 'number', prio = 'number',
+  token = 'number', due = 'number', created = 'number', started = 'number', finished = 'number', tick = 'number',
+  progress = 'string', result = 'string', error = 'string', worker = 'string', schedule = 'string',
+  logs = 'table', cancel = 'boolean', counted = 'boolean', capped = 'boolean'}
+local STATES = {waiting = true, delayed = true, active = true, completed = true, failed = true, cancelled = true}
+
+-- The record stored as `raw`, or nil and what is wrong with it. Fields of a later version are kept if
+-- they can be written back.
+local function parse_record(raw)
+  local ok, rec = pcall(cjson.decode, raw)
+  if not ok or type(rec) ~= 'table' then return nil, 'not a JSON object' end
+  for k, v in pairs(rec) do
+    local kind, t = FIELDS[k], type(v)
+    if kind then
+      if t ~= kind then return nil, 'its ' .. k .. ' is a ' .. t .. ', not a ' .. kind end
+    elseif t == 'table' and not pcall(cjson.encode, v) then
+      return nil, 'its ' .. tostring(k) .. ' cannot be written back'
+    end
+    if t == 'number' and (v ~= v or v == math.huge or v == -math.huge) then
+      return nil, 'its ' .. tostring(k) .. ' is not a finite number'
+    end
+  end
+  if not (rec.task and STATES[rec.state] and rec.attempt and rec.stalls and rec.prio) then
+    return nil, 'its task, state, attempt, stalls or prio is missing'
+  end
+  if rec.logs then
+    local n = 0
+    for _, line in pairs(rec.logs) do
+      n = n + 1
+      if type(line) ~= 'string' then return nil, 'its logs are not lines of text' end
+    end
+    if n ~= #rec.logs then return nil, 'its logs are not a list' end
+  end
+  return rec
+end
+
+-- A record that cannot be read: the job ends failed, with why in its error and the start of what was
+-- stored, and leaves every other state set (at once: `contained` lists them). Returns the new record.
+local contained = {}
+local function contain(id, raw, why)
+  contained[id] = true
+  local ok, old = pcall(cjson.decode, raw)
+  local task = ok and type(old) == 'table' and type(old.task) == 'string' and old.task or '?'
+  local shown = string.gsub(string.sub(raw, 1, 120), '[^%w%p ]', '?')
+  local message = 'the job record in Redis could not be read (' .. why .. '), so the job was failed; it held: ' .. shown
+  local err = cjson.encode({type = 'CorruptRecord', message = message, traceback = ''})
+  local rec = {task = task, state = 'failed', attempt = 0, stalls = 0, prio = 0, created = now, finished = now, error = err}
+  emit('failed', id, 'reason', 'corrupt record')
+  redis.call('ZADD', K_FAILED, now, id)
+  for _, key in ipairs({K_WAITING, K_DELAYED, K_ACTIVE, K_COMPLETED, K_CANCELLED}) do redis.call('ZREM', key, id) end
+  redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+  return rec
+end
+
+local function read(id, raw)
+  if not raw then return false end
+  local rec, why = parse_record(raw)
+  return rec or contain(id, raw, why)
+end
+
 local function preload(ids)
   if #ids == 0 then return end
   local raws = hmget(K_JOBS, ids)
   for i, id in ipairs(ids) do
-    if records[id] == nil then records[id] = raws[i] and cjson.decode(raws[i]) or false end
+    if records[id] == nil then records[id] = read(id, raws[i]) end
   end
 end
 
+-- The job's record (nil if there is none); an unreadable one comes back failed (see contain).
 local function load(id)
   local rec = records[id]
   if rec == nil then
-    local raw = redis.call('HGET', K_JOBS, id)
-    rec = raw and cjson.decode(raw) or false
+    rec = read(id, redis.call('HGET', K_JOBS, id))
     records[id] = rec
   end
   return rec or nil
@@ -130,6 +228,9 @@ local function zset_remove(key, id)
   list[#list + 1] = id
 end
 
+-- Write what is pending: first every job's new place, then its removal from the old one, then the records
+-- (their key was read, so its type is known), and the events last. A write refused part-way (a state set of
+-- the wrong type) then leaves a job where it was, or in two sets, never in none.
 local function flush()
   local args, seen = {}, {}
   for _, id in ipairs(dirty) do
@@ -140,10 +241,11 @@ local function flush()
     end
   end
   dirty = {}
-  bulk('HSET', K_JOBS, args)
-  for key, ids in pairs(zrem) do bulk('ZREM', key, ids) end
   for key, pairs_ in pairs(zadd) do bulk('ZADD', key, pairs_) end
+  for key, ids in pairs(zrem) do bulk('ZREM', key, ids) end
+  bulk('HSET', K_JOBS, args)
   zadd, zrem = {}, {}
+  send_events()
 end
 
 local function push_waiting(id, rec)
@@ -212,11 +314,19 @@ local function finalize()
   if emitted > 1 then redis.call('XTRIM', K_EVENTS, 'MAXLEN', '~', MAXLEN) end
 end
 
+-- Change a task's count of running jobs (see the task caps in step.lua). A count that is not a number
+-- (written by hand) starts again rather than failing the script; setting the task's limit recounts it.
+local function count_running(task, by)
+  if type(redis.pcall('HINCRBY', K_RUNNING, task, by)) ~= 'number' then
+    redis.pcall('HSET', K_RUNNING, task, math.max(by, 0))
+  end
+end
+
 -- A job leaves 'active': its lease ends, and a task's running count drops if it was counted.
 local function leave_active(id, rec)
   zset_remove(K_ACTIVE, id)
   rec.token = nil
-  if rec.counted then redis.call('HINCRBY', K_RUNNING, rec.task, -1) end
+  if rec.counted then count_running(rec.task, -1) end
   if rec.capped then capped_exits = capped_exits + 1 end
   rec.counted, rec.capped = nil, nil
 end

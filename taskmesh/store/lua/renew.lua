@@ -1,5 +1,7 @@
 -- Extend the leases a worker holds. ARGV: [2] lease_ms, then pairs id, token.
 -- Returns {ids whose lease is no longer this holder's, held ids whose cancellation was requested}.
+-- Runs at maxmemory too (see allow_oom): a lease that could not be renewed would let the job run twice.
+allow_oom()
 local deadline = now + tonumber(ARGV[2])
 local ids, tokens = {}, {}
 for i = 3, #ARGV, 2 do
@@ -23,4 +25,5 @@ if #renewed > 0 then
     redis.call('ZADD', K_ACTIVE, 'XX', unpack(renewed, i, math.min(i + CHUNK - 1, #renewed)))
   end
 end
+send_events()  -- a record found unreadable was failed (see contain)
 return {lost, cancel}

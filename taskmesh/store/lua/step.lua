@@ -11,15 +11,46 @@
 --   A job whose cancellation was requested ends 'cancelled' whatever its run reports.
 -- Returns {accepted flags per update, leased {id, token, attempt, task, payload}...,
 --   ms until a delayed job is due or a rate limit lets a waiting job start (-1: none),
---   ms until a rate limit lets a waiting job start (-1: no job is held back by a rate limit)}
+--   ms until a rate limit lets a waiting job start (-1: no job is held back by a rate limit),
+--   1 if Redis is out of memory (nothing was leased; the updates were applied), else 0}
 -- KEYS[13], when given, is the worker's claim list: the step leases only if it holds a wake-up
 -- token (moved there by the BLMOVE queued just before this step on the same connection).
 -- Cancelled jobs follow the failed jobs' retention.
+--
+-- Everything that can fail is read or checked before the first write that depends on it: the
+-- queue's settings and the updates first, each record when it is loaded (see contain), and the
+-- jobs to lease leave 'waiting' by the step's last write, so a command refused part-way (a key of
+-- the wrong type, a permission taken away) never leaves a leased job out of every set.
 local lease_ms, want, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+-- At maxmemory nothing is leased, but results and hand-backs are still recorded: a finished job never
+-- runs again (see out_of_memory in lib.lua).
+local oom = want > 0 and out_of_memory()
+if want == 0 or oom then allow_oom() end
+if oom then want = 0 end
+
+-- The queue's settings: paused, and limits (see lib.lua).
+local paused, queue_limit, task_limits = false, nil, nil
+local meta = redis.call('HGETALL', K_META)
+for i = 1, #meta, 2 do
+  local field = meta[i]
+  if field == 'paused' then
+    paused = true
+  elseif field == 'limit:' then
+    queue_limit = read_limit(meta[i + 1])
+  elseif string.sub(field, 1, 6) == 'limit:' then
+    local limit = read_limit(meta[i + 1])
+    if limit then
+      task_limits = task_limits or {}
+      task_limits[string.sub(field, 7)] = limit
+    end
+  end
+end
+if paused then want = 0 end
+
+local updates = cjson.decode(ARGV[10])
 if KEYS[13] and not redis.call('LPOP', KEYS[13]) then want = 0 end
 local completed_keep, completed_age = tonumber(ARGV[6]), tonumber(ARGV[7])
 local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
-local updates = cjson.decode(ARGV[10])
 local accepted = {}
 local completed, failed, cancelled = 0, 0, 0
 local requeued, delayed_retry = 0, false
@@ -99,32 +130,13 @@ preload(due)
 for _, id in ipairs(due) do
   zset_remove(K_DELAYED, id)
   local rec = load(id)
-  if rec then
+  if rec and rec.state == 'delayed' then  -- else a stray entry: the record says where the job is
     push_waiting(id, rec)
     save(id, rec)
     emit('waiting', id)
   end
 end
 flush()
-
--- The queue's settings: paused, and limits (see lib.lua).
-local paused, queue_limit, task_limits = false, nil, nil
-local meta = redis.call('HGETALL', K_META)
-for i = 1, #meta, 2 do
-  local field = meta[i]
-  if field == 'paused' then
-    paused = true
-  elseif field == 'limit:' then
-    queue_limit = read_limit(meta[i + 1])
-  elseif string.sub(field, 1, 6) == 'limit:' then
-    local limit = read_limit(meta[i + 1])
-    if limit then
-      task_limits = task_limits or {}
-      task_limits[string.sub(field, 7)] = limit
-    end
-  end
-end
-if paused then want = 0 end
 
 -- Sliding-window log of lease times: at most limit.rate leases in any `per` ms (window ends
 -- included). Returns the free slots now and, when none, ms until one frees.
@@ -161,32 +173,48 @@ end
 
 -- The jobs to lease: the first `want` waiting ones; with task limits, the first that their
 -- task's limits allow, looking past blocked ones up to SCAN_DEPTH (or `want`) jobs deep, a chunk
--- at a time.
+-- at a time. Entries without a waiting record (none, or it says the job is elsewhere) are dropped.
 local SCAN_DEPTH = 250
-local picked = {}
+local picked, strays = {}, {}
 if want > 0 and not task_limits then
-  local popped = redis.call('ZPOPMIN', K_WAITING, want)
-  for i = 1, #popped, 2 do picked[#picked + 1] = popped[i] end
+  local start, examined = 0, 0
+  while #picked < want and examined < want + SCAN_DEPTH do
+    local candidates = redis.call('ZRANGE', K_WAITING, start, start + want - #picked - 1)
+    if #candidates == 0 then break end
+    start, examined = start + #candidates, examined + #candidates
+    preload(candidates)
+    for _, id in ipairs(candidates) do
+      local rec = load(id)
+      if contained[id] then
+        start = start - 1  -- it left 'waiting' already
+      elseif rec and rec.state == 'waiting' then
+        picked[#picked + 1] = id
+      else
+        strays[#strays + 1] = id
+      end
+    end
+  end
 elseif want > 0 then
   local depth, chunk = math.max(SCAN_DEPTH, want), math.max(want, 32)
   local room = {}  -- task -> {free slots under its max, free starts in its rate window}
-  local orphans = {}
-  local start = 0
-  while #picked < want and start < depth do
+  local start, examined = 0, 0
+  while #picked < want and start < depth and examined < 2 * depth do
     local candidates = redis.call('ZRANGE', K_WAITING, start, math.min(start + chunk, depth) - 1)
     if #candidates == 0 then break end
-    start = start + #candidates
+    start, examined = start + #candidates, examined + #candidates
     preload(candidates)
     for _, id in ipairs(candidates) do
       local rec = load(id)
       local limit = rec and task_limits[rec.task]
-      if not rec then
-        orphans[#orphans + 1] = id
+      if contained[id] then
+        start = start - 1
+      elseif not rec or rec.state ~= 'waiting' then
+        strays[#strays + 1] = id
       elseif limit then
         local r = room[rec.task]
         if not r then
           r = {cap = 1e9, rate = 1e9}
-          if limit.max then r.cap = limit.max - tonumber(redis.call('HGET', K_RUNNING, rec.task) or 0) end
+          if limit.max then r.cap = limit.max - (tonumber(redis.call('HGET', K_RUNNING, rec.task)) or 0) end
           if limit.rate then r.rate = window(TAG .. ':rate:' .. rec.task, limit) end
           room[rec.task] = r
         end
@@ -202,42 +230,47 @@ elseif want > 0 then
       if #picked == want then break end
     end
   end
-  bulk('ZREM', K_WAITING, picked)
-  bulk('ZREM', K_WAITING, orphans)  -- ids without a record (as ZPOPMIN drops them on the plain path)
 end
+bulk('ZREM', K_WAITING, strays)
 
+-- Lease the picked jobs. The limits' logs and counts go first, where a refused write (a permission taken
+-- away) costs at most a start counted against a rate window until it passes; then, by flush(), the jobs'
+-- places in 'active', their leaving 'waiting', their records and their events.
 local leased = {}
 if #picked > 0 then
-  preload(picked)
   local payloads = hmget(K_PAYLOADS, picked)
   local token = redis.call('INCRBY', K_SEQ, #picked) - #picked
+  local logs, counted = {}, {}
   for i, id in ipairs(picked) do
     token = token + 1
     local rec = load(id)
-    if rec then
-      rec.state = 'active'
-      rec.attempt = rec.attempt + 1
-      rec.token = token
-      rec.started = now
-      rec.worker = worker
-      local limit = task_limits and task_limits[rec.task]
-      if limit then
-        if limit.max then
-          redis.call('HINCRBY', K_RUNNING, rec.task, 1)
-          rec.counted, rec.capped = true, true
-        end
-        if limit.rate then record_lease(TAG .. ':rate:' .. rec.task, limit, token) end
-      end
-      if queue_limit then
-        if queue_limit.max then rec.capped = true end
-        if queue_limit.rate then record_lease(TAG .. ':rate', queue_limit, token) end
-      end
-      save(id, rec)
-      zset_add(K_ACTIVE, now + lease_ms, id)
-      emit('active', id, 'attempt', rec.attempt)
-      leased[#leased + 1] = {id, token, rec.attempt, rec.task, payloads[i] or ''}
-    end
+    leased[i] = {id, token, rec.attempt + 1, rec.task, payloads[i] or ''}
+    local limit = task_limits and task_limits[rec.task]
+    if limit and limit.rate then logs[#logs + 1] = {TAG .. ':rate:' .. rec.task, limit, token} end
+    if queue_limit and queue_limit.rate then logs[#logs + 1] = {TAG .. ':rate', queue_limit, token} end
+    if limit and limit.max then counted[#counted + 1] = rec.task end
   end
+  for _, entry in ipairs(logs) do record_lease(entry[1], entry[2], entry[3]) end
+  if #counted > 0 then
+    redis.call('ZCARD', K_ACTIVE)  -- a zset (else an error now, before a count changes)
+    for _, task in ipairs(counted) do count_running(task, 1) end
+  end
+  for i, id in ipairs(picked) do
+    local rec = load(id)
+    rec.state = 'active'
+    rec.attempt = leased[i][3]
+    rec.token = leased[i][2]
+    rec.started = now
+    rec.worker = worker
+    local limit = task_limits and task_limits[rec.task]
+    if limit and limit.max then rec.counted, rec.capped = true, true end
+    if queue_limit and queue_limit.max then rec.capped = true end
+    save(id, rec)
+    zset_add(K_ACTIVE, now + lease_ms, id)
+    zset_remove(K_WAITING, id)
+    emit('active', id, 'attempt', rec.attempt)
+  end
+  flush()
 end
 for key, limit in pairs(held_back) do
   local free, wait = window(key, limit)
@@ -264,4 +297,4 @@ if #first > 0 then
   local wait = math.max(0, tonumber(first[2]) - now)
   if next_due < 0 or wait < next_due then next_due = wait end
 end
-return {accepted, leased, next_due, retry_in}
+return {accepted, leased, next_due, retry_in, oom and 1 or 0}

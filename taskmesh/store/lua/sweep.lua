@@ -2,15 +2,16 @@
 -- (the attempt is not spent); past max_stalls the job fails as lost, and a job
 -- whose cancellation was requested ends cancelled.
 -- ARGV: [2] max stalls, [3] batch limit, [4] failed keep, [5] failed age ms.
--- Returns {recovered ids, failed ids}.
+-- Returns {recovered ids, failed ids}. Runs at maxmemory too (see allow_oom).
+allow_oom()
 local max_stalls = tonumber(ARGV[2])
 local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 preload(expired)
 local recovered, lost, cancelled = {}, {}, 0
 for _, id in ipairs(expired) do
   local rec = load(id)
-  if not rec then
-    zset_remove(K_ACTIVE, id)
+  if not rec or rec.state ~= 'active' then  -- a stray entry: the record says where the job is
+    if not contained[id] then zset_remove(K_ACTIVE, id) end
   else
     rec.stalls = rec.stalls + 1
     if rec.cancel then

@@ -1,0 +1,216 @@
+"""A job record the scripts cannot read fails its own job, with a reason, and never takes another job or the
+queue down with it: Redis does not roll back a script that fails half-way, so every script checks what it
+reads before the first write that depends on it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from datetime import UTC, datetime
+from importlib.resources import files
+
+import pytest
+
+from taskmesh import Call, Client, JobState, Limit, task
+from taskmesh.errors import CorruptRecord
+from taskmesh.store import scripts
+from taskmesh.testing import drain, running_worker, wait_until
+
+FAST = {"lease_seconds": 0.5, "renew_interval": 0.15, "sweep_interval": 0.1}
+
+#: Records no script wrote: not JSON, cut short, a JSON value of another shape, fields of the wrong type.
+CORRUPT = [
+    '{"task":"hostile.work","prio":0,"attempt":0,"sta',
+    "[1, 2, 3]",
+    '"waiting"',
+    '{"task":"hostile.work","prio":0,"attempt":"0","stalls":0,"state":"waiting"}',
+    '{"task":"hostile.work","prio":"high","attempt":0,"stalls":0,"state":"waiting"}',
+    '{"task":["hostile.work"],"prio":0,"attempt":0,"stalls":0,"state":"waiting"}',
+    '{"task":"hostile.work","prio":0,"attempt":0,"stalls":0,"state":"running"}',
+    '{"task":"hostile.work","prio":0,"attempt":0,"stalls":0,"state":"waiting","logs":{"1":2}}',
+    '{"task":"hostile.work","prio":0,"attempt":1e999,"stalls":0,"state":"waiting"}',
+    "\xff\xfe not even text",
+]
+
+
+@task(name="hostile.work")
+def work(n: int) -> int:
+    return n
+
+
+def corrupt(client: Client, job_id: str, raw: str, queue: str = "default") -> None:
+    client.redis.hset(client.keys(queue).jobs, job_id, raw.encode("latin-1"))
+
+
+def server_now(client: Client) -> datetime:
+    seconds, micros = client.redis.time()
+    return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
+
+
+def assert_contained(client: Client, job_id: str, queue: str = "default") -> None:
+    """The bad job ended failed, with a reason, and sits in no other state set."""
+    status = client.status(job_id, queue)
+    assert status is not None and status.state is JobState.FAILED
+    assert (status.error or {}).get("type") == "CorruptRecord"
+    assert "could not be read" in (status.error or {}).get("message", "")
+    keys = client.keys(queue)
+    for state in ("waiting", "delayed", "active", "completed", "cancelled"):
+        assert client.redis.zscore(getattr(keys, state), job_id) is None, state
+    assert client.redis.zscore(keys.failed, job_id) is not None
+
+
+@pytest.mark.parametrize("raw", CORRUPT)
+def test_a_corrupt_record_at_the_head_of_waiting_fails_alone(taskmesh_client: Client, raw: str) -> None:
+    bad = work.enqueue(-1)
+    good = [work.enqueue(i) for i in range(30)]
+    corrupt(taskmesh_client, bad.id, raw)
+    stats = drain(taskmesh_client, [work], concurrency=10, raise_errors=False)
+    assert [h.result(timeout=2) for h in good] == list(range(30))
+    assert stats.completed == 30
+    assert_contained(taskmesh_client, bad.id)
+    assert taskmesh_client.counts() == {
+        "waiting": 0, "delayed": 0, "active": 0, "completed": 30, "failed": 1, "cancelled": 0
+    }
+
+
+def test_a_corrupt_record_at_the_head_of_waiting_with_limits_set(taskmesh_client: Client) -> None:
+    taskmesh_client.set_limit("default", Limit(max_active=5), task="hostile.work")
+    taskmesh_client.set_limit("default", Limit(rate=1000, per=1))
+    bad = work.enqueue(-1)
+    good = [work.enqueue(i) for i in range(12)]
+    corrupt(taskmesh_client, bad.id, CORRUPT[0])
+    drain(taskmesh_client, [work], concurrency=10, raise_errors=False)
+    assert [h.result(timeout=2) for h in good] == list(range(12))
+    assert_contained(taskmesh_client, bad.id)
+    # The cap's running count is intact: every job left 'active', so none is counted.
+    assert int(taskmesh_client.redis.hget(f"{{{taskmesh_client.settings.prefix}:default}}:running", "hostile.work")) == 0
+
+
+def test_a_corrupt_record_on_a_due_delayed_job_does_not_stop_the_queue(taskmesh_client: Client) -> None:
+    bad = work.options(delay=0.01).enqueue(-1)
+    later = work.options(delay=0.01).enqueue(1)
+    now = work.enqueue(2)
+    corrupt(taskmesh_client, bad.id, CORRUPT[3])
+    due = later.status().due_at
+    assert due is not None
+    wait_until(lambda: server_now(taskmesh_client) >= due, timeout=2, message="the delayed jobs are due")
+    stats = drain(taskmesh_client, [work], raise_errors=False)
+    assert (later.result(timeout=2), now.result(timeout=2), stats.completed) == (1, 2, 2)
+    assert_contained(taskmesh_client, bad.id)
+
+
+def test_a_corrupt_record_among_a_dead_workers_jobs_lets_the_sweep_recover_the_rest(taskmesh_client: Client) -> None:
+    handles = [work.enqueue(i) for i in range(6)]
+    keys = taskmesh_client.keys("default")
+    dead = taskmesh_client.settings.replace(lease_seconds=0.2, renew_interval=0.1)
+    leased = scripts.call(taskmesh_client.redis, "step", keys.all, scripts.step_args(dead, "dead-worker", 6, []))
+    assert len(leased[1]) == 6  # a worker leased them all, then died
+    corrupt(taskmesh_client, handles[2].id, CORRUPT[1])
+    with running_worker(taskmesh_client, [work], **FAST):
+        for i, handle in enumerate(handles):
+            if i != 2:
+                assert handle.result(timeout=10) == i
+    assert_contained(taskmesh_client, handles[2].id)
+    assert taskmesh_client.counts()["active"] == 0
+
+
+def test_a_record_corrupted_while_its_job_runs_fails_that_job_and_the_worker_goes_on(taskmesh_client: Client) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    @task(name="hostile.slow")
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    victim = slow.enqueue()
+    with running_worker(taskmesh_client, [slow, work], **FAST) as running:
+        assert started.wait(5)
+        corrupt(taskmesh_client, victim.id, CORRUPT[4])
+        release.set()
+        after = work.enqueue(7)
+        assert after.result(timeout=5) == 7
+        wait_until(lambda: running.worker.stats.refused >= 1, timeout=5, message="the outcome refused")
+    assert_contained(taskmesh_client, victim.id)
+
+
+def test_enqueue_onto_an_id_whose_record_is_corrupt_creates_nothing(taskmesh_client: Client) -> None:
+    handle = work.options(job_id="fixed-id").enqueue(1)
+    corrupt(taskmesh_client, handle.id, CORRUPT[0])
+    again = work.options(job_id="fixed-id").enqueue(2)
+    assert not again.created
+    assert taskmesh_client.counts()["waiting"] == 1  # the one entry from the first enqueue
+
+
+def test_a_garbage_running_count_starts_again_instead_of_failing_every_finish(taskmesh_client: Client) -> None:
+    taskmesh_client.set_limit("default", Limit(max_active=2), task="hostile.work")
+    handles = [work.enqueue(i) for i in range(4)]
+    running_key = f"{{{taskmesh_client.settings.prefix}:default}}:running"
+
+    leased = scripts.call(
+        taskmesh_client.redis,
+        "step",
+        taskmesh_client.keys("default").all,
+        scripts.step_args(taskmesh_client.settings, "w1", 4, []),
+    )
+    assert len(leased[1]) == 2  # the cap
+    taskmesh_client.redis.hset(running_key, "hostile.work", "not a number")
+    updates = [scripts.Update("c", str(j[0]), int(j[1]), "1") for j in leased[1]]
+    result = scripts.call(
+        taskmesh_client.redis,
+        "step",
+        taskmesh_client.keys("default").all,
+        scripts.step_args(taskmesh_client.settings, "w1", 0, updates),
+    )
+    assert [int(flag) for flag in result[0]] == [1, 1]
+    drain(taskmesh_client, [work])
+    assert [h.status().state for h in handles] == [JobState.COMPLETED] * 4
+
+
+def test_a_status_read_of_a_corrupt_record_is_a_clear_error(taskmesh_client: Client) -> None:
+    handle = work.enqueue(1)
+    corrupt(taskmesh_client, handle.id, CORRUPT[0])
+    with pytest.raises(CorruptRecord, match=handle.id):
+        handle.status()
+
+
+def test_a_step_refused_for_good_backs_off_and_logs_once(
+    taskmesh_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="taskmesh")
+    broken, fine = taskmesh_client.keys("broken"), taskmesh_client.keys("fine")
+    taskmesh_client.redis.set(broken.meta, "a string where a hash should be")
+    info = taskmesh_client.redis.info("commandstats")
+    calls_before = info.get("cmdstat_evalsha", {}).get("calls", 0)
+    handle = taskmesh_client.submit(Call("hostile.work", [5], queue="fine"))
+    with running_worker(taskmesh_client, [work], queues=("broken", "fine"), **FAST) as running:
+        assert handle.result(timeout=5) == 5  # the other queue keeps moving
+        queue = next(q for q in running.worker._queues if q.keys.queue == "broken")
+        wait_until(lambda: queue.refused.failures >= 6, timeout=10, message="six refused steps")
+        failures = queue.refused.failures
+        calls = taskmesh_client.redis.info("commandstats")["cmdstat_evalsha"]["calls"] - calls_before
+        # Backed off: a few calls per failure (a step, the check of an empty step), not thousands.
+        assert calls < 10 * failures + 200, (calls, failures)
+        refusals = [r for r in caplog.records if "Redis refuses the worker's step" in r.getMessage()]
+        assert len(refusals) == 1, [r.getMessage() for r in refusals]
+        assert "WRONGTYPE" in refusals[0].getMessage()
+        taskmesh_client.redis.delete(broken.meta)
+        late = taskmesh_client.submit(Call("hostile.work", [6], queue="broken"))
+        assert late.result(timeout=10) == 6
+    assert any("working again" in r.getMessage() for r in caplog.records)
+    assert fine.queue == "fine"
+
+
+def test_the_fields_the_record_check_accepts_are_the_fields_the_scripts_write() -> None:
+    """lib.lua's FIELDS names every field a script sets: ``rec.<field> =`` or ``rec = {<field> = ...}``."""
+    lua = files("taskmesh.store") / "lua"
+    sources = [path.read_text() for path in lua.iterdir() if path.name.endswith(".lua")]
+    written: set[str] = set()
+    for text in sources:
+        written |= set(re.findall(r"\brec\.(\w+)(?:, rec\.\w+)* = ", text))
+        written |= {name for literal in re.findall(r"\brec = \{(.*?)\}\n", text, re.S) for name in re.findall(r"(\w+) = ", literal)}
+        written |= set(re.findall(r", rec\.(\w+) = ", text))
+    checked = set(re.findall(r"(\w+) = '(?:string|number|table|boolean)'", (lua / "lib.lua").read_text()))
+    assert {"task", "state", "token", "counted", "finished"} <= written
+    assert written <= checked, written - checked
