@@ -22,8 +22,20 @@ from .errors import JobNotFound
 from .events import FINAL_EVENTS, Event
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .limits import Limit, QueueSettings, parse_settings
-from .schedule import Schedule, ScheduleEntry, ScheduleInfo, look_commands, queue_of, schedule_info
-from .schedule import moves as schedule_moves
+from .schedule import (
+    UNDECODED,
+    Schedule,
+    ScheduleEntry,
+    ScheduleInfo,
+    aread_stored,
+    key_of,
+    look_commands,
+    queue_of,
+    read_entries,
+    read_stored,
+    schedule_info,
+    store_calls,
+)
 from .settings import Settings
 from .store import connect, scripts
 from .store.keys import QueueKeys, check_job_id, check_name, check_new_job_id, queues_key, schedules_key, workers_key
@@ -392,12 +404,20 @@ class Client:
         **when: Any,
     ) -> ScheduleEntry:
         """Add or change (by ``name``) a schedule for every scheduler: ``schedule=Schedule(...)`` or its
-        fields as keywords (``cron="0 0 * * *"``, ``every=timedelta(minutes=5)``, ``tz=``, ``args=``...)."""
-        entry = _entry(name, task, schedule, queue, priority, when)
-        old = self.redis.hget(schedules_key(self.settings.prefix), name)
-        self.redis.hset(schedules_key(self.settings.prefix), name, entry.to_json())
+        fields as keywords (``cron="0 0 * * *"``, ``every=timedelta(minutes=5)``, ``tz=``, ``args=``...).
+
+        Its arguments are checked as :meth:`enqueue` checks a job's (``max_payload_bytes`` among them).
+        A call that fails part way (Redis unreachable) may be repeated: no tick of the old schedule fires
+        under the new one, whichever part took effect."""
+        entry = _entry(name, task, schedule, queue, priority, when, self.settings.max_payload_bytes)
+        key = schedules_key(self.settings.prefix)
+        old = self.redis.hget(key, name)
         self._remember(entry.queue)
-        for queue_name, args in schedule_moves(name, entry, None if old is None else str(old)):
+        before, after = store_calls(entry, None if old is None else str(old))
+        for queue_name, args in before:
+            scripts.call(self.direct, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
+        self.redis.hset(key, name, entry.to_json())
+        for queue_name, args in after:
             scripts.call(self.direct, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
         return entry
 
@@ -413,31 +433,37 @@ class Client:
         priority: int | None = None,
         **when: Any,
     ) -> ScheduleEntry:
-        entry = _entry(name, task, schedule, queue, priority, when)
-        conn = self.aredis
-        old = await conn.hget(schedules_key(self.settings.prefix), name)
-        await conn.hset(schedules_key(self.settings.prefix), name, entry.to_json())
+        entry = _entry(name, task, schedule, queue, priority, when, self.settings.max_payload_bytes)
+        conn, key = self.aredis, schedules_key(self.settings.prefix)
+        old = await conn.hget(key, name)
         await self._aremember(entry.queue)
-        for queue_name, args in schedule_moves(name, entry, None if old is None else str(old)):
+        before, after = store_calls(entry, None if old is None else str(old))
+        for queue_name, args in before:
+            await scripts.acall(conn, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
+        await conn.hset(key, name, entry.to_json())
+        for queue_name, args in after:
             await scripts.acall(conn, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
         return entry
 
     @connect.guard
     def schedules(self) -> list[ScheduleInfo]:
-        """Every schedule, by name, with its state and next tick."""
-        entries = _readable(self.redis.hgetall(schedules_key(self.settings.prefix)))
+        """Every schedule, by name, with its state and next tick. One whose entry cannot be read is left
+        out and logged (a warning): :meth:`remove_schedule` removes it."""
+        entries = _readable(read_stored(self.redis, schedules_key(self.settings.prefix)))
         looks = scripts.run_pipeline(self.redis, look_commands(self.settings, entries)) if entries else []
         return [schedule_info(e, state, int(now)) for e, (state, now) in zip(entries, looks, strict=True)]
 
     @connect.aguard
     async def aschedules(self) -> list[ScheduleInfo]:
-        entries = _readable(await self.aredis.hgetall(schedules_key(self.settings.prefix)))
+        entries = _readable(await aread_stored(self.aredis, schedules_key(self.settings.prefix)))
         looks = await scripts.arun_pipeline(self.aredis, look_commands(self.settings, entries)) if entries else []
         return [schedule_info(e, state, int(now)) for e, (state, now) in zip(entries, looks, strict=True)]
 
     @connect.guard
     def remove_schedule(self, name: str) -> bool:
-        """Remove a schedule (its jobs already enqueued stay). False if there was none."""
+        """Remove a schedule (its jobs already enqueued stay). False if there was none. An entry that
+        cannot be read (written by hand, say, even under a name or queue taskmesh would refuse) is removed
+        too."""
         return self._schedule_op(name, "remove")
 
     @connect.aguard
@@ -462,25 +488,29 @@ class Client:
         return await self._aschedule_op(name, "resume")
 
     def _schedule_op(self, name: str, op: str) -> bool:
-        raw = self.redis.hget(schedules_key(self.settings.prefix), check_name("schedule name", name))
+        key, field_ = schedules_key(self.settings.prefix), _field(name, op)
+        command: Any = self.redis.execute_command  # untyped in redis-py
+        raw = command("HGET", key, field_, **UNDECODED)
         if raw is None:
             return False
-        queue = _queue_for(name, str(raw), op)
+        queue = _queue_for(name, raw, op)
         if queue is not None:
             scripts.call(self.direct, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
         if op == "remove":
-            self.redis.hdel(schedules_key(self.settings.prefix), name)
+            self.redis.hdel(key, field_)
         return True
 
     async def _aschedule_op(self, name: str, op: str) -> bool:
-        raw = await self.aredis.hget(schedules_key(self.settings.prefix), check_name("schedule name", name))
+        key, field_ = schedules_key(self.settings.prefix), _field(name, op)
+        command: Any = self.aredis.execute_command
+        raw = await command("HGET", key, field_, **UNDECODED)
         if raw is None:
             return False
-        queue = _queue_for(name, str(raw), op)
+        queue = _queue_for(name, raw, op)
         if queue is not None:
             await scripts.acall(self.adirect, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
         if op == "remove":
-            await self.aredis.hdel(schedules_key(self.settings.prefix), name)
+            await self.aredis.hdel(key, field_)
         return True
 
     # -- waiting and events ----------------------------------------------------
@@ -596,31 +626,47 @@ def _entry(
     queue: str | None,
     priority: int | None,
     when: Mapping[str, Any],
+    limit: int,
 ) -> ScheduleEntry:
+    """The entry to store; its scheduled run's arguments pass the checks an enqueued job's pass."""
     if schedule is not None and when:
         raise TypeError("give a Schedule or its fields as keywords, not both")
     schedule = schedule or Schedule(**when)
     if isinstance(task, Task):
         queue, priority, task = queue or task.queue, task.priority if priority is None else priority, task.name
-    return ScheduleEntry(name, task, queue or "default", schedule, check_priority(priority or 0))
+    entry = ScheduleEntry(name, task, queue or "default", schedule, check_priority(priority or 0))
+    schedule.payload(entry.task, limit)
+    return entry
 
 
-def _readable(raw: Mapping[Any, Any]) -> list[ScheduleEntry]:
+def _readable(stored: Mapping[str, str | None]) -> list[ScheduleEntry]:
     """Stored entries in name order; one that cannot be read is logged and left out."""
-    entries = []
-    for name, value in sorted(raw.items()):
-        try:
-            entries.append(ScheduleEntry.from_json(str(name), str(value)))
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("schedule %s: cannot read its entry (%s); remove it with remove_schedule", name, exc)
+    entries, unreadable = read_entries(stored)
+    for name, why in unreadable.items():
+        log.warning("schedule %r cannot be read (%s): remove it with `taskmesh schedules remove NAME`", name, why)
     return entries
 
 
-def _queue_for(name: str, raw: str, op: str) -> str | None:
-    """The queue holding a schedule's state; an unreadable entry can still be removed (not paused)."""
-    queue = queue_of(raw)
+def _field(name: str, op: str) -> bytes:
+    """The hash field of schedule ``name``: any name for a removal (an entry written by hand may have
+    one taskmesh refuses), a valid one otherwise."""
+    if op != "remove":
+        check_name("schedule name", name)
+    elif not isinstance(name, str):
+        raise TypeError(f"a schedule name is a string, not {type(name).__name__}")
+    return key_of(name)
+
+
+def _queue_for(name: str, raw: bytes, op: str) -> str | None:
+    """The queue holding a schedule's state (None: it can have none); an unreadable entry can still be
+    removed (not paused)."""
+    queue = queue_of(raw.decode("utf-8", "replace"))
     if queue is None and op != "remove":
         raise ValueError(f"schedule {name}: its stored entry cannot be read; remove it and add it again")
+    try:
+        check_name("schedule name", name)
+    except ValueError:
+        return None  # no scheduler keeps a state for an entry with an invalid name
     return queue
 
 

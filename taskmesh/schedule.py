@@ -8,17 +8,23 @@ valid instant after it, one repeated by a fall-back fires at both instants). An 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import redis
+import redis.asyncio as aredis
 from croniter import croniter
+from redis.client import NEVER_DECODE
 
 from .errors import MAX_DELAY_SECONDS
+from .job import encode_payload, json_too_deep
 from .store import scripts
 from .store.keys import QueueKeys, check_name
 
@@ -33,6 +39,11 @@ CATCH_UP_MAX = 100
 MISFIRE_GRACE = 60.0
 #: The most a schedule may ask for (each missed tick is a job created in one script call).
 CATCH_UP_LIMIT = 1000
+#: Options for a read of the schedules hash whose reply stays bytes: an entry that is not UTF-8 is then
+#: one unreadable entry, not an error of the whole read.
+UNDECODED: dict[str, Any] = {NEVER_DECODE: []}
+#: A ``cron`` script call: the queue whose state it works on, and its arguments after the stream's MAXLEN.
+CronCall = tuple[str, list[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +104,16 @@ class Schedule:
             raise ValueError(f"catch_up_max must be an int from 1 to {CATCH_UP_LIMIT}, not {most!r}")
         if isinstance(self.args, (str, bytes)) or not isinstance(self.kwargs, Mapping):
             raise ValueError("args must be a sequence (not a string) and kwargs a mapping")
+        self.payload("the scheduled run", sys.maxsize)
+
+    def payload(self, task: str, limit: int) -> str:
+        """The scheduled run's payload, checked as :func:`~taskmesh.job.encode_payload` checks an enqueued
+        job's (a list or tuple, string keys, JSON, nested at most 100 deep, at most ``limit`` bytes);
+        anything else is a ValueError (:class:`~taskmesh.errors.PayloadError` when too deep or too large)."""
         try:
-            json.dumps([list(self.args), dict(self.kwargs)], allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"the scheduled run's args and kwargs must be JSON: {exc}") from None
+            return encode_payload(task, self.args, self.kwargs, limit)
+        except TypeError as exc:
+            raise ValueError(f"{exc} (args and kwargs must be JSON)") from None
 
     @property
     def describe(self) -> str:
@@ -179,14 +196,20 @@ class Schedule:
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in known}  # a newer version's fields are ignored
         for name in ("start", "end"):
-            if values.get(name):
+            if values.get(name) is not None:
+                if not isinstance(values[name], str):
+                    raise ValueError(f"{name} must be an ISO 8601 string, not {type(values[name]).__name__}")
                 values[name] = datetime.fromisoformat(values[name])
         return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleEntry:
-    """A schedule as stored in Redis: which task it enqueues, on which queue, and where it came from."""
+    """A schedule as stored in Redis: which task it enqueues, on which queue, and where it came from.
+
+    ``version`` identifies what is stored (a digest of the stored JSON): the schedule's state in its
+    queue is kept for one version, and restarts when a scheduler finds another stored.
+    """
 
     name: str
     task: str
@@ -195,6 +218,7 @@ class ScheduleEntry:
     priority: int = 0
     #: "code" (declared with @task and synced by workers) or "api" (added at run time).
     origin: str = "api"
+    version: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_name("schedule name", self.name)
@@ -202,6 +226,10 @@ class ScheduleEntry:
         check_name("queue name", self.queue)
         if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not -1000 <= self.priority <= 1000:
             raise ValueError(f"priority must be an int from -1000 to 1000, not {self.priority!r}")
+        if not isinstance(self.schedule, Schedule) or not isinstance(self.origin, str):
+            raise ValueError("schedule must be a Schedule and origin a string")
+        if not self.version:
+            object.__setattr__(self, "version", version_of(self.to_json()))
 
     def to_json(self) -> str:
         data = {"task": self.task, "queue": self.queue, "priority": self.priority, "origin": self.origin}
@@ -209,15 +237,29 @@ class ScheduleEntry:
 
     @classmethod
     def from_json(cls, name: str, raw: str) -> ScheduleEntry:
-        data = json.loads(raw)
-        return cls(
-            name=name,
-            task=data["task"],
-            queue=data["queue"],
-            schedule=Schedule.from_dict(data["schedule"]),
-            priority=data.get("priority", 0),
-            origin=data.get("origin", "api"),
-        )
+        """The entry stored as ``raw``. Whatever ``raw`` holds (it comes from Redis: written by hand, by
+        another version, or corrupt), what cannot be read is a ValueError saying why, and nothing else."""
+        try:
+            if json_too_deep(raw):
+                raise ValueError("its JSON is nested too deep")
+            try:
+                data = json.loads(raw)
+            except ValueError as exc:
+                raise ValueError(f"not JSON ({exc})") from None
+            if not isinstance(data, dict) or not isinstance(data.get("schedule"), dict):
+                raise ValueError("a JSON object with a 'schedule' object is expected")
+            return cls(
+                name=name,
+                task=data["task"],
+                queue=data["queue"],
+                schedule=Schedule.from_dict(data["schedule"]),
+                priority=data.get("priority", 0),
+                origin=data.get("origin", "api"),
+                version=version_of(raw),
+            )
+        except Exception as exc:  # RecursionError and MemoryError included: one entry, one error
+            text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            raise ValueError(_short(text)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,50 +306,121 @@ def _check_cron(expr: str, zone: ZoneInfo) -> None:
 
 
 def schedule_info(entry: ScheduleEntry, raw_state: str | bytes | None, now_ms: int) -> ScheduleInfo:
-    """An entry with its state from ``{prefix:queue}:cron`` (None: not initialised yet)."""
+    """An entry with its state as ``cron look`` returns it (None: not initialised yet)."""
     state = json.loads(raw_state) if raw_state else {}
     last, job = state.get("last"), state.get("job")
     return ScheduleInfo(
         entry=entry,
         paused=bool(state.get("paused")),
-        last_tick=from_ms(int(job.rsplit("@", 1)[1])) if isinstance(job, str) else None,
+        last_tick=from_ms(_tick_of(job)),
         last_job=job,
         next_tick=from_ms(entry.schedule.next_tick(max(last or now_ms, now_ms))),
     )
 
 
+def version_of(raw: str) -> str:
+    """The version of a stored entry: a digest of its JSON (what a client stores, a scheduler reads)."""
+    return hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def read_stored(conn: redis.Redis, key: str) -> dict[str, str | None]:
+    """The schedules hash ``key``, as :func:`decode_stored` gives it."""
+    command: Any = conn.execute_command  # untyped in redis-py
+    return decode_stored(command("HGETALL", key, **UNDECODED))
+
+
+async def aread_stored(conn: aredis.Redis, key: str) -> dict[str, str | None]:
+    command: Any = conn.execute_command
+    return decode_stored(await command("HGETALL", key, **UNDECODED))
+
+
+def decode_stored(raw: Mapping[Any, Any]) -> dict[str, str | None]:
+    """The schedules hash read with :data:`UNDECODED`: name -> stored JSON, None where it is not UTF-8
+    (one bad entry, not an error of the whole read). A name that is not UTF-8 keeps its bytes as
+    surrogates (``surrogateescape``), as a shell passes it to ``taskmesh schedules remove``."""
+    stored: dict[str, str | None] = {}
+    for name, value in raw.items():
+        key = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
+        try:
+            stored[key] = value.decode() if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            stored[key] = None
+    return stored
+
+
+def read_entries(stored: Mapping[str, str | None]) -> tuple[list[ScheduleEntry], dict[str, str]]:
+    """The entries of :func:`decode_stored`'s result that can be read, in name order, and why each other
+    cannot (name -> reason)."""
+    entries: list[ScheduleEntry] = []
+    unreadable: dict[str, str] = {}
+    for name, raw in sorted(stored.items()):
+        try:
+            entries.append(read_entry(name, raw))
+        except ValueError as exc:
+            unreadable[name] = str(exc)
+    return entries, unreadable
+
+
+def read_entry(name: str, raw: str | None) -> ScheduleEntry:
+    """One entry of :func:`decode_stored`'s result; a ValueError says why it cannot be read."""
+    if raw is None:
+        raise ValueError("the stored entry is not UTF-8 text")
+    return ScheduleEntry.from_json(name, raw)
+
+
+def key_of(name: str) -> bytes:
+    """The hash field of schedule ``name`` (see :func:`decode_stored`)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
 def queue_of(raw: str | None) -> str | None:
-    """The queue of a stored entry (None if there is none or it cannot be read)."""
+    """The queue of a stored entry: None if there is none, it cannot be read or it is not a valid queue
+    name (no state can be kept for it then)."""
     if raw is None:
         return None
     try:
-        queue = json.loads(raw)["queue"]
-    except (ValueError, KeyError, TypeError):
+        data: Any = {} if json_too_deep(raw) else json.loads(raw)
+        return check_name("queue name", data["queue"])
+    except Exception:  # whatever is stored
         return None
-    return queue if isinstance(queue, str) else None
 
 
-def moves(name: str, entry: ScheduleEntry, old: str | None) -> list[tuple[str, list[Any]]]:
-    """The ``cron`` script calls (queue, arguments) that storing ``entry`` over ``old`` needs: drop the
-    state in a queue it left, and (re)start the state where it is now: a changed schedule fires from
-    its first tick after now."""
+def store_calls(entry: ScheduleEntry, old: str | None) -> tuple[list[CronCall], list[CronCall]]:
+    """The ``cron`` script calls to make before and after storing ``entry`` over ``old`` (what is stored).
+
+    Before: restart the state in its queue and announce the new version there (``change``: a changed
+    schedule fires from its first tick after the change), or make the state of an unchanged entry if it
+    is missing (``init``). After: drop the state in a queue it left. No tick of the old version fires
+    under the new one, whichever of these calls fails (see ``cron.lua``).
+    """
+    name = entry.name
     if old == entry.to_json():
-        return [(entry.queue, ["init", name])]
-    calls: list[tuple[str, list[Any]]] = []
+        return [(entry.queue, ["init", name, entry.version])], []
     old_queue = queue_of(old)
-    if old_queue is not None and old_queue != entry.queue:
-        calls.append((old_queue, ["remove", name]))
-    return [*calls, (entry.queue, ["init", name, "1"])]
+    after = [(old_queue, ["remove", name])] if old_queue is not None and old_queue != entry.queue else []
+    return [(entry.queue, ["change", name, entry.version])], after
 
 
-def look_commands(settings: Settings, entries: Sequence[ScheduleEntry]) -> list[tuple[Any, ...]]:
-    """One ``cron look`` per schedule (its state and its queue's clock), to send in one pipeline."""
+def look_commands(settings: Settings, entries: Sequence[ScheduleEntry], keep: bool = False) -> list[tuple[Any, ...]]:
+    """One ``cron look`` per schedule (its state for its version, and its queue's clock), to send in one
+    pipeline; ``keep`` (a scheduler) stores the state's restart when it finds a new version."""
     sha = scripts.sha("cron")
     commands: list[tuple[Any, ...]] = []
     for entry in entries:
         keys = QueueKeys.of(settings.prefix, entry.queue).all
-        commands.append(("EVALSHA", sha, len(keys), *keys, settings.events_maxlen, "look", entry.name))
+        look = ("look", entry.name, entry.version, "1" if keep else "0")
+        commands.append(("EVALSHA", sha, len(keys), *keys, settings.events_maxlen, *look))
     return commands
+
+
+def _tick_of(job: Any) -> int | None:
+    """The tick in a scheduled job's id ``<name>@<tick ms>`` (None if it is not one)."""
+    tick = job.rpartition("@")[2] if isinstance(job, str) else ""
+    return int(tick) if tick.isascii() and tick.isdigit() and len(tick) <= 13 else None
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _ms(when: datetime) -> int:

@@ -14,8 +14,9 @@ import pytest
 
 from taskmesh import Client, Job, JobState, Schedule, task
 from taskmesh.dispatch.scheduler import Scheduler
-from taskmesh.schedule import ScheduleEntry
+from taskmesh.schedule import ScheduleEntry, version_of
 from taskmesh.store import connect, scripts
+from taskmesh.store.keys import schedules_key
 from taskmesh.testing import RunningWorker, wait_until
 
 T = TypeVar("T")
@@ -116,9 +117,18 @@ def _take(it: Any, n: int) -> Any:
 
 
 def fire(client: Client, name: str, ticks: list[int], passed: int = 0, overlap: str = "allow") -> list[str]:
+    """A scheduler's fire call for the stored version of schedule ``name``."""
     keys = client.keys("default").all
-    args = [client.settings.events_maxlen, "fire", name, "sched.job", '{"t":"sched.job","a":[],"k":{}}', 0, overlap]
-    return cast(list[str], scripts.call(client.redis, "cron", keys, [*args, json.dumps(ticks), passed]))
+    version = version_of(cast(str, client.redis.hget(schedules_key(client.settings.prefix), name)))
+    args = [client.settings.events_maxlen, "fire", name, version, "sched.job", '{"t":"sched.job","a":[],"k":{}}']
+    return cast(list[str], scripts.call(client.redis, "cron", keys, [*args, 0, overlap, json.dumps(ticks), passed]))
+
+
+def set_last(client: Client, name: str, last: int) -> None:
+    """Backdate a schedule's state: its last handled tick (the rest of the state kept)."""
+    key = client.keys("default").cron
+    raw = client.redis.hget(key, name)
+    client.redis.hset(key, name, json.dumps({**(json.loads(cast(str, raw)) if raw else {}), "last": last}))
 
 
 def cron_state(client: Client, name: str) -> dict[str, Any]:
@@ -141,7 +151,7 @@ def test_each_tick_fires_once_and_never_before_its_time(taskmesh_client: Client)
     first, second = now - 1000, now - 500
     assert fire(taskmesh_client, "s", [now + 60_000]) == [], "a tick in the future is refused"
     assert fire(taskmesh_client, "s", [first]) == [], "a tick from before the schedule existed is not run"
-    taskmesh_client.redis.hset(taskmesh_client.keys("default").cron, "s", json.dumps({"last": now - 2000}))
+    set_last(taskmesh_client, "s", now - 2000)
 
     assert fire(taskmesh_client, "s", [first, second]) == [f"s@{first}", f"s@{second}"]
     assert fire(taskmesh_client, "s", [first, second]) == [], "a second scheduler finds both handled"
@@ -161,7 +171,7 @@ def test_each_tick_fires_once_and_never_before_its_time(taskmesh_client: Client)
 def test_overlap_skip_passes_a_tick_while_the_previous_run_is_unfinished(taskmesh_client: Client) -> None:
     taskmesh_client.schedule("o", "sched.job", every=1, overlap="skip")
     now = server_ms(taskmesh_client)
-    taskmesh_client.redis.hset(taskmesh_client.keys("default").cron, "o", json.dumps({"last": now - 5000}))
+    set_last(taskmesh_client, "o", now - 5000)
     assert fire(taskmesh_client, "o", [now - 3000], overlap="skip") == [f"o@{now - 3000}"]
     assert fire(taskmesh_client, "o", [now - 2000], overlap="skip") == [], "the previous run is still waiting"
     taskmesh_client.cancel(f"o@{now - 3000}")
@@ -178,7 +188,7 @@ def test_overlap_skip_passes_a_tick_while_the_previous_run_is_unfinished(taskmes
 def test_a_paused_schedule_passes_its_ticks_and_resumes_from_now(taskmesh_client: Client) -> None:
     taskmesh_client.schedule("p", "sched.job", every=1)
     now = server_ms(taskmesh_client)
-    taskmesh_client.redis.hset(taskmesh_client.keys("default").cron, "p", json.dumps({"last": now - 5000}))
+    set_last(taskmesh_client, "p", now - 5000)
     assert taskmesh_client.pause_schedule("p")
     assert fire(taskmesh_client, "p", [now - 1000]) == []
     assert taskmesh_client.resume_schedule("p")
@@ -203,8 +213,7 @@ async def scheduler_pass(
         if backdate_ms is not None:
             seconds, micros = await conn.time()
             now = seconds * 1000 + micros // 1000
-            last = now - now % align_ms - backdate_ms
-            await conn.hset(client.keys("default").cron, name, json.dumps({"last": last}))
+            set_last(client, name, now - now % align_ms - backdate_ms)
         scheduler = Scheduler(client.settings, conn)
         delay = await scheduler.tick()
         return scheduler.fired, delay
@@ -353,7 +362,6 @@ def test_prune_removes_code_schedules_no_task_declares_and_keeps_run_time_ones(
     assert names == ["added.at.run.time", "sched.every_second"]
 
 
-
 # -- review regressions ----------------------------------------------------------------------
 
 
@@ -363,7 +371,7 @@ def test_one_unreadable_schedule_stops_none_of_the_others(taskmesh_client: Clien
     taskmesh_client.redis.hset(key, "a.bad", '{"task": "sched.job", "queue": "default", "schedule": {"every": -1}}')
     taskmesh_client.schedule("a.corrupt.state", "sched.job", every=1)
     taskmesh_client.redis.hset(taskmesh_client.keys("default").cron, "a.corrupt.state", "{not json")
-    taskmesh_client.redis.hset(taskmesh_client.keys("default").cron, "b.good", json.dumps({"last": 0}))
+    set_last(taskmesh_client, "b.good", 0)
     fired, _ = run(scheduler_pass(taskmesh_client))
     assert fired == 1, "b.good fired although a.bad sorts before it"
     assert [i.entry.name for i in taskmesh_client.schedules()] == ["a.corrupt.state", "b.good"]
@@ -379,8 +387,7 @@ def test_misfire_grace_zero_still_fires_ticks_on_time(taskmesh_client: Client) -
 
 def test_a_changed_schedule_fires_none_of_the_ticks_before_the_change(taskmesh_client: Client) -> None:
     taskmesh_client.schedule("c", "sched.job", every=10)
-    cron_key = taskmesh_client.keys("default").cron
-    taskmesh_client.redis.hset(cron_key, "c", json.dumps({"last": server_ms(taskmesh_client) - 8000}))
+    set_last(taskmesh_client, "c", server_ms(taskmesh_client) - 8000)
     changed = server_ms(taskmesh_client)
     taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up")
     run(scheduler_pass(taskmesh_client, name="c"))
@@ -401,7 +408,7 @@ def test_a_removed_schedule_raced_by_a_pass_and_added_again_fires_no_old_ticks(t
         try:
             scheduler = Scheduler(taskmesh_client.settings, conn)
             # A pass that read the entry and its state (none yet: a race) before the removal.
-            await scheduler._fire_due(before, None, server_ms(taskmesh_client))
+            await scheduler._fire_due(before, "{}", None, server_ms(taskmesh_client))
             return scheduler.fired
         finally:
             await conn.aclose()

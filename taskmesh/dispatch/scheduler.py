@@ -17,9 +17,16 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from ..job import encode_payload
 from ..registry import Registry
-from ..schedule import ScheduleEntry, look_commands, moves
+from ..schedule import (
+    ScheduleEntry,
+    aread_stored,
+    look_commands,
+    read_entries,
+    read_entry,
+    store_calls,
+    version_of,
+)
 from ..settings import Settings
 from ..store import scripts
 from ..store.keys import QueueKeys, queues_key, schedules_key
@@ -29,6 +36,8 @@ log = logging.getLogger("taskmesh.scheduler")
 MAX_SLEEP = 1.0
 #: A tick at most this old is on time, whatever ``misfire_grace`` says (a scheduler wakes a little late).
 ON_TIME_MS = 2000
+#: A stored entry that can fire, with its scheduled run's payload.
+Ready = tuple[ScheduleEntry, str]
 
 
 class Scheduler:
@@ -36,46 +45,48 @@ class Scheduler:
         self.settings = settings
         self.conn = conn
         self.fired = 0  # jobs this scheduler enqueued
+        # name -> (version read, the entry ready to fire or None): each stored version is checked once.
+        self._read: dict[str, tuple[str | None, Ready | None]] = {}
+        # Schedules whose last pass failed: a failure is logged when it begins, not at every pass.
+        self._failing: set[str] = set()
 
     async def sync(self, registry: Registry, prune: bool = False) -> None:
         """Upsert the schedules tasks declare (origin "code"); report code schedules no task declares
-        any more, and remove them only when ``prune`` is set."""
+        any more, and remove them only when ``prune`` is set. A declared schedule whose arguments this
+        worker would refuse to enqueue (over ``max_payload_bytes``, say) is a ValueError."""
         key = schedules_key(self.settings.prefix)
-        stored = {str(n): str(v) for n, v in (await self.conn.hgetall(key)).items()}
+        stored = await aread_stored(self.conn, key)
         declared: dict[str, ScheduleEntry] = {}
         for task in registry:
             if task.schedule is not None:
                 entry = ScheduleEntry(task.name, task.name, task.queue, task.schedule, task.priority, origin="code")
+                task.schedule.payload(f"task {task.name}'s schedule", self.settings.max_payload_bytes)
                 declared[entry.name] = entry
         for name, entry in declared.items():
             await self.conn.sadd(queues_key(self.settings.prefix), entry.queue)
             old = stored.get(name)
-            changed = old != entry.to_json()
-            if changed:
-                await self.conn.hset(key, name, entry.to_json())
-            for queue, args in moves(name, entry, old):
+            before, after = store_calls(entry, old)
+            for queue, args in before:
                 await self._cron(queue, *args)
-            if changed:
+            if old != entry.to_json():
+                await self.conn.hset(key, name, entry.to_json())
                 log.info("schedule %s: %s -> %s (queue %s)", name, entry.schedule.describe, entry.task, entry.queue)
-        for name, raw in stored.items():
-            if name in declared:
-                continue
-            try:
-                entry = ScheduleEntry.from_json(name, raw)
-            except (ValueError, KeyError, TypeError):
-                continue
+            for queue, args in after:
+                await self._cron(queue, *args)
+        others, _ = read_entries({name: raw for name, raw in stored.items() if name not in declared})
+        for entry in others:
             if entry.origin != "code":
                 continue
             if prune:
-                await self._cron(entry.queue, "remove", name)
-                await self.conn.hdel(key, name)
-                log.warning("schedule %s: no task declares it any more; removed (prune_schedules)", name)
+                await self._cron(entry.queue, "remove", entry.name)
+                await self.conn.hdel(key, entry.name)
+                log.warning("schedule %s: no task declares it any more; removed (prune_schedules)", entry.name)
             else:
                 log.warning(
                     "schedule %s is stored but no task of this worker declares it; it still fires. Remove it "
                     "with `taskmesh schedules remove %s` or start a worker with --prune-schedules",
-                    name,
-                    name,
+                    entry.name,
+                    entry.name,
                 )
 
     async def run(self) -> None:
@@ -92,47 +103,75 @@ class Scheduler:
     async def tick(self) -> float:
         """Fire what is due now; return the seconds until the next tick (at most MAX_SLEEP).
 
-        One schedule that cannot be read or fired is logged and skipped; the others go on.
+        A schedule that cannot be read or fired is logged (once, until that changes) and skipped; the
+        others go on.
         """
         loop = asyncio.get_running_loop()
         began = loop.time()
-        raw = await self.conn.hgetall(schedules_key(self.settings.prefix))
-        entries: list[ScheduleEntry] = []
-        for name, value in sorted(raw.items()):
-            try:
-                entries.append(ScheduleEntry.from_json(str(name), str(value)))
-            except Exception as exc:
-                log.error("schedule %s: %s; skipped in this pass", name, exc)
-        # Every schedule's state and its queue's clock in one round trip.
-        looks = await scripts.arun_pipeline(self.conn, look_commands(self.settings, entries)) if entries else []
+        ready = self._ready(await aread_stored(self.conn, schedules_key(self.settings.prefix)))
+        # Every schedule's state (restarted if its entry changed) and its queue's clock in one round trip.
+        commands = look_commands(self.settings, [entry for entry, _ in ready], keep=True)
+        looks = await scripts.arun_pipeline(self.conn, commands) if ready else []
         wait = MAX_SLEEP
-        for entry, (state, now_ms) in zip(entries, looks, strict=True):
+        for (entry, payload), (state, now_ms) in zip(ready, looks, strict=True):
             try:
-                wait = min(wait, await self._fire_due(entry, state, int(now_ms)))
+                wait = min(wait, await self._fire_due(entry, payload, state, int(now_ms)))
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 raise
             except Exception as exc:
-                log.error("schedule %s: %s; skipped in this pass", entry.name, exc)
+                failing = entry.name in self._failing
+                log.log(logging.DEBUG if failing else logging.ERROR, "schedule %s cannot fire: %s", entry.name, exc)
+                self._failing.add(entry.name)
+            else:
+                if entry.name in self._failing:
+                    self._failing.discard(entry.name)
+                    log.info("schedule %s fires again", entry.name)
         # Sleep until the next tick by Redis' clock, less the time this pass took.
         return max(0.0, wait - (loop.time() - began))
 
-    async def _fire_due(self, entry: ScheduleEntry, state_raw: str | None, now_ms: int) -> float:
+    def _ready(self, stored: dict[str, str | None]) -> list[Ready]:
+        """The stored entries that can fire, with their payloads, in name order. A new or changed entry
+        is checked once: one that cannot be read, or whose arguments this worker would not enqueue, is
+        logged then and skipped until it is stored again or removed."""
+        read: dict[str, tuple[str | None, Ready | None]] = {}
+        for name, raw in sorted(stored.items()):
+            version = None if raw is None else version_of(raw)
+            known = self._read.get(name)
+            read[name] = known if known is not None and known[0] == version else (version, self._check(name, raw))
+        self._read = read
+        self._failing &= read.keys()
+        return [ready for _, ready in read.values() if ready is not None]
+
+    def _check(self, name: str, raw: str | None) -> Ready | None:
+        try:
+            entry = read_entry(name, raw)
+            return entry, entry.schedule.payload(entry.task, self.settings.max_payload_bytes)
+        except ValueError as exc:
+            log.warning(
+                "schedule %r cannot fire: %s. Skipped until it is stored again; remove it with "
+                "`taskmesh schedules remove NAME` (client.remove_schedule)",
+                name,
+                exc,
+            )
+            return None
+
+    async def _fire_due(self, entry: ScheduleEntry, payload: str, state_raw: str | None, now_ms: int) -> float:
         """Fire the entry's due ticks, given its state and its queue's clock as ``cron look`` read them;
         return the seconds until its next tick."""
         if state_raw is None:
             # No state: being added, moved or removed. Make it only if the entry is still stored.
             if await self.conn.hexists(schedules_key(self.settings.prefix), entry.name):
-                await self._cron(entry.queue, "init", entry.name)
+                await self._cron(entry.queue, "init", entry.name, entry.version)
             return MAX_SLEEP
         state: dict[str, Any] = json.loads(state_raw)
         last = int(state["last"])
         schedule = entry.schedule
         if not state.get("paused"):
-            last = await self._fire(entry, last, int(now_ms))
+            last = await self._fire(entry, payload, last, int(now_ms))
         following = schedule.next_tick(max(last, int(now_ms)))
         return MAX_SLEEP if following is None else (following - int(now_ms)) / 1000
 
-    async def _fire(self, entry: ScheduleEntry, last: int, now_ms: int) -> int:
+    async def _fire(self, entry: ScheduleEntry, payload: str, last: int, now_ms: int) -> int:
         """Fire the ticks due at ``now_ms`` (the queue's node's clock); return the last handled tick."""
         schedule = entry.schedule
         fire: list[int] = []
@@ -148,13 +187,11 @@ class Scheduler:
                 log.warning("schedule %s: tick %d missed by more than misfire_grace; skipped", entry.name, passed)
         if not fire and not passed:
             return last
-        payload = encode_payload(
-            entry.task, list(schedule.args), dict(schedule.kwargs), self.settings.max_payload_bytes
-        )
         fired = await self._cron(
             entry.queue,
             "fire",
             entry.name,
+            entry.version,
             entry.task,
             payload,
             entry.priority,

@@ -1,15 +1,24 @@
--- Schedules' state in the queue's slot (TAG:cron, hash name -> JSON {last, job, paused}):
--- `last` is the latest tick handled (fired or passed over). ARGV: [2] op, [3] schedule name, then:
---   look: returns {state JSON or false, now}: the state and this node's clock, which fire checks against.
---   init, [4] '1' to restart: make the state if missing (or unreadable), `last` = now (ticks before a
---     schedule existed never fire); restart moves `last` to now (the schedule's timing changed).
+-- Schedules' state in the queue's slot (TAG:cron, hash name -> JSON {last, v, nv, job, paused}):
+-- `last` is the latest tick handled (fired or passed over); `v` the version of the schedule's entry
+-- the state is kept for (a digest of its stored JSON); `nv` a version a client is about to store (see
+-- `change`). ARGV: [2] op, [3] schedule name, then:
+--   look, [4] version, [5] '1' to keep the adjustment: returns {state JSON or false, now}: the state as
+--     fire would find it for this version of the entry, and this node's clock, which fire checks against.
+--     A scheduler keeps the adjustment (a listing only reads).
+--   init, [4] version: make the state if missing (or unreadable): `last` = now (ticks before a schedule
+--     existed never fire).
+--   change, [4] version: called before a new or changed entry is stored: `last` = now (no tick due
+--     before the change fires, under either version), and a scheduler that finds this version stored
+--     keeps the state for it as it is (ticks after the change fire, even if a later call failed).
 --   pause | resume: ticks while paused pass unfired (resuming a paused schedule sets `last` = now).
 --   remove: forget it.
---   fire, [4] task, [5] payload, [6] priority, [7] overlap ('allow' | 'skip'),
---     [8] JSON array of ticks (ms, ascending), [9] a tick to pass over unfired (0: none):
+--   fire, [4] version, [5] task, [6] payload, [7] priority, [8] overlap ('allow' | 'skip'),
+--     [9] JSON array of ticks (ms, ascending), [10] a tick to pass over unfired (0: none):
 --     each tick later than `last` and not in the future enqueues job '<name>@<tick>' (once: the id
 --     dedupes), unless overlap is 'skip' and the schedule's previous job is still waiting or active.
 --     A schedule without state fires nothing (it was removed, or is being moved).
+-- A state kept for another version than the one a scheduler read restarts first (see `adopt`): so no
+-- tick of an old version of a schedule fires under a new one, whatever became of the client's calls.
 -- Returns the ids of the jobs enqueued (fire), the look result (look), else 1.
 local K_CRON = TAG .. ':cron'
 local op, name = ARGV[2], ARGV[3]
@@ -19,27 +28,51 @@ if op == 'remove' then
   return 1
 end
 
-local raw = redis.call('HGET', K_CRON, name)
-local state = nil
-if raw then
-  local ok, decoded = pcall(cjson.decode, raw)
-  if ok and type(decoded) == 'table' and type(decoded.last) == 'number' then state = decoded end
+-- The stored state, or nil if there is none or it is not one (written by hand, say; a `last` more than
+-- a day ahead would stop the schedule): only the fields above, of the right types, are kept, so it
+-- always encodes again.
+local function read_state()
+  local raw = redis.call('HGET', K_CRON, name)
+  if not raw then return nil end
+  local ok, d = pcall(cjson.decode, raw)
+  if not ok or type(d) ~= 'table' or type(d.last) ~= 'number' then return nil end
+  if not (d.last >= 0 and d.last <= now + 86400000) then return nil end  -- NaN included
+  local s = {last = d.last, paused = d.paused == true or nil}
+  for _, field in ipairs({'v', 'nv', 'job'}) do
+    if type(d[field]) == 'string' then s[field] = d[field] end
+  end
+  return s
 end
+
+local state = read_state()
 
 local function store()
   redis.call('HSET', K_CRON, name, cjson.encode(state))
 end
 
+-- Keep the state for `version` of the entry; true if it changed. A state kept for another version
+-- restarts (`last` = now), unless `change` announced this version (it restarted then, and the entry was
+-- stored after) or the state is from before versions were kept (it takes the version as it is).
+local function adopt(version)
+  if state.v == version then return false end
+  if state.nv ~= version and state.v ~= nil then state.last = math.max(state.last, now) end
+  state.v, state.nv = version, nil
+  return true
+end
+
 if op == 'look' then
+  if state and adopt(ARGV[4]) and ARGV[5] == '1' then store() end
   return {state and cjson.encode(state) or false, now}
 elseif op == 'init' then
-  if not state then
-    state = {last = now}  -- new, or unreadable: start afresh
-  elseif ARGV[4] == '1' then
-    state.last = math.max(state.last, now)
-  else
-    return 1
-  end
+  if state then return 1 end
+  state = {last = now, v = ARGV[4]}  -- new, or unreadable: start afresh
+  store()
+  return 1
+elseif op == 'change' then
+  local version = ARGV[4]
+  state = state or {last = now, v = version}
+  state.last = math.max(state.last, now)
+  state.nv = state.v ~= version and version or nil
   store()
   return 1
 elseif op == 'pause' or op == 'resume' then
@@ -56,10 +89,11 @@ elseif op ~= 'fire' then
   return redis.error_reply('unknown op ' .. op)
 end
 if not state then return {} end
+adopt(ARGV[4])
 
-local task, payload, prio, overlap = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local task, payload, prio, overlap = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local fired = {}
-for _, tick in ipairs(cjson.decode(ARGV[8])) do
+for _, tick in ipairs(cjson.decode(ARGV[9])) do
   if tick > state.last and tick <= now then
     state.last = tick
     local previous = state.job and load(state.job)
@@ -75,7 +109,7 @@ for _, tick in ipairs(cjson.decode(ARGV[8])) do
     end
   end
 end
-local pass = tonumber(ARGV[9])
+local pass = tonumber(ARGV[10])
 if pass > state.last and pass <= now then state.last = pass end
 store()
 finalize()
