@@ -100,7 +100,15 @@ def ok() -> str:
     return "ok"
 
 
-TASKS = [identity, async_echo, broken, retries_once, gives_up, spawns_and_sleeps, ignores_sigterm, waits, dies, hog, ok]
+@task(name="sub.large", runner="subprocess")
+def large(megabytes: int) -> str:
+    return "z" * (megabytes << 20)
+
+
+TASKS = [
+    *(identity, async_echo, broken, retries_once, gives_up, spawns_and_sleeps, ignores_sigterm, waits, dies, hog),
+    *(ok, large),
+]
 
 
 def rss_kb(pid: int) -> int:
@@ -144,6 +152,15 @@ def test_result_progress_and_logs_come_back_from_a_child_process(
     assert status.progress == {"step": "half"}
     assert status.logs == ["child says hi", "x" * 1999]
     assert async_echo.enqueue([1, "two"]).result(timeout=BOUND) == {"value": [1, "two"], "big": "y" * 20_000}
+
+
+def test_a_result_many_times_the_channels_buffer_comes_back_whole(
+    taskmesh_client: Client, taskmesh_worker: StartWorker
+) -> None:
+    """The child blocks on its channel until the worker has read it; what is left when it exits is read too."""
+    taskmesh_worker(TASKS, concurrency=3)
+    handles = [large.enqueue(3) for _ in range(3)]
+    assert [len(h.result(timeout=BOUND)) for h in handles] == [3 << 20] * 3
 
 
 def test_jobs_starting_together_on_a_new_worker_all_run(taskmesh_client: Client, taskmesh_worker: StartWorker) -> None:

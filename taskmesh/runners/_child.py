@@ -1,33 +1,48 @@
 """The subprocess runner's fork server and the child process each attempt runs in.
 
-The worker starts ``python -c BOOT SYS_PATH CHANNEL ALIVE`` (see ``subprocess.py``): that process
-takes the worker's ``sys.path``, imports taskmesh, then reads one JSON request a line on stdin and
-forks a fresh child per request. A child puts itself in its own process group, finds the task by its
-registered name in the module the worker named, runs it and exits with ``os._exit``.
+The worker starts ``python -c BOOT SYS_PATH REPORTS`` (see ``subprocess.py``) with a minimal environment
+(:func:`server_environment`): that process takes the worker's ``sys.path``, imports taskmesh, then reads
+requests on its stdin (a socket: an 8-byte length, then one JSON request, read exactly, so no later
+request sits in a buffer a child inherits) and forks a fresh child per request.
 
-Everything the worker hears comes over one pipe (``CHANNEL``) as frames ``b"RUN FLAG SIZE\\n" + body``,
-each written with one ``os.write`` of at most ``PIPE_BUF`` bytes, so frames from concurrent children
-never interleave. FLAG ``m``: a child's message continues in the next frame of this run; ``e``: it ends
-here; ``z``: a whole message from the fork server (``s`` started, with the pid; ``x`` exited, with the
-exit code; ``e`` the child could not be started). A child's messages (``p`` progress, ``l`` log, ``r``
-result JSON, ``e`` error) all precede the fork server's ``x`` for it, since ``x`` is written after the
-child has been reaped. The fork server alone holds ``ALIVE``: the worker sees it close when the server
-ends. When its stdin closes (the worker stopped or died), the server ends the children still running.
+Each attempt gets a channel of its own: a socket pair made for it just before its fork. The child keeps
+one end and closes everything else of the runner's (stdin, the report socket, the worker's end); the fork
+server closes the child's end after the fork and hands the worker's end to the worker with its ``s``
+(started) report, then closes that too. So no other child ever holds it, and being sockets, neither end
+can be reopened through ``/proc/PID/fd``. On its channel the child writes messages as frames
+``b"RUN SIZE\\n" + JSON`` (``p`` progress, ``l`` log, ``r`` result, ``e`` error); the worker checks each
+frame against the run the channel belongs to (see ``subprocess.py``).
+
+``REPORTS`` is a ``SOCK_SEQPACKET`` socket only the fork server holds: one JSON message per packet,
+``s`` started (with the pid, and the worker's end of the channel attached), ``x`` exited (with the exit
+code, after the child is reaped), ``e`` the child could not be started. The worker sees it close when
+the fork server ends. When its stdin closes (the worker stopped or died), the server ends the children
+still running.
+
+A child puts itself in its own process group, trims its environment to the minimal one plus the names
+its task asked for, finds the task by its registered name in the module the worker named, runs it and
+exits with ``os._exit``. On Linux the fork server and each child are child subreapers: a process an
+attempt started that leaves its process group or session (``setsid``, ``process_group=0``) is still
+re-parented to the attempt's process while it runs, and to the fork server after it ends, which kills
+every process re-parented to it (:func:`kill_strays`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import gc
 import importlib
 import json
 import os
-import select
 import signal
+import socket
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -38,20 +53,39 @@ from ..task import Task
 
 #: Seconds a child gets between SIGTERM and SIGKILL when its attempt is stopped.
 TERM_GRACE = 1.0
-#: The bytes of a frame body, leaving room for the header within one atomic pipe write.
-CHUNK = select.PIPE_BUF - 64
+#: The bytes of the length before each request on the fork server's stdin.
+REQUEST_HEADER = 8
+#: Environment variables every task's process gets: what a process needs to run and to find its imports.
+BASE_ENVIRONMENT = frozenset(
+    {
+        "HOME", "LANG", "LANGUAGE", "LOGNAME", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED",
+        "PYTHONIOENCODING", "PYTHONPATH", "PYTHONUTF8", "PYTHONWARNINGS", "TMPDIR", "TZ", "USER", "VIRTUAL_ENV",
+    }
+)  # fmt: skip
+#: ... and every variable whose name starts with one of these (the locale's ``LC_*``).
+BASE_PREFIXES = ("LC_",)
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def write_frame(fd: int, run: int, flag: bytes, body: bytes) -> None:
-    os.write(fd, b"%d %s %d\n" % (run, flag, len(body)) + body)
+def in_base_environment(name: str) -> bool:
+    return name in BASE_ENVIRONMENT or name.startswith(BASE_PREFIXES)
 
 
-def send(fd: int, run: int, message: Mapping[str, Any]) -> None:
-    """A child's message, split into frames that each fit one atomic pipe write."""
-    body = json.dumps(message, separators=(",", ":")).encode()
-    for start in range(0, len(body), CHUNK):
-        last = start + CHUNK >= len(body)
-        write_frame(fd, run, b"e" if last else b"m", body[start : start + CHUNK])
+class Channel:
+    """A child's end of its attempt's channel: each message one frame, written whole (threads take turns)."""
+
+    def __init__(self, sock: socket.socket, run: int) -> None:
+        self._sock = sock  # kept referenced: its finalizer must not close the fd while the child runs
+        self._fd = sock.fileno()
+        self._run = run
+        self._lock = threading.Lock()
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        body = json.dumps(message, separators=(",", ":")).encode()
+        frame = memoryview(b"%d %d\n" % (self._run, len(body)) + body)
+        with self._lock:
+            while frame:
+                frame = frame[os.write(self._fd, frame) :]
 
 
 def signal_group(pid: int, signum: int) -> None:
@@ -60,16 +94,96 @@ def signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
-def serve(channel: int, alive: int) -> None:
-    """The fork server's loop: one child per request line on stdin, until stdin closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle: it stops the runs
-    children: dict[int, int] = {}  # pid -> run id
+def become_subreaper() -> None:
+    """Orphaned descendants re-parent to this process rather than to init, so they can be found (Linux only)."""
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
-    def report(run: int, message: Mapping[str, Any]) -> None:
-        with contextlib.suppress(OSError):  # the worker is gone: nobody is listening
-            write_frame(channel, run, b"z", json.dumps(message).encode())
 
-    def reap(signum: int, frame: FrameType | None) -> None:
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, looked up once in the fork server (its children inherit it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+def own_children() -> list[int]:
+    """The pids whose parent is this (single-threaded) process."""
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as file:
+            return [int(child) for child in file.read().split()]
+    except OSError:  # no /proc, or a kernel without CONFIG_PROC_CHILDREN: look at every process
+        return _children_by_scan(pid)
+
+
+def _children_by_scan(parent: int) -> list[int]:
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{entry}/stat", "rb") as file:
+                if int(file.read().rpartition(b")")[2].split()[1]) == parent:
+                    found.append(int(entry))
+    return found
+
+
+def kill_strays(known: Iterable[int]) -> None:
+    """SIGKILL every child of this process that is not a running attempt: only processes an ended attempt
+    left behind are re-parented here. Their own children are re-parented here as they die, and are
+    killed in turn when their SIGCHLD comes."""
+    running = set(known)
+    for pid in own_children():
+        if pid not in running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def server_environment(environ: Mapping[str, str], wanted: Iterable[str]) -> dict[str, str]:
+    """The fork server's environment: the base one, plus the variables the runner's tasks ask for (so that
+    their modules see them when the fork server imports them)."""
+    wanted = set(wanted)
+    return {name: value for name, value in environ.items() if in_base_environment(name) or name in wanted}
+
+
+class Children:
+    """The fork server's running attempts (pid -> run id), and the SIGCHLD handler that reaps them.
+
+    Never re-entered (a SIGCHLD during a sweep makes the sweep go round again), so a pid it lists is not
+    reaped, and free for reuse, before it is signalled.
+    """
+
+    def __init__(self, report: Callable[[Mapping[str, Any]], None]) -> None:
+        self.runs: dict[int, int] = {}
+        self._report = report
+        self._busy = False
+        self._again = False
+
+    def on_sigchld(self, signum: int, frame: FrameType | None) -> None:
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Reap what exited, report the attempts among them, and SIGKILL what ended attempts left behind."""
+        if self._busy:
+            self._again = True
+            return
+        self._busy = self._again = True
+        try:
+            while self._again:
+                self._again = False
+                self._reap()
+                kill_strays(self.runs)  # whatever an ended attempt started elsewhere, re-parented here
+        finally:
+            self._busy = False
+
+    def _reap(self) -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -77,58 +191,115 @@ def serve(channel: int, alive: int) -> None:
                 return
             if pid == 0:
                 return
-            signal_group(pid, signal.SIGKILL)  # whatever the attempt left behind ends with it
-            run = children.pop(pid, None)
+            run = self.runs.pop(pid, None)
             if run is not None:
-                report(run, {"k": "x", "code": os.waitstatus_to_exitcode(status)})
+                signal_group(pid, signal.SIGKILL)  # whatever the attempt left in its group ends with it
+                self._report({"k": "x", "id": run, "code": os.waitstatus_to_exitcode(status)})
 
-    signal.signal(signal.SIGCHLD, reap)
-    for line in sys.stdin.buffer:
-        request = json.loads(line)
-        run = request["id"]
-        with contextlib.suppress(Exception):  # a module that fails to import is imported (and reported) by the child
-            if request["module"] not in sys.modules:
-                importlib.import_module(request["module"])
+    def end(self) -> None:
+        """The worker is gone: SIGTERM every child's group, SIGKILL what is left after the grace, then wait
+        (boundedly) for what they left behind to be killed in turn."""
+        for pid in list(self.runs):
+            signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + TERM_GRACE
+        while self.runs and time.monotonic() < deadline:
+            time.sleep(0.01)  # the SIGCHLD handler reaps them meanwhile
+        for pid in list(self.runs):
+            signal_group(pid, signal.SIGKILL)
+        deadline = time.monotonic() + TERM_GRACE
+        while own_children() and time.monotonic() < deadline:
+            self.sweep()
+            time.sleep(0.01)
+
+
+def serve(reports_fd: int) -> None:
+    """The fork server's loop: one child per request on stdin, until stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle: it stops the runs
+    become_subreaper()
+    reports = socket.socket(fileno=reports_fd)
+
+    def report(message: Mapping[str, Any], fd: int | None = None) -> None:
+        data = json.dumps(message).encode()
+        with contextlib.suppress(OSError):  # the worker is gone: nobody is listening
+            if fd is None:
+                reports.send(data)
+            else:
+                socket.send_fds(reports, [data], [fd])
+
+    children = Children(report)
+    signal.signal(signal.SIGCHLD, children.on_sigchld)
+    while (request := read_request(0)) is not None:
+        import_modules(request["modules"])
+        if "id" in request:  # else the worker only asks for its tasks' modules, at start
+            _fork(request, children, reports, report)
+    children.end()
+
+
+def import_modules(names: Iterable[str]) -> None:
+    """Import the task modules this server has not imported yet, so that the children have them already."""
+    for name in names:
+        if name not in sys.modules:
+            with contextlib.suppress(
+                Exception
+            ):  # a module that fails to import is imported (and reported) by the child
+                importlib.import_module(name)
                 gc.freeze()  # keep what was imported out of the children's copy-on-write pages
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # reap only once the child is on the books
-        try:
+
+
+def _fork(request: dict[str, Any], children: Children, reports: socket.socket, report: Callable[..., None]) -> None:
+    """Fork the child of one attempt, with a channel of its own; report it started, with the worker's end."""
+    run = request["id"]
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # reap only once the child is on the books
+    try:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
             pid = os.fork()
             if pid == 0:
-                _child(request, channel, alive)
+                _child(request, theirs, (ours, reports))
             with contextlib.suppress(OSError):  # the child does it too; whichever is first makes the group
                 os.setpgid(pid, pid)
-            children[pid] = run
-            report(run, {"k": "s", "pid": pid})
-        except OSError as exc:
-            report(run, {"k": "e", **json.loads(error_json(exc, tb=False))})
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-    _end_children(children)
+            children.runs[pid] = run
+            theirs.close()
+            report({"k": "s", "id": run, "pid": pid}, ours.fileno())
+    except OSError as exc:
+        report({"k": "e", "id": run, **json.loads(error_json(exc, tb=False))})
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
 
 
-def _end_children(children: dict[int, int]) -> None:
-    """The worker is gone: SIGTERM every child's group, SIGKILL what is left after the grace."""
-    for pid in list(children):
-        signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + TERM_GRACE
-    while children and time.monotonic() < deadline:
-        time.sleep(0.01)  # the SIGCHLD handler reaps them meanwhile
-    for pid in list(children):
-        signal_group(pid, signal.SIGKILL)
+def read_request(fd: int) -> dict[str, Any] | None:
+    """The next request, read exactly (nothing of the next one); None when the worker closed the socket."""
+    header = _read_exactly(fd, REQUEST_HEADER)
+    body = None if header is None else _read_exactly(fd, int.from_bytes(header, "big"))
+    return None if body is None else dict(json.loads(body))
 
 
-def _child(request: dict[str, Any], channel: int, alive: int) -> NoReturn:
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def _child(request: dict[str, Any], channel: socket.socket, runners: Iterable[socket.socket]) -> NoReturn:
     code = 0
     try:
         os.setpgid(0, 0)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-        os.close(alive)
+        for sock in runners:  # the worker's end of this channel, and the fork server's reports
+            sock.close()
         devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
+        os.dup2(devnull, 0)  # the fork server's requests
         os.close(devnull)
-        send(channel, request["id"], _attempt(request, channel))
+        become_subreaper()
+        _trim_environment(request.get("env", {}))
+        writer = Channel(channel, request["id"])
+        writer.send(_attempt(request, writer))
     except BaseException:
         code = 70  # the outcome could not be sent: the worker reports the exit code
     finally:
@@ -138,16 +309,22 @@ def _child(request: dict[str, Any], channel: int, alive: int) -> NoReturn:
         os._exit(code)
 
 
-def _attempt(request: dict[str, Any], channel: int) -> dict[str, Any]:
+def _trim_environment(wanted: Mapping[str, str]) -> None:
+    """The base environment plus the variables the task asked for (their values sent by the worker)."""
+    for name in [name for name in os.environ if name not in wanted and not in_base_environment(name)]:
+        del os.environ[name]
+    os.environ.update(wanted)
+
+
+def _attempt(request: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """Run the task; return the message that carries its outcome."""
-    run = request["id"]
 
     def report(kind: str, job_id: str, value: str) -> None:
-        send(channel, run, {"k": kind, "v": value})
+        channel.send({"k": kind, "v": value})
 
     try:
         job = Job(report=report, **request["job"])
-        task = find_task(request["module"], request["task"])
+        task = find_task(request["modules"][0], request["task"])
         args = [job, *request["args"]] if task.takes_job else request["args"]
         if task.is_async:
             result = asyncio.run(task.fn(*args, **request["kwargs"]))

@@ -20,15 +20,16 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Cancelled, RemoteError, Retry, SlowDown, TaskCrashed, Unrecoverable
+from ..errors import Cancelled, ConfigurationError, RemoteError, Retry, SlowDown, TaskCrashed, Unrecoverable
 from ..plugins import hookimpl
-from ._child import TERM_GRACE, signal_group
+from ._child import REQUEST_HEADER, TERM_GRACE, server_environment, signal_group
 
 if TYPE_CHECKING:
     from ..job import Job
@@ -39,20 +40,34 @@ if TYPE_CHECKING:
 #: Started with the worker's interpreter: take its sys.path before anything is imported, then serve.
 BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from taskmesh.runners._child import serve; serve(int(sys.argv[2]), int(sys.argv[3]))"
+    "from taskmesh.runners._child import serve; serve(int(sys.argv[2]))"
 )
 log = logging.getLogger("taskmesh.runners.subprocess")
 #: How long a stopped attempt may take to be reported gone after SIGKILL before the worker moves on.
 KILL_WAIT = 5.0
+#: The largest message a task's process may send (a result, an error, a progress report or a log line).
+MAX_MESSAGE = 64 << 20
+#: Reads of 64 KiB that drain an exited child's channel at most (a socket buffer holds far less).
+DRAIN_READS = 64
+#: A frame header ``b"RUN SIZE\n"`` is at most this long.
+MAX_HEADER = 48
+_RECEIVE_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+
+class ChannelBroken(Exception):
+    """What the worker read on an attempt's channel is not a frame of that attempt."""
 
 
 @dataclass(slots=True)
 class _Run:
     """One attempt in a child process, as the worker sees it."""
 
+    number: int
     job: Job
     outcome: asyncio.Future[Any]
     pid: int | None = None
+    channel: int | None = None  # the worker's end of the attempt's channel, once the child is started
+    unread: bytearray = field(default_factory=bytearray)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -63,21 +78,52 @@ class SubprocessRunner:
     The child's ``job.progress()``/``job.log()`` reach the worker's job under the run's fencing token;
     its result and errors come back as JSON. A cancelled ``run`` (timeout, cancel request, hand-back)
     sends SIGTERM to the child's process group, then SIGKILL after ``TERM_GRACE``. A child that dies
-    without an outcome fails the attempt with :class:`TaskCrashed`.
+    without an outcome, or whose channel to the worker breaks, fails the attempt with :class:`TaskCrashed`.
+
+    The child's environment is the base one (:data:`~taskmesh.runners._child.BASE_ENVIRONMENT`) plus the
+    variables its task names in ``runner_options={"env": [...]}``; see :func:`wanted_environment`.
     """
 
     def __init__(self, settings: Settings) -> None:
-        self._server: _ForkServer | None = _ForkServer()  # started now, so the first job does not wait for it
+        self._server: _ForkServer | None = None
+        self._wanted: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {}
         self._closed = False
+
+    async def start(self, tasks: Sequence[Task[Any, Any]]) -> None:
+        """Check the tasks' ``runner_options``, then start the fork server (so the first job does not wait for it)."""
+        modules = []
+        for task in tasks:
+            self._wanted_by(task)
+            with contextlib.suppress(Unrecoverable):  # its jobs fail with the reason
+                modules.append(module_of(task))
+        if self._server is None:
+            self._server = self._new_server()
+        await self._server.preload(modules)
+
+    def _wanted_by(self, task: Task[Any, Any]) -> tuple[frozenset[str], tuple[str, ...]]:
+        wanted = self._wanted.get(task.name)
+        if wanted is None:
+            wanted = self._wanted[task.name] = wanted_environment(task)
+        return wanted
+
+    def _new_server(self) -> _ForkServer:
+        names: set[str] = set()
+        for exact, prefixes in self._wanted.values():
+            names |= exact | {name for name in os.environ if name.startswith(prefixes)}
+        return _ForkServer(server_environment(os.environ, names))
 
     async def run(self, task: Task[Any, Any], job: Job, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         if self._closed:
             raise RuntimeError("the subprocess runner is closed")
+        exact, prefixes = self._wanted_by(task)
+        env = {name: os.environ[name] for name in exact if name in os.environ}
+        if prefixes:
+            env.update((name, value) for name, value in os.environ.items() if name.startswith(prefixes))
         if self._server is None or self._server.lost:
             if self._server is not None:
                 await self._server.close()
-            self._server = _ForkServer()
-        return await self._server.run(task, job, args[1:] if task.takes_job else args, kwargs)
+            self._server = self._new_server()
+        return await self._server.run(task, job, args[1:] if task.takes_job else args, kwargs, env)
 
     async def close(self) -> None:
         self._closed = True
@@ -86,36 +132,62 @@ class SubprocessRunner:
             self._server = None
 
 
-class _ForkServer:
-    """The fork server process and the worker's end of its pipes."""
+def wanted_environment(task: Task[Any, Any]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The environment variables ``task`` asks for beyond the base ones: exact names, and name prefixes
+    (``"AWS_*"``; ``"*"`` is every variable). Anything but ``{"env": [names]}`` is a ConfigurationError."""
+    options = dict(task.runner_options)
+    wanted = options.pop("env", [])
+    if options:
+        raise ConfigurationError(
+            f"task {task.name}: the subprocess runner reads only runner_options['env'], not {sorted(options)}"
+        )
+    if isinstance(wanted, str | bytes) or not isinstance(wanted, list | tuple) or not all(map(_env_pattern, wanted)):
+        raise ConfigurationError(
+            f"task {task.name}: runner_options['env'] must be a list of the environment variables the task's "
+            f"process may see besides the base ones, e.g. ['DATABASE_URL', 'AWS_*'] (a trailing * matches a "
+            f"prefix); got {wanted!r}"
+        )
+    exact = frozenset(name for name in wanted if not name.endswith("*"))
+    return exact, tuple(name[:-1] for name in wanted if name.endswith("*"))
 
-    def __init__(self) -> None:
-        channel_r, channel_w = os.pipe()
-        alive_r, alive_w = os.pipe()
+
+def _env_pattern(name: object) -> bool:
+    """A variable's name, or a prefix followed by ``*``."""
+    if not isinstance(name, str):
+        return False
+    stem = name.removesuffix("*")
+    return (stem != "" or name == "*") and not any(char in stem for char in "=*\0")
+
+
+class _ForkServer:
+    """The fork server process, and the worker's ends of its sockets and of its children's channels."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        requests, server_requests = socket.socketpair()
+        reports, server_reports = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", BOOT, json.dumps(sys.path), str(channel_w), str(alive_w)],
-                stdin=subprocess.PIPE,
-                pass_fds=(channel_w, alive_w),
+                [sys.executable, "-c", BOOT, json.dumps(sys.path), str(server_reports.fileno())],
+                stdin=server_requests.fileno(),
+                pass_fds=(server_reports.fileno(),),
+                env=env,
                 start_new_session=True,  # neither Ctrl-C nor the worker's process group signals reach it
             )
         except BaseException:
-            os.close(channel_r)
-            os.close(alive_r)
+            requests.close()
+            reports.close()
             raise
         finally:
-            os.close(channel_w)
-            os.close(alive_w)
-        self._channel = channel_r
-        self._alive = alive_r
+            server_requests.close()
+            server_reports.close()
+        self._requests = requests
+        self._reports = reports
         self._ids = itertools.count(1)
         self._runs: dict[int, _Run] = {}
         self._abandoned: set[int] = set()  # runs stopped before their child was reported started
         self._loop: asyncio.AbstractEventLoop | None = None
         self._attaching: asyncio.Future[None] | None = None
         self._stdin: asyncio.WriteTransport | None = None
-        self._channel_pipe: asyncio.ReadTransport | None = None
-        self._reading: asyncio.Task[None] | None = None
         self._gone = asyncio.Event()
 
     @property
@@ -124,36 +196,52 @@ class _ForkServer:
         return self._gone.is_set()
 
     async def _attach(self) -> None:
-        """Connect the pipes to the running loop (the loop the worker runs on; the server starts before it)."""
+        """Connect the sockets to the running loop (the loop the worker runs on; the server starts before it)."""
         loop = self._loop = asyncio.get_running_loop()
-        assert self._process.stdin is not None
-        self._stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, self._process.stdin)
-        reader = asyncio.StreamReader(limit=1 << 16)
-        self._channel_pipe, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(self._channel, "rb", buffering=0)
-        )
-        self._reading = asyncio.create_task(self._read(reader), name="taskmesh-subprocess-channel")
-        loop.add_reader(self._alive, self._on_server_gone)
+        self._stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, self._requests)
+        self._reports.setblocking(False)
+        loop.add_reader(self._reports.fileno(), self._on_reports)
 
-    async def run(self, task: Task[Any, Any], job: Job, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    async def _attached(self) -> None:
         if self._attaching is None:
             self._attaching = asyncio.ensure_future(self._attach())
         await asyncio.shield(self._attaching)  # the first runs all wait for it; a cancelled one does not stop it
+
+    def _send(self, request: Mapping[str, Any]) -> None:
         assert self._stdin is not None
+        body = json.dumps(request, separators=(",", ":")).encode()
+        self._stdin.write(len(body).to_bytes(REQUEST_HEADER, "big") + body)
+
+    async def preload(self, modules: Sequence[str]) -> None:
+        """Have the fork server import these task modules now, before the first job needs them."""
+        await self._attached()
+        self._send({"modules": list(dict.fromkeys(modules))})
+
+    async def run(
+        self,
+        task: Task[Any, Any],
+        job: Job,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        env: Mapping[str, str],
+    ) -> Any:
+        await self._attached()
         module = module_of(task)
         number = next(self._ids)
-        run = _Run(job, asyncio.get_running_loop().create_future())
+        run = _Run(number, job, asyncio.get_running_loop().create_future())
         self._runs[number] = run
         request = {
             "id": number,
-            "module": module,
+            "modules": [module],
             "task": task.name,
             "args": list(args),
             "kwargs": dict(kwargs),
             "job": {"job_id": job.id, "queue": job.queue, "task": job.task, "attempt": job.attempt, "token": job.token},
         }
+        if env:
+            request["env"] = dict(env)
         try:
-            self._stdin.write(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+            self._send(request)
             try:
                 return await run.outcome
             except asyncio.CancelledError:
@@ -161,6 +249,7 @@ class _ForkServer:
                 raise
         finally:
             del self._runs[number]
+            self._close_channel(run)
 
     async def _stop(self, number: int, run: _Run) -> None:
         """The attempt is being stopped: SIGTERM its process group, SIGKILL it after the grace."""
@@ -183,27 +272,33 @@ class _ForkServer:
                 signal_group(run.pid, signal.SIGKILL)
             raise
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        partial: dict[int, bytearray] = {}
-        while header := await reader.readline():
-            number_text, flag, size = header.split()
-            body = await reader.readexactly(int(size))
-            number = int(number_text)
-            if flag == b"m":
-                partial.setdefault(number, bytearray()).extend(body)
-                continue
-            if flag == b"e":
-                body = bytes(partial.pop(number, b"")) + body
-            message = json.loads(body)
-            if message["k"] == "x":
-                partial.pop(number, None)  # a child killed in the middle of a message
-            try:
-                self._deliver(number, message)
-            except Exception:
-                log.exception("subprocess runner: cannot act on %r for run %d", message.get("k"), number)
+    # -- the fork server's reports ---------------------------------------------------
 
-    def _deliver(self, number: int, message: dict[str, Any]) -> None:
-        kind = message["k"]
+    def _on_reports(self) -> None:
+        """Read the fork server's reports (one a packet; only the fork server holds that socket)."""
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._reports, 1 << 16, 1, _RECEIVE_FLAGS)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                self._on_server_gone()
+                return
+            try:
+                self._on_report(json.loads(data), fds)
+            except Exception:
+                log.exception("subprocess runner: cannot act on the fork server's report %r", data[:200])
+            finally:
+                for fd in fds:  # a channel nobody adopted (its run was stopped meanwhile)
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def _on_report(self, message: dict[str, Any], fds: list[int]) -> None:
+        kind, number = message["k"], message["id"]
         run = self._runs.get(number)
         if run is None:
             if kind == "s" and number in self._abandoned:
@@ -213,25 +308,21 @@ class _ForkServer:
             return
         if kind == "s":
             run.pid = message["pid"]
+            if fds:
+                self._open_channel(run, fds.pop())
             run.started.set()
-        elif kind in ("p", "l"):
-            with contextlib.suppress(Exception):  # e.g. LeaseLost: the run's reports are refused anyway
-                if kind == "p":
-                    run.job.progress(json.loads(message["v"]))
-                else:
-                    run.job.log(message["v"])
-        elif kind == "r":
-            _settle(run.outcome, result=json.loads(message["v"]))
         elif kind == "e":
             _settle(run.outcome, error=rebuild(message))
         elif kind == "x":
+            self._read_channel(run, until_empty=True)  # the child is gone: all it wrote is there to read
+            self._close_channel(run)
             run.exited.set()
             _settle(run.outcome, error=TaskCrashed(exit_reason(message["code"])))
 
     def _on_server_gone(self) -> None:
         """The fork server exited (killed, or out of memory): fail what it was running; the next job starts another."""
         assert self._loop is not None
-        self._loop.remove_reader(self._alive)
+        self._loop.remove_reader(self._reports.fileno())
         self._gone.set()
         reason = "the subprocess runner's fork server exited"
         if self._runs:
@@ -242,32 +333,131 @@ class _ForkServer:
             run.exited.set()
             _settle(run.outcome, error=TaskCrashed(reason))
 
+    # -- each attempt's channel ------------------------------------------------------
+
+    def _open_channel(self, run: _Run, fd: int) -> None:
+        assert self._loop is not None
+        os.set_blocking(fd, False)
+        run.channel = fd
+        self._loop.add_reader(fd, self._read_channel, run)
+
+    def _close_channel(self, run: _Run) -> None:
+        if run.channel is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(run.channel)
+            os.close(run.channel)
+            run.channel = None
+
+    def _read_channel(self, run: _Run, until_empty: bool = False) -> None:
+        """Read what the child wrote and act on each whole frame; anything else breaks the channel, which
+        fails this attempt only (and kills its process: nothing it sends can be trusted any more).
+
+        ``until_empty``: the child has exited, so what it wrote is all in the socket's buffer (bounded by
+        the buffer's size: its writes blocked until the rest was read); read it all, not more."""
+        for _ in range(DRAIN_READS if until_empty else 1):
+            if run.channel is None:
+                return
+            try:
+                data = os.read(run.channel, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._break(run, f"reading it failed: {exc}")
+                return
+            if not data:  # the child ended, and nothing it started holds the channel
+                self._close_channel(run)
+                return
+            run.unread += data
+            try:
+                self._read_frames(run)
+            except ChannelBroken as exc:
+                self._break(run, str(exc))
+                return
+            except Exception as exc:
+                log.exception("subprocess runner: cannot act on run %d's message", run.number)
+                self._break(run, f"the worker could not act on a message: {exc!r}")
+                return
+
+    def _read_frames(self, run: _Run) -> None:
+        unread = run.unread
+        while unread:
+            end = unread.find(b"\n", 0, MAX_HEADER)
+            if end < 0:
+                if len(unread) >= MAX_HEADER:
+                    raise ChannelBroken(f"it carried {bytes(unread[:MAX_HEADER])!r}, which is not a frame header")
+                return
+            header = unread[:end].split(b" ")
+            if len(header) != 2 or not header[0].isdigit() or not header[1].isdigit():
+                raise ChannelBroken(f"it carried {bytes(unread[: end + 1])!r}, which is not a frame header")
+            if int(header[0]) != run.number:
+                raise ChannelBroken(f"it carried a frame of run {int(header[0])}, not of this attempt's run")
+            size = int(header[1])
+            if size > MAX_MESSAGE:
+                raise ChannelBroken(
+                    f"the task sent a message of {size} bytes, over the {MAX_MESSAGE >> 20} MiB a message may have "
+                    "(store large results elsewhere and return a reference)"
+                )
+            if len(unread) < end + 1 + size:
+                return
+            body = bytes(unread[end + 1 : end + 1 + size])
+            del unread[: end + 1 + size]
+            self._deliver(run, body)
+
+    def _deliver(self, run: _Run, body: bytes) -> None:
+        value: Any = None
+        try:
+            message = json.loads(body)
+            kind = message["k"]
+            if kind == "e":
+                error = rebuild(message)
+            elif kind in ("p", "l", "r") and isinstance(message["v"], str):
+                value = message["v"] if kind == "l" else json.loads(message["v"])
+            else:
+                raise ValueError(kind)
+        except (ValueError, TypeError, KeyError, RecursionError):
+            raise ChannelBroken(f"it carried {body[:100]!r}, which is not a message of the task's process") from None
+        if kind == "e":
+            _settle(run.outcome, error=error)
+        elif kind == "r":
+            _settle(run.outcome, result=value)
+        else:
+            with contextlib.suppress(Exception):  # e.g. LeaseLost: the run's reports are refused anyway
+                if kind == "p":
+                    run.job.progress(value)
+                else:
+                    run.job.log(value)
+
+    def _break(self, run: _Run, why: str) -> None:
+        self._close_channel(run)
+        if run.pid is not None:
+            signal_group(run.pid, signal.SIGKILL)
+        reason = (
+            f"the task's channel to the worker broke: {why}. Something in the task's process wrote to the "
+            "file descriptor taskmesh gave it for its reports; a task should write to files of its own, or print"
+        )
+        log.warning("subprocess runner: job %s: %s", run.job.id, reason)
+        _settle(run.outcome, error=TaskCrashed(reason))
+
     async def close(self) -> None:
         """Close the server's stdin: it ends any child still running and exits."""
         if self._stdin is not None:
             self._stdin.close()
-        elif self._process.stdin is not None:
-            self._process.stdin.close()
+        else:
+            self._requests.close()
         if self._loop is not None and not self.lost:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._gone.wait(), TERM_GRACE + KILL_WAIT)
+                await asyncio.wait_for(self._gone.wait(), 2 * TERM_GRACE + KILL_WAIT)
         if self._process.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(self._process.wait, TERM_GRACE + KILL_WAIT)
         if self._process.poll() is None:
             self._process.kill()
             await asyncio.to_thread(self._process.wait)
-        if self._loop is not None:
-            self._loop.remove_reader(self._alive)
-        if self._reading is not None:
-            self._reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reading
-        if self._channel_pipe is not None:
-            self._channel_pipe.close()
-        else:
-            os.close(self._channel)
-        os.close(self._alive)
+        if self._loop is not None and not self.lost:
+            self._loop.remove_reader(self._reports.fileno())
+        for run in self._runs.values():
+            self._close_channel(run)
+        self._reports.close()
 
 
 def _settle(outcome: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
@@ -280,14 +470,19 @@ def _settle(outcome: asyncio.Future[Any], *, result: Any = None, error: BaseExce
 
 
 def rebuild(error: dict[str, Any]) -> BaseException:
-    """The child's error, as the worker acts on it; the job records the child's type, message and traceback."""
-    remote = RemoteError(error["type"], error["message"], error.get("traceback", ""))
+    """The child's error, as the worker acts on it; the job records the child's type, message and traceback.
+
+    Raises TypeError or ValueError for anything that is not such an error."""
+    fields = (error["type"], error["message"], error.get("traceback", ""))
+    if not all(isinstance(text, str) for text in fields):
+        raise TypeError("an error's type, message and traceback are strings")
+    remote = RemoteError(*fields)
     kind, message = error.get("kind"), error["message"]
     exc: BaseException
     if kind == "slowdown":
-        exc = SlowDown(error["delay"], message)
+        exc = SlowDown(_seconds(error["delay"]), message)
     elif kind == "retry":
-        exc = Retry(error["delay"], message)
+        exc = Retry(None if error["delay"] is None else _seconds(error["delay"]), message)
     elif kind == "unrecoverable":
         exc = Unrecoverable(message)
     elif kind == "cancelled":
@@ -296,6 +491,12 @@ def rebuild(error: dict[str, Any]) -> BaseException:
         return remote
     exc.__cause__ = remote
     return exc
+
+
+def _seconds(delay: Any) -> float:
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise TypeError("a delay is a number of seconds")
+    return float(delay)
 
 
 def exit_reason(code: int) -> str:
