@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from taskmesh import Client, ConfigurationError, JobFailed, JobState, task
+from taskmesh import Client, ConfigurationError, JobFailed, JobState, Retry, task
+from taskmesh.runners.subprocess import ChannelBroken, decode, next_frame, wanted_environment
 from taskmesh.testing import RunningWorker, wait_until
 
 StartWorker = Callable[..., RunningWorker]
@@ -272,3 +273,50 @@ def test_runner_options_other_than_a_list_of_variables_stop_the_worker_at_start(
         taskmesh_worker([bad_env])
     with pytest.raises(ConfigurationError, match=r"reads only runner_options\['env'\], not \['environment'\]"):
         taskmesh_worker([bad_option])
+
+
+def test_the_options_name_variables_and_prefixes() -> None:
+    def wanted(env: Any) -> tuple[frozenset[str], tuple[str, ...]]:
+        return wanted_environment(task(name="hostile.options", runner="subprocess", runner_options={"env": env})(ok.fn))
+
+    assert wanted(["DATABASE_URL", "AWS_*"]) == (frozenset({"DATABASE_URL"}), ("AWS_",))
+    assert wanted(("*",)) == (frozenset(), ("",)), "every variable"
+    for bad in ["DATABASE_URL", [""], ["A=B"], ["A*B"], ["**"], [1], {"A": "b"}, None]:
+        with pytest.raises(ConfigurationError, match=r"must be a list of the environment variables"):
+            wanted(bad)
+
+
+def test_a_frame_is_taken_whole_and_only_for_its_own_run() -> None:
+    unread = bytearray(b"7 2\n{}7 3\n[1")
+    assert next_frame(7, unread) == b"{}"
+    assert next_frame(7, unread) is None, "not whole yet"
+    unread += b"]"
+    assert (next_frame(7, unread), unread) == (b"[1]", bytearray())
+    with pytest.raises(ChannelBroken, match=r"^it carried a frame of run 8, not of this attempt's run$"):
+        next_frame(7, bytearray(b"8 2\n{}"))
+    with pytest.raises(ChannelBroken, match=r"^it carried b'x{48}', which is not a frame header$"):
+        next_frame(7, bytearray(b"x" * 100))
+    with pytest.raises(ChannelBroken, match=r"^it carried b'7 -1\\n', which is not a frame header$"):
+        next_frame(7, bytearray(b"7 -1\n"))
+    with pytest.raises(ChannelBroken, match=r"message of 999999999 bytes, over the 64 MiB a message may have"):
+        next_frame(7, bytearray(b"7 999999999\n"))
+
+
+def test_only_well_formed_messages_are_acted_on() -> None:
+    assert decode(b'{"k":"r","v":"[1]"}') == ("r", [1])
+    assert decode(b'{"k":"l","v":"[1"}') == ("l", "[1"), "a log line is text"
+    kind, error = decode(b'{"k":"e","type":"Retry","message":"m","kind":"retry","delay":null}')
+    assert kind == "e" and isinstance(error, Retry)
+    for bad in [
+        b"not json",
+        b"[]",
+        b'{"k":"x","code":0}',  # the fork server's report, not the task's
+        b'{"k":"r","v":"[["}',
+        b'{"k":"r","v":1}',
+        b'{"k":"e","type":1,"message":"m"}',
+        b'{"k":"e","type":"T","message":"m","kind":"retry","delay":"soon"}',
+        b'{"k":"e","type":"T","message":"m","kind":"slowdown","delay":-1}',
+        b"[" * 100_000,
+    ]:
+        with pytest.raises(ChannelBroken, match="which is not a message of the task's process"):
+            decode(bad)

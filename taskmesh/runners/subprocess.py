@@ -379,53 +379,18 @@ class _ForkServer:
                 return
 
     def _read_frames(self, run: _Run) -> None:
-        unread = run.unread
-        while unread:
-            end = unread.find(b"\n", 0, MAX_HEADER)
-            if end < 0:
-                if len(unread) >= MAX_HEADER:
-                    raise ChannelBroken(f"it carried {bytes(unread[:MAX_HEADER])!r}, which is not a frame header")
-                return
-            header = unread[:end].split(b" ")
-            if len(header) != 2 or not header[0].isdigit() or not header[1].isdigit():
-                raise ChannelBroken(f"it carried {bytes(unread[: end + 1])!r}, which is not a frame header")
-            if int(header[0]) != run.number:
-                raise ChannelBroken(f"it carried a frame of run {int(header[0])}, not of this attempt's run")
-            size = int(header[1])
-            if size > MAX_MESSAGE:
-                raise ChannelBroken(
-                    f"the task sent a message of {size} bytes, over the {MAX_MESSAGE >> 20} MiB a message may have "
-                    "(store large results elsewhere and return a reference)"
-                )
-            if len(unread) < end + 1 + size:
-                return
-            body = bytes(unread[end + 1 : end + 1 + size])
-            del unread[: end + 1 + size]
-            self._deliver(run, body)
-
-    def _deliver(self, run: _Run, body: bytes) -> None:
-        value: Any = None
-        try:
-            message = json.loads(body)
-            kind = message["k"]
+        while (body := next_frame(run.number, run.unread)) is not None:
+            kind, value = decode(body)
             if kind == "e":
-                error = rebuild(message)
-            elif kind in ("p", "l", "r") and isinstance(message["v"], str):
-                value = message["v"] if kind == "l" else json.loads(message["v"])
+                _settle(run.outcome, error=value)
+            elif kind == "r":
+                _settle(run.outcome, result=value)
             else:
-                raise ValueError(kind)
-        except (ValueError, TypeError, KeyError, RecursionError):
-            raise ChannelBroken(f"it carried {body[:100]!r}, which is not a message of the task's process") from None
-        if kind == "e":
-            _settle(run.outcome, error=error)
-        elif kind == "r":
-            _settle(run.outcome, result=value)
-        else:
-            with contextlib.suppress(Exception):  # e.g. LeaseLost: the run's reports are refused anyway
-                if kind == "p":
-                    run.job.progress(value)
-                else:
-                    run.job.log(value)
+                with contextlib.suppress(Exception):  # e.g. LeaseLost: the run's reports are refused anyway
+                    if kind == "p":
+                        run.job.progress(value)
+                    else:
+                        run.job.log(value)
 
     def _break(self, run: _Run, why: str) -> None:
         self._close_channel(run)
@@ -458,6 +423,49 @@ class _ForkServer:
         for run in self._runs.values():
             self._close_channel(run)
         self._reports.close()
+
+
+def next_frame(run: int, unread: bytearray) -> bytes | None:
+    """The body of the next whole frame in ``unread`` (taken out of it), or None until more is read.
+
+    Raises :class:`ChannelBroken` for anything but a frame of ``run`` of at most ``MAX_MESSAGE`` bytes."""
+    end = unread.find(b"\n", 0, MAX_HEADER)
+    if end < 0:
+        if len(unread) >= MAX_HEADER:
+            raise ChannelBroken(f"it carried {bytes(unread[:MAX_HEADER])!r}, which is not a frame header")
+        return None
+    header = unread[:end].split(b" ")
+    if len(header) != 2 or not header[0].isdigit() or not header[1].isdigit():
+        raise ChannelBroken(f"it carried {bytes(unread[: end + 1])!r}, which is not a frame header")
+    if int(header[0]) != run:
+        raise ChannelBroken(f"it carried a frame of run {int(header[0])}, not of this attempt's run")
+    size = int(header[1])
+    if size > MAX_MESSAGE:
+        raise ChannelBroken(
+            f"the task sent a message of {size} bytes, over the {MAX_MESSAGE >> 20} MiB a message may have "
+            "(store large results elsewhere and return a reference)"
+        )
+    if len(unread) < end + 1 + size:
+        return None
+    body = bytes(unread[end + 1 : end + 1 + size])
+    del unread[: end + 1 + size]
+    return body
+
+
+def decode(body: bytes) -> tuple[str, Any]:
+    """A child's message: ``("p", progress)``, ``("l", log line)``, ``("r", result)`` or ``("e", exception)``.
+
+    Raises :class:`ChannelBroken` for anything else."""
+    try:
+        message = json.loads(body)
+        kind = message["k"]
+        if kind == "e":
+            return kind, rebuild(message)
+        if kind in ("p", "l", "r") and isinstance(message["v"], str):
+            return kind, message["v"] if kind == "l" else json.loads(message["v"])
+        raise ValueError(kind)
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise ChannelBroken(f"it carried {body[:100]!r}, which is not a message of the task's process") from None
 
 
 def _settle(outcome: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
