@@ -84,7 +84,8 @@ def test_a_corrupt_record_at_the_head_of_waiting_with_limits_set(taskmesh_client
     assert [h.result(timeout=2) for h in good] == list(range(12))
     assert_contained(taskmesh_client, bad.id)
     # The cap's running count is intact: every job left 'active', so none is counted.
-    assert int(taskmesh_client.redis.hget(f"{{{taskmesh_client.settings.prefix}:default}}:running", "hostile.work")) == 0
+    running = taskmesh_client.redis.hget(f"{{{taskmesh_client.settings.prefix}:default}}:running", "hostile.work")
+    assert int(running) == 0
 
 
 def test_a_corrupt_record_on_a_due_delayed_job_does_not_stop_the_queue(taskmesh_client: Client) -> None:
@@ -209,7 +210,8 @@ def test_the_fields_the_record_check_accepts_are_the_fields_the_scripts_write() 
     written: set[str] = set()
     for text in sources:
         written |= set(re.findall(r"\brec\.(\w+)(?:, rec\.\w+)* = ", text))
-        written |= {name for literal in re.findall(r"\brec = \{(.*?)\}\n", text, re.S) for name in re.findall(r"(\w+) = ", literal)}
+        for literal in re.findall(r"\brec = \{(.*?)\}\n", text, re.S):
+            written |= set(re.findall(r"(\w+) = ", literal))
         written |= set(re.findall(r", rec\.(\w+) = ", text))
     checked = set(re.findall(r"(\w+) = '(?:string|number|table|boolean)'", (lua / "lib.lua").read_text()))
     assert {"task", "state", "token", "counted", "finished"} <= written

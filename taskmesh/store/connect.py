@@ -152,8 +152,10 @@ def _defaults(target: Target) -> dict[str, Any]:
 
 
 def _options(target: Target, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Connection options: taskmesh defaults < the URL < the caller's ``overrides``."""
-    return {**_defaults(target), **target.options, "decode_responses": True, **overrides}
+    """Connection options: taskmesh defaults < the URL < the caller's ``overrides``. Replies are decoded as
+    UTF-8 with bad bytes replaced: what another hand wrote into Redis cannot break a read."""
+    options = {**_defaults(target), "encoding_errors": "replace", **target.options, "decode_responses": True}
+    return {**options, **overrides}
 
 
 def _sentinel_options(target: Target, options: Mapping[str, Any]) -> dict[str, Any]:

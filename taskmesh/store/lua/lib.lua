@@ -179,10 +179,12 @@ local function contain(id, raw, why)
   local message = 'the job record in Redis could not be read (' .. why .. '), so the job was failed; it held: ' .. shown
   local err = cjson.encode({type = 'CorruptRecord', message = message, traceback = ''})
   local rec = {task = task, state = 'failed', attempt = 0, stalls = 0, prio = 0, created = now, finished = now, error = err}
-  emit('failed', id, 'reason', 'corrupt record')
+  -- Its place in 'failed' first (refused: nothing changed), then the record; a copy left in another set (a
+  -- key of the wrong type refused the removal) is dropped by the script that meets it, as the record says failed.
   redis.call('ZADD', K_FAILED, now, id)
-  for _, key in ipairs({K_WAITING, K_DELAYED, K_ACTIVE, K_COMPLETED, K_CANCELLED}) do redis.call('ZREM', key, id) end
   redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+  for _, key in ipairs({K_WAITING, K_DELAYED, K_ACTIVE, K_COMPLETED, K_CANCELLED}) do redis.pcall('ZREM', key, id) end
+  emit('failed', id, 'reason', 'corrupt record')
   return rec
 end
 
@@ -266,7 +268,7 @@ local function forget(ids)
   bulk('HDEL', K_PAYLOADS, ids)
 end
 
-local function trim(zkey, keep, age_ms, finished)
+local function trim_now(zkey, keep, age_ms, finished)
   local limit = math.max(TRIM_BATCH, 2 * finished)
   if keep >= 0 then
     local excess = redis.call('ZCARD', zkey) - keep
@@ -282,6 +284,12 @@ local function trim(zkey, keep, age_ms, finished)
     bulk('ZREM', zkey, old)
     forget(old)
   end
+end
+
+-- Retention is housekeeping after a script's changes are written: a failure there (a key of the wrong type)
+-- must not turn a change already made into an error its caller would act on.
+local function trim(zkey, keep, age_ms, finished)
+  pcall(trim_now, zkey, keep, age_ms, finished)
 end
 
 -- A stored limit, or nil if it is not one (written by hand, say): {rate, per} and/or max, whole
@@ -310,7 +318,10 @@ local capped_exits = 0
 -- the event stream once.
 local function finalize()
   flush()
-  if capped_exits > 0 and redis.call('ZCARD', K_WAITING) > 0 then wake(capped_exits) end
+  if capped_exits > 0 then
+    local waiting = redis.pcall('ZCARD', K_WAITING)
+    if type(waiting) == 'number' and waiting > 0 then wake(capped_exits) end
+  end
   if emitted > 1 then redis.call('XTRIM', K_EVENTS, 'MAXLEN', '~', MAXLEN) end
 end
 

@@ -46,6 +46,7 @@ for i = 1, #meta, 2 do
   end
 end
 if paused then want = 0 end
+redis.call('XLEN', K_EVENTS)  -- a stream (else an error now): the events go out after the state is written
 
 local updates = cjson.decode(ARGV[10])
 if KEYS[13] and not redis.call('LPOP', KEYS[13]) then want = 0 end

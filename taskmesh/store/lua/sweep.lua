@@ -4,6 +4,7 @@
 -- ARGV: [2] max stalls, [3] batch limit, [4] failed keep, [5] failed age ms.
 -- Returns {recovered ids, failed ids}. Runs at maxmemory too (see allow_oom).
 allow_oom()
+redis.call('XLEN', K_EVENTS)  -- a stream (else an error now): the events go out after the state is written
 local max_stalls = tonumber(ARGV[2])
 local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 preload(expired)
