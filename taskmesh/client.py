@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aredis
 
 from .errors import JobNotFound
-from .events import FINAL_EVENTS, Event
+from .events import FINAL_EVENTS, Event, MalformedEvent
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .limits import Limit, QueueSettings, parse_settings
 from .schedule import (
@@ -75,6 +75,7 @@ class Client:
         self._keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
         self._task_names: set[str] = set()  # task names already validated
+        self._skipped = 0  # malformed stream entries events() and aevents() left out
 
     def __repr__(self) -> str:
         return f"<Client {connect.redact(self.settings.redis_url)} prefix={self.settings.prefix}>"
@@ -589,7 +590,9 @@ class Client:
                 return
             for stream, entry_id, fields in entries:
                 streams[stream] = entry_id
-                yield Event.from_entry(self._queue_of(stream), entry_id, fields)
+                event = self._event(stream, entry_id, fields)
+                if event is not None:
+                    yield event
 
     @connect.aguard_iter
     async def aevents(
@@ -613,7 +616,20 @@ class Client:
                 return
             for stream, entry_id, fields in entries:
                 streams[stream] = entry_id
-                yield Event.from_entry(self._queue_of(stream), entry_id, fields)
+                event = self._event(stream, entry_id, fields)
+                if event is not None:
+                    yield event
+
+    def _event(self, stream: str, entry_id: str, fields: object) -> Event | None:
+        """The event in a stream entry, or None for an entry taskmesh could not have written (logged)."""
+        queue = self._queue_of(stream)
+        try:
+            return Event.parse(queue, entry_id, fields, max_bytes=self.settings.max_payload_bytes)
+        except MalformedEvent as exc:
+            self._skipped += 1
+            level = logging.WARNING if self._skipped == 1 or self._skipped % 1000 == 0 else logging.DEBUG
+            log.log(level, "queue %s: skipped stream entry %s (%s); %d skipped", queue, entry_id, exc, self._skipped)
+            return None
 
     def _queue_of(self, stream: str) -> str:
         return next(q for q, keys in self._keys.items() if keys.events == stream)

@@ -141,3 +141,17 @@ def test_parse_refuses_an_entry_taskmesh_could_not_have_written(fields: object, 
 
     with pytest.raises(MalformedEvent, match=reason):
         Event.parse("q", "1-0", fields, max_bytes=1024)
+
+
+def test_following_events_skips_an_entry_taskmesh_could_not_have_written(taskmesh_client: Client) -> None:
+    stream = taskmesh_client.keys("default").events
+    taskmesh_client.redis.xadd(stream, {"event": "exploded", "job": "j1"})
+    taskmesh_client.redis.xadd(stream, {"event": "enqueued", "job": "j\u202e2"})
+    taskmesh_client.redis.xadd(stream, {"event": "enqueued", "job": "j3"})
+    seen = [(e.name, e.job_id) for e in taskmesh_client.events(since="0", timeout=0)]
+    assert seen == [("enqueued", "j3")]
+
+    async def follow() -> list[tuple[str, str]]:
+        return [(e.name, e.job_id) async for e in taskmesh_client.aevents(since="0", timeout=0)]
+
+    assert asyncio.run(follow()) == [("enqueued", "j3")]

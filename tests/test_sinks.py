@@ -296,7 +296,7 @@ def test_a_malformed_stream_entry_is_skipped_counted_logged_with_its_id_and_ackn
     assert handle.result(timeout=BOUND) == 8
     wait_until(lambda: names_of(seen, handle.id) == ["enqueued", "active", "completed"], timeout=BOUND)
     assert bad not in [e.id for e in seen] and len(seen) == 3
-    assert worker.worker.stats.events_dropped == 1
+    assert worker.worker.stats.events_skipped == 1
     [warning] = [r.getMessage() for r in caplog.records if r.name == "taskmesh.sinks"]
     assert f"event bus: skipped entry {bad} of queue default (" in warning
     wait_until(lambda: pending(taskmesh_client, "sinks:collect") == 0, timeout=BOUND, message="the bad entry acked")
@@ -314,7 +314,7 @@ def test_a_flood_of_malformed_entries_is_logged_once_and_the_events_after_it_arr
     handle = double.enqueue(4)
     assert handle.result(timeout=BOUND) == 8
     wait_until(lambda: names_of(seen, handle.id) == ["enqueued", "active", "completed"], timeout=BOUND)
-    assert len(seen) == 3 and worker.worker.stats.events_dropped == 600
+    assert len(seen) == 3 and worker.worker.stats.events_skipped == 600
     assert len([r for r in caplog.records if r.name == "taskmesh.sinks"]) == 1, "one warning, not one per entry"
     wait_until(lambda: pending(taskmesh_client, "sinks:collect") == 0, timeout=BOUND, message="all acked")
     worker.stop(timeout=BOUND)

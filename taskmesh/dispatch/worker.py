@@ -60,7 +60,7 @@ MAX_RETRY_DELAY = 365 * 24 * 3600.0
 class WorkerStats:
     """What one worker did: jobs leased, completed, failed for good, retried, handed back, results refused,
     stalled jobs it recovered, runs stopped on a cancel request, and jobs deferred by ``SlowDown``;
-    events its sinks dropped (a full buffer) and sink errors."""
+    events its sinks dropped (a full buffer), stream entries skipped as malformed, and sink errors."""
 
     leased: int = 0
     completed: int = 0
@@ -72,6 +72,7 @@ class WorkerStats:
     cancelled: int = 0
     deferred: int = 0
     events_dropped: int = 0
+    events_skipped: int = 0
     sink_errors: int = 0
 
 

@@ -26,7 +26,7 @@ job from the job record and remembered) and, on ``completed``/``failed``/``cance
 **Hostile entries.** Anything that can write to Redis can write to a stream, so every entry is checked
 (``Event.parse``: known event name, valid job id, UTF-8 text, at most ``max_payload_bytes``). An entry
 that fails the check, or whose handling raises, is skipped: acknowledged at once (it never stays pending
-for the next worker), counted (``WorkerStats.events_dropped``, and ``EventBus.skipped``) and logged with
+for the next worker), counted (``WorkerStats.events_skipped``, and ``EventBus.skipped``) and logged with
 its id, at most once per ``WARN_EVERY`` seconds; the entries after it go on to the sinks. A job record
 that is not what taskmesh writes only leaves its events without ``task`` or ``duration_ms``. Any other
 error of the reader is logged with its traceback and the reader goes on after a pause (1 s doubling to
@@ -313,7 +313,7 @@ class EventBus:
         """Acknowledge an entry no sink will see, so that it never stays pending; count and report it."""
         self._acks[keys.events].append(entry_id)
         self.skipped += 1
-        self._stats.events_dropped += 1
+        self._stats.events_skipped += 1
         self._skips.unreported += 1
         self._skips.last = (keys.queue, entry_id, error)
         self._report_skips()
