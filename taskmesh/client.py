@@ -18,7 +18,7 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from .errors import JobNotFound
+from .errors import ConfigurationError, JobNotFound
 from .events import FINAL_EVENTS, Event, MalformedEvent
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .limits import Limit, QueueSettings, parse_settings
@@ -722,10 +722,21 @@ def _block_ms(deadline: float | None) -> int | None:
 _default: Client | None = None
 
 
+#: Set in the environment of a task's process by the subprocess runner, which passes on only what the task
+#: asks for: without the Redis URL, ``default_client()`` there would quietly reach another Redis.
+CHILD_MARKER = "TASKMESH_SUBPROCESS"
+
+
 def default_client() -> Client:
     """The process-wide client used by ``Task.enqueue``: settings from ``TASKMESH_*`` (URL: ``TASKMESH_REDIS_URL``)."""
     global _default
     if _default is None:
+        if os.environ.get(CHILD_MARKER) and "TASKMESH_REDIS_URL" not in os.environ:
+            raise ConfigurationError(
+                "this task runs in the subprocess runner, whose processes get a minimal environment without the "
+                "worker's Redis URL; to enqueue from it, ask for the settings: @task(runner_options={'env': "
+                "['TASKMESH_*']})"
+            )
         _default = Client()
     return _default
 

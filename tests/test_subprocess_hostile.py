@@ -136,6 +136,11 @@ def env_asks() -> dict[str, Any]:
     return environment_seen()
 
 
+@task(name="hostile.enqueues", runner="subprocess")
+def enqueues() -> str:
+    return ok.enqueue().id
+
+
 @task(name="hostile.escapes", runner="subprocess", timeout=1.0)
 def escapes(path: str, how: str) -> str:
     group = subprocess.Popen(["sleep", "60"], process_group=0)
@@ -158,7 +163,7 @@ def bad_env() -> None: ...
 def bad_option() -> None: ...
 
 
-TASKS = [victim, forger, scribbles, reopens, ok, env_default, env_asks, escapes]
+TASKS = [victim, forger, scribbles, reopens, ok, env_default, env_asks, escapes, enqueues]
 
 
 def failure(handle: Any) -> dict[str, Any]:
@@ -238,6 +243,17 @@ def test_a_task_sees_a_minimal_environment_unless_its_options_ask_for_more(
     assert (asks["secret"], asks["redis_url"]) == ("s3cret", taskmesh_client.settings.redis_url)
     assert asks["grandchild_has_secret"]
     assert asks["secret_at_import"] == "s3cret", "the task's module was imported with what its tasks ask for"
+
+
+def test_a_task_that_enqueues_without_the_workers_redis_url_is_told_how_to_ask_for_it(
+    taskmesh_client: Client, taskmesh_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKMESH_REDIS_URL", taskmesh_client.settings.redis_url)
+    taskmesh_worker(TASKS)
+    with pytest.raises(JobFailed) as info:
+        enqueues.enqueue().result(timeout=BOUND)
+    assert info.value.error["type"] == "ConfigurationError"
+    assert "runner_options={'env': ['TASKMESH_*']}" in info.value.error["message"]
 
 
 @pytest.mark.parametrize("how", ["timeout", "cancel", "returns"])

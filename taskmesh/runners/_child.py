@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
 from typing import Any, NoReturn
 
+from ..client import CHILD_MARKER
 from ..dispatch.outcome import error_json, result_json
 from ..errors import Cancelled, Retry, SlowDown, Unrecoverable
 from ..job import Job
@@ -68,7 +69,7 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 def in_base_environment(name: str) -> bool:
-    return name in BASE_ENVIRONMENT or name.startswith(BASE_PREFIXES)
+    return name in BASE_ENVIRONMENT or name.startswith(BASE_PREFIXES) or name == CHILD_MARKER
 
 
 class Channel:
@@ -150,7 +151,8 @@ def server_environment(environ: Mapping[str, str], wanted: Iterable[str]) -> dic
     """The fork server's environment: the base one, plus the variables the runner's tasks ask for (so that
     their modules see them when the fork server imports them)."""
     wanted = set(wanted)
-    return {name: value for name, value in environ.items() if in_base_environment(name) or name in wanted}
+    kept = {name: value for name, value in environ.items() if in_base_environment(name) or name in wanted}
+    return {**kept, CHILD_MARKER: "1"}
 
 
 class Children:
