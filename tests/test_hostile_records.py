@@ -5,10 +5,8 @@ reads before the first write that depends on it."""
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from datetime import UTC, datetime
-from importlib.resources import files
 
 import pytest
 
@@ -201,18 +199,3 @@ def test_a_step_refused_for_good_backs_off_and_logs_once(
         assert late.result(timeout=10) == 6
     assert any("working again" in r.getMessage() for r in caplog.records)
     assert fine.queue == "fine"
-
-
-def test_the_fields_the_record_check_accepts_are_the_fields_the_scripts_write() -> None:
-    """lib.lua's FIELDS names every field a script sets: ``rec.<field> =`` or ``rec = {<field> = ...}``."""
-    lua = files("taskmesh.store") / "lua"
-    sources = [path.read_text() for path in lua.iterdir() if path.name.endswith(".lua")]
-    written: set[str] = set()
-    for text in sources:
-        written |= set(re.findall(r"\brec\.(\w+)(?:, rec\.\w+)* = ", text))
-        for literal in re.findall(r"\brec = \{(.*?)\}\n", text, re.S):
-            written |= set(re.findall(r"(\w+) = ", literal))
-        written |= set(re.findall(r", rec\.(\w+) = ", text))
-    checked = set(re.findall(r"(\w+) = '(?:string|number|table|boolean)'", (lua / "lib.lua").read_text()))
-    assert {"task", "state", "token", "counted", "finished"} <= written
-    assert written <= checked, written - checked

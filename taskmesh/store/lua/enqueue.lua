@@ -9,7 +9,6 @@ if count == 1 then
   local due = 0
   if delay > 0 then due = now + delay elseif run_at > 0 then due = run_at end
   local created, state = add_job(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), due, {})
-  send_events()
   if created then wake(1) end
   return {created and 1 or 0, state}
 end

@@ -25,24 +25,16 @@ local PRIO_SPAN = 1099511627776
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
--- Events go out after the state they announce is written (flush() sends them last), so a script refused
--- half-way announces nothing it did not do. The first event sent trims the stream as it is added (one
--- command for the common single-event script); a script that sends more trims once more in finalize().
-local emitted, unsent = 0, {}
-local function emit(event, id, ...)
-  unsent[#unsent + 1] = {'event', event, 'job', id, ...}
-end
-
-local function send_events()
-  for _, fields in ipairs(unsent) do
-    if emitted == 0 then
-      redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, '*', unpack(fields))
-    else
-      redis.call('XADD', K_EVENTS, '*', unpack(fields))
-    end
-    emitted = emitted + 1
+-- An event on the queue's stream. The first a script sends trims the stream as it is added (one command
+-- for the common single-event script); a script that sends more trims once more in finalize().
+local emitted = 0
+local function send(...)
+  if emitted == 0 then
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, '*', ...)
+  else
+    redis.call('XADD', K_EVENTS, '*', ...)
   end
-  unsent = {}
+  emitted = emitted + 1
 end
 
 -- Wake-ups only save idle workers a wait, so a broken wakeup list (not a list) never fails a script.
@@ -57,21 +49,6 @@ local function wake(n)
   redis.pcall('LPUSH', K_WAKEUP, unpack(tokens))
 end
 
--- At maxmemory (policy noeviction) Redis refuses a script's first write if it may grow memory, and then
--- lets every later write through (a script cannot stop half-way). So a script that takes on work calls
--- out_of_memory() before its first write (a no-op write Redis refuses when full), and one that records
--- what running jobs report (results, lease renewals) calls allow_oom() first: a no-op write Redis never
--- refuses, so a full Redis cannot make a finished job run again.
-local K_NEVER = string.sub(K_JOBS, 1, -5) .. 'never'
-local function out_of_memory()
-  local reply = redis.pcall('LPUSHX', K_NEVER, '')
-  return type(reply) == 'table' and reply.err ~= nil and string.find(reply.err, 'OOM', 1, true) ~= nil
-end
-
-local function allow_oom()
-  redis.call('HDEL', K_NEVER, '')
-end
-
 -- The state of the job recorded as `raw`, or nil if the record cannot be read.
 local function state_of(raw)
   local ok, rec = pcall(cjson.decode, raw)
@@ -79,27 +56,40 @@ local function state_of(raw)
   return nil
 end
 
--- Add one job unless its id is taken: its payload, its place in waiting (or delayed, when `due` is later
--- than now), its record (plus the `extra` fields) and its event (plus the fields in `...`).
+-- The error a redis.pcall() reply holds, or nil.
+local function refused(reply)
+  return type(reply) == 'table' and reply.err or nil
+end
+
+-- Add one job unless its id is taken: its record (plus the `extra` fields), its payload, its place in
+-- waiting (or delayed, when `due` is later than now) and its event (plus the fields in `...`).
 -- Returns true and its state, or false and the state of the job that has the id.
--- The record is written last, so a write refused part-way (a key of the wrong type) leaves no job
--- that seems queued but never runs: at most a payload without a record, replaced by the next try.
+-- The record goes first (HSETNX finds a taken id); a later write refused (a key of the wrong type) takes
+-- it back and fails the script, so no job seems queued that never runs.
 local function add_job(id, task, payload, prio, due, extra, ...)
-  if redis.call('HSETNX', K_PAYLOADS, id, payload) == 0 then
-    local raw = redis.call('HGET', K_JOBS, id)
-    if raw then return false, state_of(raw) or 'failed' end
-    redis.call('HSET', K_PAYLOADS, id, payload)  -- left by an enqueue that failed part-way
-  end
   local rec = {task = task, prio = prio, attempt = 0, stalls = 0, created = now, state = 'waiting'}
   for k, v in pairs(extra) do rec[k] = v end
-  if due > now then
-    rec.state, rec.due = 'delayed', due
-    redis.call('ZADD', K_DELAYED, due, id)
-  else
-    redis.call('ZADD', K_WAITING, redis.call('INCR', K_SEQ) - prio * PRIO_SPAN, id)
+  if due > now then rec.state, rec.due = 'delayed', due end
+  if redis.call('HSETNX', K_JOBS, id, cjson.encode(rec)) == 0 then
+    return false, state_of(redis.call('HGET', K_JOBS, id)) or 'failed'
   end
-  redis.call('HSET', K_JOBS, id, cjson.encode(rec))
-  if rec.due then emit('delayed', id, 'due', due, ...) else emit('enqueued', id, ...) end
+  local err = refused(redis.pcall('HSET', K_PAYLOADS, id, payload))
+  if not err and rec.due then
+    err = refused(redis.pcall('ZADD', K_DELAYED, due, id))
+  elseif not err then
+    local seq = redis.pcall('INCR', K_SEQ)
+    err = refused(seq) or refused(redis.pcall('ZADD', K_WAITING, seq - prio * PRIO_SPAN, id))
+  end
+  if err then
+    redis.pcall('HDEL', K_PAYLOADS, id)
+    redis.call('HDEL', K_JOBS, id)
+    error({err = err})
+  end
+  if rec.due then
+    send('event', 'delayed', 'job', id, 'due', due, ...)
+  else
+    send('event', 'enqueued', 'job', id, ...)
+  end
   return true, rec.state
 end
 
@@ -109,6 +99,33 @@ end
 local TAG = string.sub(K_JOBS, 1, -6)
 local K_RUNNING = TAG .. ':running'
 local CHUNK = 1000
+
+-- Events go out after the state they announce is written (flush() sends them last), so a script refused
+-- half-way announces nothing it did not do.
+local unsent = {}
+local function emit(event, id, ...)
+  unsent[#unsent + 1] = {'event', event, 'job', id, ...}
+end
+
+local function send_events()
+  for _, fields in ipairs(unsent) do send(unpack(fields)) end
+  unsent = {}
+end
+
+-- At maxmemory (policy noeviction) Redis refuses a script's first write if it may grow memory, and then
+-- lets every later write through (a script cannot stop half-way). So a script that takes on work calls
+-- out_of_memory() before its first write (a no-op write Redis refuses when full), and one that records
+-- what running jobs report (results, lease renewals) calls allow_oom() first: a no-op write Redis never
+-- refuses, so a full Redis cannot make a finished job run again.
+local K_NEVER = TAG .. ':never'
+local function out_of_memory()
+  local err = refused(redis.pcall('LPUSHX', K_NEVER, ''))
+  return err ~= nil and string.find(err, 'OOM', 1, true) ~= nil
+end
+
+local function allow_oom()
+  redis.call('HDEL', K_NEVER, '')
+end
 
 -- Run `cmd key <items...>` in chunks small enough for unpack().
 local function bulk(cmd, key, items)
@@ -130,42 +147,54 @@ end
 local records, dirty = {}, {}
 local zadd, zrem = {}, {}
 
--- Every field a job record may hold, and its Lua type. A record is read, checked and contained before a
--- script writes anything that depends on it: Redis does not roll back a script that fails half-way.
-local FIELDS = {task = 'string', state = 'string', attempt = 'number', stalls = 'number', prio = 'number',
-  token = 'number', due = 'number', created = 'number', started = 'number', finished = 'number', tick = 'number',
-  progress = 'string', result = 'string', error = 'string', worker = 'string', schedule = 'string',
-  logs = 'table', cancel = 'boolean', counted = 'boolean', capped = 'boolean'}
+-- A record is read and checked before a script writes anything that depends on it: Redis does not roll
+-- back a script that fails half-way. Checked are the fields the scripts compute with (a type() call costs
+-- hundreds of instructions in Redis's Lua, so no more): the task, the state, the counts, the due time and
+-- the logs. The others are only stored, and whoever reads them checks them (JobStatus.from_record).
 local STATES = {waiting = true, delayed = true, active = true, completed = true, failed = true, cancelled = true}
+local HUGE = math.huge
 
--- The record stored as `raw`, or nil and what is wrong with it. Fields of a later version are kept if
--- they can be written back.
+local function finite(v)
+  return type(v) == 'number' and v == v and v ~= HUGE and v ~= -HUGE
+end
+
+-- The record stored as `raw`, or nil and what is wrong with it. Fields of a later version are kept (see
+-- encode_record for one that cannot be written back).
 local function parse_record(raw)
   local ok, rec = pcall(cjson.decode, raw)
   if not ok or type(rec) ~= 'table' then return nil, 'not a JSON object' end
-  for k, v in pairs(rec) do
-    local kind, t = FIELDS[k], type(v)
-    if kind then
-      if t ~= kind then return nil, 'its ' .. k .. ' is a ' .. t .. ', not a ' .. kind end
-    elseif t == 'table' and not pcall(cjson.encode, v) then
-      return nil, 'its ' .. tostring(k) .. ' cannot be written back'
-    end
-    if t == 'number' and (v ~= v or v == math.huge or v == -math.huge) then
-      return nil, 'its ' .. tostring(k) .. ' is not a finite number'
-    end
+  if type(rec.task) ~= 'string' or not STATES[rec.state] then
+    return nil, 'its task or state is missing or unknown'
   end
-  if not (rec.task and STATES[rec.state] and rec.attempt and rec.stalls and rec.prio) then
-    return nil, 'its task, state, attempt, stalls or prio is missing'
+  if not (finite(rec.attempt) and finite(rec.stalls) and finite(rec.prio)) then
+    return nil, 'its attempt, stalls or prio is not a number'
   end
-  if rec.logs then
+  if rec.due ~= nil and not finite(rec.due) then return nil, 'its due time is not a number' end
+  local logs = rec.logs
+  if logs ~= nil then
+    if type(logs) ~= 'table' then return nil, 'its logs are not a list' end
     local n = 0
-    for _, line in pairs(rec.logs) do
+    for _, line in pairs(logs) do
       n = n + 1
       if type(line) ~= 'string' then return nil, 'its logs are not lines of text' end
     end
-    if n ~= #rec.logs then return nil, 'its logs are not a list' end
+    if n ~= #logs then return nil, 'its logs are not a list' end
   end
   return rec
+end
+
+-- A record as JSON. One that cannot be written back (a number JSON cannot hold, in a field the scripts
+-- do not check) keeps only the fields they do, plus the texts.
+local function encode_record(rec)
+  local ok, text = pcall(cjson.encode, rec)
+  if ok then return text end
+  local kept = {}
+  for k, v in pairs(rec) do
+    if type(k) == 'string' and (type(v) == 'string' or type(v) == 'boolean' or finite(v) or k == 'logs') then
+      kept[k] = v
+    end
+  end
+  return cjson.encode(kept)
 end
 
 -- A record that cannot be read: the job ends failed, with why in its error and the start of what was
@@ -239,7 +268,7 @@ local function flush()
     if not seen[id] and records[id] then
       seen[id] = true
       args[#args + 1] = id
-      args[#args + 1] = cjson.encode(records[id])
+      args[#args + 1] = encode_record(records[id])
     end
   end
   dirty = {}
@@ -248,6 +277,25 @@ local function flush()
   bulk('HSET', K_JOBS, args)
   zadd, zrem = {}, {}
   send_events()
+end
+
+-- A job found in the set `key` though its record names another state (another hand wrote one of them):
+-- the entry leaves `key`, and if the set its record names does not hold it, it goes there, so the job is
+-- in one set, never in none. An active one goes there with its lease expired: the sweep recovers it.
+local function misplaced(id, rec, key)
+  zset_remove(key, id)
+  local home = ({waiting = K_WAITING, delayed = K_DELAYED, active = K_ACTIVE, completed = K_COMPLETED,
+    failed = K_FAILED, cancelled = K_CANCELLED})[rec.state]
+  if redis.call('ZSCORE', home, id) then return end
+  local score = now
+  if rec.state == 'waiting' then
+    score = redis.call('INCR', K_SEQ) - rec.prio * PRIO_SPAN
+  elseif rec.state == 'delayed' then
+    score = rec.due or now
+  elseif rec.state ~= 'active' then
+    score = tonumber(rec.finished) or now
+  end
+  zset_add(home, score, id)
 end
 
 local function push_waiting(id, rec)

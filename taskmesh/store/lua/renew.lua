@@ -20,9 +20,10 @@ for i, id in ipairs(ids) do
     lost[#lost + 1] = id
   end
 end
+-- (A held job another hand took out of 'active' goes back in.)
 if #renewed > 0 then
   for i = 1, #renewed, CHUNK do
-    redis.call('ZADD', K_ACTIVE, 'XX', unpack(renewed, i, math.min(i + CHUNK - 1, #renewed)))
+    redis.call('ZADD', K_ACTIVE, unpack(renewed, i, math.min(i + CHUNK - 1, #renewed)))
   end
 end
 send_events()  -- a record found unreadable was failed (see contain)

@@ -131,10 +131,12 @@ preload(due)
 for _, id in ipairs(due) do
   zset_remove(K_DELAYED, id)
   local rec = load(id)
-  if rec and rec.state == 'delayed' then  -- else a stray entry: the record says where the job is
+  if rec and rec.state == 'delayed' then
     push_waiting(id, rec)
     save(id, rec)
     emit('waiting', id)
+  elseif rec and not contained[id] then
+    misplaced(id, rec, K_DELAYED)
   end
 end
 flush()
@@ -174,9 +176,9 @@ end
 
 -- The jobs to lease: the first `want` waiting ones; with task limits, the first that their
 -- task's limits allow, looking past blocked ones up to SCAN_DEPTH (or `want`) jobs deep, a chunk
--- at a time. Entries without a waiting record (none, or it says the job is elsewhere) are dropped.
+-- at a time. Entries without a waiting record (none, or it says the job is elsewhere) leave 'waiting'.
 local SCAN_DEPTH = 250
-local picked, strays = {}, {}
+local picked = {}
 if want > 0 and not task_limits then
   local start, examined = 0, 0
   while #picked < want and examined < want + SCAN_DEPTH do
@@ -190,8 +192,10 @@ if want > 0 and not task_limits then
         start = start - 1  -- it left 'waiting' already
       elseif rec and rec.state == 'waiting' then
         picked[#picked + 1] = id
+      elseif rec then
+        misplaced(id, rec, K_WAITING)
       else
-        strays[#strays + 1] = id
+        zset_remove(K_WAITING, id)  -- an id without a record
       end
     end
   end
@@ -209,8 +213,10 @@ elseif want > 0 then
       local limit = rec and task_limits[rec.task]
       if contained[id] then
         start = start - 1
-      elseif not rec or rec.state ~= 'waiting' then
-        strays[#strays + 1] = id
+      elseif not rec then
+        zset_remove(K_WAITING, id)  -- an id without a record
+      elseif rec.state ~= 'waiting' then
+        misplaced(id, rec, K_WAITING)
       elseif limit then
         local r = room[rec.task]
         if not r then
@@ -232,7 +238,6 @@ elseif want > 0 then
     end
   end
 end
-bulk('ZREM', K_WAITING, strays)
 
 -- Lease the picked jobs. The limits' logs and counts go first, where a refused write (a permission taken
 -- away) costs at most a start counted against a rate window until it passes; then, by flush(), the jobs'

@@ -11,8 +11,10 @@ preload(expired)
 local recovered, lost, cancelled = {}, {}, 0
 for _, id in ipairs(expired) do
   local rec = load(id)
-  if not rec or rec.state ~= 'active' then  -- a stray entry: the record says where the job is
-    if not contained[id] then zset_remove(K_ACTIVE, id) end
+  if not rec then
+    zset_remove(K_ACTIVE, id)
+  elseif rec.state ~= 'active' then
+    if not contained[id] then misplaced(id, rec, K_ACTIVE) end
   else
     rec.stalls = rec.stalls + 1
     if rec.cancel then
