@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +157,26 @@ def escapes(path: str, how: str) -> str:
     return "slept"
 
 
+@task(name="hostile.server", runner="subprocess")
+def server() -> int:
+    """The fork server's pid."""
+    return os.getppid()
+
+
+#: A task module that stops at import without its configuration (which the worker has, but its task does not ask for).
+EXITS_AT_IMPORT = """
+import os, sys
+from taskmesh import task
+
+if "APP_DATABASE_URL" not in os.environ:
+    sys.exit("APP_DATABASE_URL is not set")
+
+@task(name="hostile.needs_database", runner="subprocess")
+def needs_database() -> str:
+    return "connected"
+"""
+
+
 @task(name="hostile.bad_env", runner="subprocess", runner_options={"env": SECRET})
 def bad_env() -> None: ...
 
@@ -280,6 +302,24 @@ def test_processes_a_task_starts_in_a_group_or_session_of_their_own_end_with_its
             with contextlib.suppress(OSError):
                 if alive(pid) and b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_a_task_module_that_exits_at_import_fails_its_jobs_with_its_message_and_the_fork_server_lives(
+    taskmesh_client: Client, taskmesh_worker: StartWorker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "hostile_exits_at_import.py").write_text(EXITS_AT_IMPORT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("APP_DATABASE_URL", "postgres://db")
+    try:
+        needs_database = importlib.import_module("hostile_exits_at_import").needs_database
+        taskmesh_worker([needs_database, server])  # the fork server imports the module at start
+        before = server.enqueue().result(timeout=BOUND)
+        for _ in range(2):
+            error = failure(needs_database.enqueue())
+            assert (error["type"], error["message"]) == ("SystemExit", "APP_DATABASE_URL is not set")
+        assert server.enqueue().result(timeout=BOUND) == before, "the same fork server runs the jobs"
+    finally:
+        sys.modules.pop("hostile_exits_at_import", None)
 
 
 def test_runner_options_other_than_a_list_of_variables_stop_the_worker_at_start(

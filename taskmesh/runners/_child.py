@@ -238,12 +238,13 @@ def serve(reports_fd: int) -> None:
 
 
 def import_modules(names: Iterable[str]) -> None:
-    """Import the task modules this server has not imported yet, so that the children have them already."""
+    """Import the task modules this server has not imported yet, so that the children have them already.
+
+    A module that fails to import, even by ``sys.exit()`` (a module that stops without its configuration),
+    is imported again by each of its jobs' children, which reports the error as that job's."""
     for name in names:
         if name not in sys.modules:
-            with contextlib.suppress(
-                Exception
-            ):  # a module that fails to import is imported (and reported) by the child
+            with contextlib.suppress(BaseException):  # SystemExit and KeyboardInterrupt too: never end the server
                 importlib.import_module(name)
                 gc.freeze()  # keep what was imported out of the children's copy-on-write pages
 
