@@ -624,7 +624,7 @@ class Client:
         """The event in a stream entry, or None for an entry taskmesh could not have written (logged)."""
         queue = self._queue_of(stream)
         try:
-            return Event.parse(queue, entry_id, fields, max_bytes=self.settings.max_payload_bytes)
+            return Event.parse(queue, entry_id, fields)
         except MalformedEvent as exc:
             self._skipped += 1
             level = logging.WARNING if self._skipped == 1 or self._skipped % 1000 == 0 else logging.DEBUG

@@ -30,6 +30,13 @@ EVENT_NAMES = (
     "tick_skipped",  # a schedule's tick passed unfired (job empty; data: schedule, tick ms, reason)
 )
 FINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
+#: The events of a queue, not of a job: their ``job`` field is empty. Every other event names its job.
+QUEUE_EVENTS = frozenset({"paused", "resumed", "limited", "tick_skipped"})
+#: The largest entry (names and values, UTF-8 bytes) :meth:`Event.parse` takes. Above anything the engine
+#: writes: a progress value of at most ``job.MAX_PROGRESS_BYTES`` (64 KiB), a log line of at most
+#: ``job.MAX_LOG_CHARS`` characters (8 kB), a job id, a task name and a few small fields. Fixed, not
+#: ``max_payload_bytes``: no setting may make an event the engine wrote look malformed.
+MAX_EVENT_BYTES = 128 * 1024
 #: Keys of ``Event.to_dict`` a data field would overwrite.
 _RESERVED = frozenset({"id", "queue"})
 
@@ -57,13 +64,14 @@ class Event:
         return cls(id=entry_id, queue=queue, name=name, job_id=job_id, data=data)
 
     @classmethod
-    def parse(cls, queue: str, entry_id: str, fields: object, *, max_bytes: int) -> Event:
+    def parse(cls, queue: str, entry_id: str, fields: object) -> Event:
         """``from_entry`` for an entry read from Redis, which anything with access may have written.
 
         Raises :class:`MalformedEvent` unless ``fields`` maps text to text, valid UTF-8 (a reply decoded
-        with ``surrogateescape`` carries invalid bytes as lone surrogates) of at most ``max_bytes`` in
-        all, with a known ``event`` name, a ``job`` that is empty (a queue event) or a valid job id, and
-        no data field named ``id`` or ``queue`` (it would overwrite the event's own in ``to_dict``).
+        with ``surrogateescape`` carries invalid bytes as lone surrogates) of at most
+        :data:`MAX_EVENT_BYTES` in all, with a known ``event`` name, a ``job`` that is a valid job id
+        (empty for the :data:`QUEUE_EVENTS` only), and no data field named ``id`` or ``queue`` (it would
+        overwrite the event's own in ``to_dict``).
         """
         if not isinstance(fields, Mapping) or not fields:
             raise MalformedEvent("no fields")
@@ -72,13 +80,15 @@ class Event:
             if not isinstance(key, str) or not isinstance(value, str):
                 raise MalformedEvent("a field that is not text")
             size += _utf8_size(key) + _utf8_size(value)
-            if size > max_bytes:
-                raise MalformedEvent(f"fields larger than {max_bytes} bytes")
+            if size > MAX_EVENT_BYTES:
+                raise MalformedEvent(f"fields larger than {MAX_EVENT_BYTES} bytes")
         name, job_id = fields.get("event"), fields.get("job")
         if name not in EVENT_NAMES:
             raise MalformedEvent("no event name" if name is None else "an unknown event name")
         if job_id is None:
             raise MalformedEvent("no job field")
+        if not job_id and name not in QUEUE_EVENTS:
+            raise MalformedEvent("a job event without a job")
         if job_id:
             try:
                 check_job_id(job_id)

@@ -69,6 +69,11 @@ _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 #: The deepest nesting of arrays and objects a payload, a result or a progress value may have. Deeper
 #: values are refused where they are made: decoding one could exhaust the stack of whoever reads it.
 MAX_JSON_DEPTH = 100
+#: The largest progress value (its JSON, in bytes) ``Job.progress`` takes. It is stored in the job record
+#: and sent in a ``progress`` event, so it stays well under ``events.MAX_EVENT_BYTES``.
+MAX_PROGRESS_BYTES = 64 * 1024
+#: A log line is cut to this many characters (up to four UTF-8 bytes each).
+MAX_LOG_CHARS = 2000
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _ESCAPE = re.compile(rb"\\.")
 _PAIR = re.compile(rb"\[\]|\{\}")
@@ -331,7 +336,11 @@ class Job:
         return f"<Job {self.id} task={self.task} attempt={self.attempt}>"
 
     def progress(self, value: float | Mapping[str, Any]) -> None:
-        """Report progress: a number 0..100 or a JSON object. Non-blocking; sent in the next batch."""
+        """Report progress: a number 0..100 or a JSON object. Non-blocking; sent in the next batch.
+
+        A value nested deeper than :data:`MAX_JSON_DEPTH` or whose JSON is over :data:`MAX_PROGRESS_BYTES`
+        is a :class:`PayloadError` (report a summary; keep large data elsewhere).
+        """
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not 0 <= value <= 100:
                 raise ValueError(f"progress must be between 0 and 100, not {value}")
@@ -341,6 +350,11 @@ class Job:
             text = _encode(value)
         except RecursionError:
             text = "[" * (MAX_JSON_DEPTH + 1)
+        if len(text) > MAX_PROGRESS_BYTES:  # ASCII: _encode escapes everything else
+            raise PayloadError(
+                f"progress is {len(text)} bytes of JSON, over the {MAX_PROGRESS_BYTES}-byte limit "
+                "(report a summary; keep large data elsewhere)"
+            )
         if json_too_deep(text):
             raise PayloadError(f"progress must not be nested deeper than {MAX_JSON_DEPTH} levels")
         self._send("p", text)
@@ -350,7 +364,7 @@ class Job:
 
         Characters UTF-8 cannot hold (lone surrogates) are replaced with ``?``.
         """
-        self._send("l", str(message)[:2000].encode("utf-8", "replace").decode())
+        self._send("l", str(message)[:MAX_LOG_CHARS].encode("utf-8", "replace").decode())
 
     def _send(self, kind: str, value: str) -> None:
         if self.lease_lost:

@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from taskmesh import Client, Event, Job, WorkerStats, task
+from taskmesh import Client, Event, Job, PayloadError, WorkerStats, task
+from taskmesh.events import MAX_EVENT_BYTES, MalformedEvent
+from taskmesh.job import MAX_LOG_CHARS, MAX_PROGRESS_BYTES
 
 pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py)
 
@@ -19,6 +21,12 @@ Drain = Callable[..., WorkerStats]
 def report(job: Job, n: int) -> int:
     job.progress(50)
     return n
+
+
+@task(name="events.largest")
+def largest(job: Job) -> None:
+    job.progress({"p": "x" * (MAX_PROGRESS_BYTES - len('{"p":""}'))})
+    job.log("\U0001f600" * MAX_LOG_CHARS)  # 4 bytes a character in UTF-8
 
 
 @task(name="events.fail", queue="other")
@@ -112,9 +120,14 @@ def test_parse_takes_the_entries_taskmesh_writes() -> None:
         {"event": "enqueued", "job": "rapport-été-№1"},  # a job id may be printable non-ASCII
         {"event": "limited", "job": "", "task": "reports.export", "limit": '{"rate":5,"per":1000}'},
         {"event": "log", "job": "j1", "message": "ünïcode ✓"},
+        {"event": "paused", "job": ""},
+        {"event": "tick_skipped", "job": "", "schedule": "nightly", "tick": "1767225600000", "reason": "overlap"},
+        # The largest entries the engine writes: a progress value at its cap, a log line of 4-byte characters.
+        {"event": "progress", "job": "j" * 200, "progress": '{"p":"' + "x" * (MAX_PROGRESS_BYTES - 8) + '"}'},
+        {"event": "log", "job": "j" * 200, "message": "\U0001f600" * MAX_LOG_CHARS},
     ]
     for fields in entries:
-        assert Event.parse("q", "1-0", fields, max_bytes=1024) == Event.from_entry("q", "1-0", fields)
+        assert Event.parse("q", "1-0", fields) == Event.from_entry("q", "1-0", fields)
 
 
 @pytest.mark.parametrize(
@@ -132,15 +145,42 @@ def test_parse_takes_the_entries_taskmesh_writes() -> None:
         ({"event": "enqueued", "job": "j\u202e1"}, "an invalid job id"),
         ({"event": "enqueued", "job": "j1", "id": "0-1"}, "a data field named id or queue"),
         ({"event": "enqueued", "job": "j1", "queue": "other"}, "a data field named id or queue"),
-        ({"event": "log", "job": "j1", "message": "é" * 600}, "fields larger than 1024 bytes"),
+        ({"event": "log", "job": "j1", "message": "x" * MAX_EVENT_BYTES}, f"larger than {MAX_EVENT_BYTES} bytes"),
+        ({"event": "completed", "job": ""}, "a job event without a job"),
+        ({"event": "progress", "job": "", "progress": "50"}, "a job event without a job"),
         ({"event": "log", "job": "j1", "message": b"\xff".decode("utf-8", "surrogateescape")}, "not valid UTF-8"),
     ],
 )
 def test_parse_refuses_an_entry_taskmesh_could_not_have_written(fields: object, reason: str) -> None:
-    from taskmesh.events import MalformedEvent
-
     with pytest.raises(MalformedEvent, match=reason):
-        Event.parse("q", "1-0", fields, max_bytes=1024)
+        Event.parse("q", "1-0", fields)
+
+
+def test_progress_over_its_cap_is_refused_where_it_is_reported() -> None:
+    sent: list[str] = []
+    job = Job("j1", "default", "t", 1, 1, report=lambda kind, job_id, value: sent.append(value))
+    job.progress({"p": "x" * (MAX_PROGRESS_BYTES - 8)})
+    assert len(sent[-1]) == MAX_PROGRESS_BYTES
+    with pytest.raises(PayloadError, match=f"over the {MAX_PROGRESS_BYTES}-byte limit"):
+        job.progress({"p": "x" * (MAX_PROGRESS_BYTES - 7)})
+    with pytest.raises(PayloadError):
+        job.progress({"p": "é" * (MAX_PROGRESS_BYTES // 2)})  # measured as sent: JSON escapes é to 6 bytes
+    assert len(sent) == 1
+
+
+def test_the_largest_progress_and_log_line_a_task_reports_are_followed_whatever_max_payload_bytes(
+    taskmesh_client: Client, taskmesh_drain: Drain
+) -> None:
+    handle = largest.enqueue()
+    taskmesh_drain([largest])
+    small = Client(settings=taskmesh_client.settings.replace(max_payload_bytes=1024))
+    try:
+        events = [e for e in small.events(since="0", timeout=0) if e.job_id == handle.id]
+    finally:
+        small.close()
+    assert [e.name for e in events] == ["enqueued", "active", "progress", "log", "completed"]
+    assert len(events[2].data["progress"]) == MAX_PROGRESS_BYTES
+    assert events[3].data["message"] == "\U0001f600" * MAX_LOG_CHARS
 
 
 def test_following_events_skips_an_entry_taskmesh_could_not_have_written(taskmesh_client: Client) -> None:

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from taskmesh import Client, ConfigurationError, Event, Registry, Settings, Worker, hookimpl, task
+from taskmesh import Client, ConfigurationError, Event, Job, Registry, Settings, Worker, hookimpl, task
+from taskmesh.events import MAX_EVENT_BYTES
+from taskmesh.job import MAX_LOG_CHARS, MAX_PROGRESS_BYTES
 from taskmesh.sinks import Sink, SinkRegistry
 from taskmesh.sinks import bus as bus_module
 from taskmesh.testing import RunningWorker, wait_until
@@ -23,6 +25,12 @@ BOUND = 10.0
 @task(name="sinks.double")
 def double(x: int) -> int:
     return 2 * x
+
+
+@task(name="sinks.largest")
+def largest(job: Job) -> None:
+    job.progress({"p": "x" * (MAX_PROGRESS_BYTES - len('{"p":""}'))})
+    job.log("\U0001f600" * MAX_LOG_CHARS)  # 4 bytes a character in UTF-8
 
 
 @task(name="sinks.broken")
@@ -278,7 +286,8 @@ def test_a_job_record_not_as_taskmesh_writes_it_leaves_its_event_bare_and_the_re
         pytest.param({"event": "enqueued"}, id="no job field"),
         pytest.param({"event": "enqueued", "job": "a b{"}, id="an invalid job id"),
         pytest.param({"event": "enqueued", "job": "j1", "id": "0-1"}, id="a field shadowing the event id"),
-        pytest.param({"event": "log", "job": "j1", "message": "x" * 2000}, id="larger than max_payload_bytes"),
+        pytest.param({"event": "log", "job": "j1", "message": "x" * MAX_EVENT_BYTES}, id="larger than any event"),
+        pytest.param({"event": "completed", "job": ""}, id="a job event without a job"),
         pytest.param({"event": "enqueued", "job": b"j\xff\xfe"}, id="invalid UTF-8 in a value"),
         pytest.param({b"\xc3(": "x", "event": "enqueued", "job": "j1"}, id="invalid UTF-8 in a name"),
     ],
@@ -300,6 +309,23 @@ def test_a_malformed_stream_entry_is_skipped_counted_logged_with_its_id_and_ackn
     [warning] = [r.getMessage() for r in caplog.records if r.name == "taskmesh.sinks"]
     assert f"event bus: skipped entry {bad} of queue default (" in warning
     wait_until(lambda: pending(taskmesh_client, "sinks:collect") == 0, timeout=BOUND, message="the bad entry acked")
+
+
+def test_the_largest_progress_and_log_line_a_task_reports_reach_the_sinks_whatever_max_payload_bytes(
+    start: Callable[..., RunningWorker], caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Event] = []
+    worker = start([Sinks(collect=lambda s: Collect(seen))], [largest], sinks=("collect",), max_payload_bytes=1024)
+    handle = largest.enqueue()
+    handle.result(timeout=BOUND)
+    wait_until(lambda: "completed" in names_of(seen, handle.id), timeout=BOUND, message="the completed event")
+    assert names_of(seen, handle.id) == ["enqueued", "active", "progress", "log", "completed"]
+    [progress] = [e for e in seen if e.name == "progress"]
+    [line] = [e for e in seen if e.name == "log"]
+    assert len(progress.data["progress"]) == MAX_PROGRESS_BYTES
+    assert line.data["message"] == "\U0001f600" * MAX_LOG_CHARS
+    assert worker.worker.stats.events_skipped == 0
+    assert not [r for r in caplog.records if r.name == "taskmesh.sinks"]
 
 
 def test_a_flood_of_malformed_entries_is_logged_once_and_the_events_after_it_arrive(

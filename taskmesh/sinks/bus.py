@@ -24,7 +24,7 @@ job from the job record and remembered) and, on ``completed``/``failed``/``cance
 ``duration_ms`` of the last attempt (finish minus start, by the Redis clock).
 
 **Hostile entries.** Anything that can write to Redis can write to a stream, so every entry is checked
-(``Event.parse``: known event name, valid job id, UTF-8 text, at most ``max_payload_bytes``). An entry
+(``Event.parse``: known event name, valid job id, UTF-8 text, at most ``MAX_EVENT_BYTES``). An entry
 that fails the check, or whose handling raises, is skipped: acknowledged at once (it never stays pending
 for the next worker), counted (``WorkerStats.events_skipped``, and ``EventBus.skipped``) and logged with
 its id, at most once per ``WARN_EVERY`` seconds; the entries after it go on to the sinks. A job record
@@ -288,7 +288,7 @@ class EventBus:
         events: list[Event] = []
         for entry_id, fields in entries:
             try:
-                events.append(Event.parse(keys.queue, entry_id, fields, max_bytes=self._settings.max_payload_bytes))
+                events.append(Event.parse(keys.queue, entry_id, fields))
             except Exception as exc:  # MalformedEvent, or a bug: either way this entry only
                 self._skip(keys, entry_id, exc)
         for event in await self._enrich(keys, events):
