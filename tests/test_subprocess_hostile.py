@@ -157,6 +157,16 @@ def escapes(path: str, how: str) -> str:
     return "slept"
 
 
+@task(name="hostile.reports_early", runner="subprocess", timeout=5.0)
+def reports_early(path: str) -> str:
+    """A copy of the task's process forked without ``os._exit`` reports the outcome; the process itself goes on."""
+    note(path, str(os.getpid()))
+    if os.fork() == 0:
+        return "reported early"
+    time.sleep(60)
+    return "slept"
+
+
 @task(name="hostile.server", runner="subprocess")
 def server() -> int:
     """The fork server's pid."""
@@ -185,7 +195,7 @@ def bad_env() -> None: ...
 def bad_option() -> None: ...
 
 
-TASKS = [victim, forger, scribbles, reopens, ok, env_default, env_asks, escapes, enqueues]
+TASKS = [victim, forger, scribbles, reopens, ok, env_default, env_asks, escapes, enqueues, reports_early]
 
 
 def failure(handle: Any) -> dict[str, Any]:
@@ -302,6 +312,21 @@ def test_processes_a_task_starts_in_a_group_or_session_of_their_own_end_with_its
             with contextlib.suppress(OSError):
                 if alive(pid) and b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_a_tasks_process_that_goes_on_after_its_outcome_is_killed_when_its_attempt_ends(
+    taskmesh_client: Client, taskmesh_worker: StartWorker, tmp_path: Path
+) -> None:
+    taskmesh_worker(TASKS)
+    path = tmp_path / "pid"
+    assert reports_early.enqueue(str(path)).result(timeout=BOUND) == "reported early"
+    pid = int(path.read_text())
+    try:
+        wait_until(lambda: not alive(pid), timeout=BOUND, message="the task's process to be killed")
+    finally:
+        with contextlib.suppress(OSError):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_task_module_that_exits_at_import_fails_its_jobs_with_its_message_and_the_fork_server_lives(

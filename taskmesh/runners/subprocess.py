@@ -45,6 +45,8 @@ BOOT = (
 log = logging.getLogger("taskmesh.runners.subprocess")
 #: How long a stopped attempt may take to be reported gone after SIGKILL before the worker moves on.
 KILL_WAIT = 5.0
+#: Seconds a child has to exit once its outcome is in (it exits at once unless something keeps it going).
+OUTCOME_GRACE = 1.0
 #: The largest message a task's process may send (a result, an error, a progress report or a log line).
 MAX_MESSAGE = 64 << 20
 #: Reads of 64 KiB that drain an exited child's channel at most (a socket buffer holds far less).
@@ -70,6 +72,7 @@ class _Run:
     unread: bytearray = field(default_factory=bytearray)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    kill: asyncio.TimerHandle | None = None  # SIGKILLs a child still running ``OUTCOME_GRACE`` after its outcome
 
 
 class SubprocessRunner:
@@ -77,7 +80,8 @@ class SubprocessRunner:
 
     The child's ``job.progress()``/``job.log()`` reach the worker's job under the run's fencing token;
     its result and errors come back as JSON. A cancelled ``run`` (timeout, cancel request, hand-back)
-    sends SIGTERM to the child's process group, then SIGKILL after ``TERM_GRACE``. A child that dies
+    sends SIGTERM to the child's process group, then SIGKILL after ``TERM_GRACE``. Once the outcome is in,
+    ``run`` returns and the child has ``OUTCOME_GRACE`` to exit before its group is SIGKILLed. A child that dies
     without an outcome, or whose channel to the worker breaks, fails the attempt with :class:`TaskCrashed`.
 
     The child's environment is the base one (:data:`~taskmesh.runners._child.BASE_ENVIRONMENT`) plus the
@@ -244,12 +248,22 @@ class _ForkServer:
             self._send(request)
             try:
                 return await run.outcome
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # the outcome is cancelled with it
                 await self._stop(number, run)
                 raise
         finally:
-            del self._runs[number]
-            self._close_channel(run)
+            self._close_channel(run)  # nothing the child sends after its outcome is read
+            if run.outcome.cancelled() or not run.outcome.done() or run.pid is None or run.exited.is_set():
+                del self._runs[number]
+            else:
+                self._linger(run)
+
+    def _linger(self, run: _Run) -> None:
+        """The outcome is in, and the child (which exits right after sending it) is not reported gone yet:
+        SIGKILL its group if it still runs after ``OUTCOME_GRACE``. It stays in ``_runs`` until its ``x``
+        report (then the fork server has killed what it left elsewhere too)."""
+        assert self._loop is not None and run.pid is not None
+        run.kill = self._loop.call_later(OUTCOME_GRACE, signal_group, run.pid, signal.SIGKILL)
 
     async def _stop(self, number: int, run: _Run) -> None:
         """The attempt is being stopped: SIGTERM its process group, SIGKILL it after the grace."""
@@ -318,6 +332,9 @@ class _ForkServer:
             self._close_channel(run)
             run.exited.set()
             _settle(run.outcome, error=TaskCrashed(exit_reason(message["code"])))
+            if run.kill is not None:  # run() returned already
+                run.kill.cancel()
+                del self._runs[number]
 
     def _on_server_gone(self) -> None:
         """The fork server exited (killed, or out of memory): fail what it was running; the next job starts another."""
@@ -327,11 +344,14 @@ class _ForkServer:
         reason = "the subprocess runner's fork server exited"
         if self._runs:
             log.warning("%s (pid %d) with %d job(s) running; they fail", reason, self._process.pid, len(self._runs))
-        for run in self._runs.values():
+        for number, run in list(self._runs.items()):
             if run.pid is not None:
                 signal_group(run.pid, signal.SIGKILL)  # nobody could report its end any more
             run.exited.set()
             _settle(run.outcome, error=TaskCrashed(reason))
+            if run.kill is not None:
+                run.kill.cancel()
+                del self._runs[number]
 
     # -- each attempt's channel ------------------------------------------------------
 
@@ -422,6 +442,8 @@ class _ForkServer:
             self._loop.remove_reader(self._reports.fileno())
         for run in self._runs.values():
             self._close_channel(run)
+            if run.kill is not None:  # the fork server ended it
+                run.kill.cancel()
         self._reports.close()
 
 
