@@ -449,16 +449,17 @@ class Client:
     @connect.guard
     def schedules(self) -> list[ScheduleInfo]:
         """Every schedule, by name, with its state and next tick. One whose entry cannot be read is left
-        out and logged (a warning): :meth:`remove_schedule` removes it."""
+        out and logged (a warning): :meth:`remove_schedule` removes it. One the schedulers skip (its state
+        cannot be read, its arguments are over ``max_payload_bytes``) says why in ``skipped``."""
         entries = _readable(read_stored(self.redis, schedules_key(self.settings.prefix)))
-        looks = scripts.run_pipeline(self.redis, look_commands(self.settings, entries)) if entries else []
-        return [schedule_info(e, state, int(now)) for e, (state, now) in zip(entries, looks, strict=True)]
+        looks = scripts.run_pipeline_each(self.redis, look_commands(self.settings, entries)) if entries else []
+        return [schedule_info(self.settings, e, look) for e, look in zip(entries, looks, strict=True)]
 
     @connect.aguard
     async def aschedules(self) -> list[ScheduleInfo]:
         entries = _readable(await aread_stored(self.aredis, schedules_key(self.settings.prefix)))
-        looks = await scripts.arun_pipeline(self.aredis, look_commands(self.settings, entries)) if entries else []
-        return [schedule_info(e, state, int(now)) for e, (state, now) in zip(entries, looks, strict=True)]
+        looks = await scripts.arun_pipeline_each(self.aredis, look_commands(self.settings, entries)) if entries else []
+        return [schedule_info(self.settings, e, look) for e, look in zip(entries, looks, strict=True)]
 
     @connect.guard
     def remove_schedule(self, name: str) -> bool:

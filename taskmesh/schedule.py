@@ -264,13 +264,28 @@ class ScheduleEntry:
 
 @dataclass(frozen=True, slots=True)
 class ScheduleInfo:
-    """A schedule with its state: paused, the last tick handled and its job, the next tick."""
+    """A schedule with its state: paused, the last tick handled and its job, the next tick it fires (None:
+    none, or it is skipped)."""
 
     entry: ScheduleEntry
     paused: bool
     last_tick: datetime | None
     last_job: str | None
     next_tick: datetime | None
+    #: Why the schedulers skip it, None if they fire it: its state cannot be read, or its arguments are
+    #: over ``max_payload_bytes`` (as this client's settings have it; a worker with a higher one fires it).
+    skipped: str | None = None
+    #: False if its state cannot be read: ``paused`` and the ticks are unknown then.
+    state_read: bool = True
+
+    @property
+    def status(self) -> str:
+        """``unreadable`` (its state cannot be read), ``skipped`` (see ``skipped``), ``paused`` or ``active``."""
+        if not self.state_read:
+            return "unreadable"
+        if self.skipped is not None:
+            return "skipped"
+        return "paused" if self.paused else "active"
 
     def to_dict(self) -> dict[str, Any]:
         e = self.entry
@@ -280,6 +295,8 @@ class ScheduleInfo:
             "queue": e.queue,
             "when": e.schedule.describe,
             "origin": e.origin,
+            "status": self.status,
+            "skipped": self.skipped,
             "paused": self.paused,
             "last_tick": self.last_tick.isoformat() if self.last_tick else None,
             "last_job": self.last_job,
@@ -305,16 +322,28 @@ def _check_cron(expr: str, zone: ZoneInfo) -> None:
         raise ValueError(f"cron expression {expr!r} never fires") from None
 
 
-def schedule_info(entry: ScheduleEntry, raw_state: str | bytes | None, now_ms: int) -> ScheduleInfo:
-    """An entry with its state as ``cron look`` returns it (None: not initialised yet)."""
+def schedule_info(settings: Settings, entry: ScheduleEntry, look: Any) -> ScheduleInfo:
+    """An entry with what its ``cron look`` returned: (its state or None if not made yet, now), or the
+    error the look raised (a schedule the schedulers skip, as one whose arguments are over the limit)."""
+    if isinstance(look, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        raise look
+    if isinstance(look, Exception):
+        return ScheduleInfo(entry, False, None, None, None, state_error(settings.prefix, entry, look), False)
+    raw_state, now_ms = look[0], int(look[1])
     state = json.loads(raw_state) if raw_state else {}
     last, job = state.get("last"), state.get("job")
+    try:
+        entry.schedule.payload(entry.task, settings.max_payload_bytes)
+        skipped = None
+    except ValueError as exc:
+        skipped = f"its arguments cannot be enqueued ({exc})"
     return ScheduleInfo(
         entry=entry,
         paused=bool(state.get("paused")),
         last_tick=from_ms(_tick_of(job)),
         last_job=job,
-        next_tick=from_ms(entry.schedule.next_tick(max(last or now_ms, now_ms))),
+        next_tick=None if skipped else from_ms(entry.schedule.next_tick(max(last or now_ms, now_ms))),
+        skipped=skipped,
     )
 
 
@@ -411,6 +440,11 @@ def look_commands(settings: Settings, entries: Sequence[ScheduleEntry], keep: bo
         look = ("look", entry.name, entry.version, "1" if keep else "0")
         commands.append(("EVALSHA", sha, len(keys), *keys, settings.events_maxlen, *look))
     return commands
+
+
+def state_error(prefix: str, entry: ScheduleEntry, error: Exception) -> str:
+    """Why a ``cron look`` of ``entry`` failed (its queue's state key of another type, say)."""
+    return f"its state in {QueueKeys.of(prefix, entry.queue).cron} cannot be read ({error})"
 
 
 def _tick_of(job: Any) -> int | None:

@@ -264,3 +264,56 @@ def test_entries_that_cannot_fire_are_left_out_of_the_list_and_can_be_removed(
         if field != b"a.bad.queue":
             assert taskmesh_client.remove_schedule(field.decode("utf-8", "surrogateescape")), field
     assert taskmesh_client.redis.hkeys(schedules_key(taskmesh_client.settings.prefix)) == ["z.good"]
+
+
+def cli_args(client: Client) -> list[str]:
+    return ["--redis-url", client.settings.redis_url, "--prefix", client.settings.prefix]
+
+
+def test_a_queue_whose_state_key_has_the_wrong_type_stops_only_its_own_schedules(
+    taskmesh_client: Client, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taskmesh_client.schedule("a.other", "sched.job", every=1, queue="other")
+    taskmesh_client.schedule("z.good", "sched.job", every=3600, misfire_grace=3600)
+    set_last(taskmesh_client, "z.good", server_ms(taskmesh_client) - 7_200_000)  # one tick due
+    taskmesh_client.redis.set(taskmesh_client.keys("other").cron, "x")  # every look in 'other' fails
+
+    with caplog.at_level(logging.WARNING, logger="taskmesh.scheduler"):
+        fired = passes(taskmesh_client, count=3)
+    assert fired == 1, "z.good did not fire"
+    logged = [r.getMessage() for r in caplog.records if r.name == "taskmesh.scheduler"]
+    assert len(logged) == 1 and logged[0].startswith("schedule a.other cannot fire: its state in "), logged
+    assert "WRONGTYPE" in logged[0]
+
+    expected = [("a.other", "unreadable", None), ("z.good", "active", 3600.0)]
+    for infos in (taskmesh_client.schedules(), asyncio.run(taskmesh_client.aschedules())):
+        assert [(i.entry.name, i.status, i.entry.schedule.every if i.next_tick else None) for i in infos] == expected
+    assert cli_main(["schedules", *cli_args(taskmesh_client)]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[:6] for line in out.splitlines()[1:]] == [
+        ["a.other", "sched.job", "other", "every", "1s", "unreadable"],
+        ["z.good", "sched.job", "default", "every", "3600s", "active"],
+    ]
+    key = taskmesh_client.keys("other").cron
+    assert f"taskmesh: the schedulers skip schedule a.other: its state in {key} cannot be read (" in err
+
+
+def test_the_list_shows_a_schedule_with_arguments_over_the_limit_as_skipped_and_why(
+    taskmesh_client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_hostile(taskmesh_client)
+    taskmesh_client.schedule("z.good", "sched.job", every=60)
+
+    infos = {i.entry.name: i for i in taskmesh_client.schedules()}
+    assert (infos["a.big.args"].status, infos["a.big.args"].next_tick) == ("skipped", None)
+    assert "over the 524288-byte limit" in str(infos["a.big.args"].skipped)
+    assert (infos["z.good"].status, infos["z.good"].skipped) == ("active", None)
+    assert cli_main(["schedules", *cli_args(taskmesh_client)]) == 0
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert rows["a.big.args"][5:7] == ["skipped", "-"]
+    assert "taskmesh: the schedulers skip schedule a.big.args: its arguments cannot be enqueued (" in err
+    assert "over the 524288-byte limit" in err
+    assert cli_main(["schedules", "--json", *cli_args(taskmesh_client)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert (listed[0]["name"], listed[0]["status"], listed[0]["next_tick"]) == ("a.big.args", "skipped", None)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from datetime import datetime
 
 from ..schedule import CATCH_UP_MAX, MISFIRE_GRACE, Schedule, from_ms
-from .common import CliError, add_common_options, connect, load_settings, print_json, table
+from .common import CliError, add_common_options, connect, escape, load_settings, print_json, table
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,6 +57,10 @@ def list_command(args: argparse.Namespace) -> int:
         infos = client.schedules()
     finally:
         client.close()
+    for info in infos:
+        if info.skipped is not None:
+            name, why = escape(info.entry.name), escape(info.skipped)
+            print(f"taskmesh: the schedulers skip schedule {name}: {why}", file=sys.stderr)
     if args.json:
         print_json([info.to_dict() for info in infos])
         return 0
@@ -65,18 +70,8 @@ def list_command(args: argparse.Namespace) -> int:
     rows = [["NAME", "TASK", "QUEUE", "WHEN", "STATE", "NEXT", "LAST"]]
     for info in infos:
         entry = info.entry
-        state = "paused" if info.paused else "active"
-        rows.append(
-            [
-                entry.name,
-                entry.task,
-                entry.queue,
-                entry.schedule.describe,
-                state,
-                _at(info.next_tick),
-                _at(info.last_tick),
-            ]
-        )
+        row = [entry.name, entry.task, entry.queue, entry.schedule.describe, info.status]
+        rows.append([*row, _at(info.next_tick), _at(info.last_tick)])
     print(table(rows))
     return 0
 

@@ -24,6 +24,7 @@ from ..schedule import (
     look_commands,
     read_entries,
     read_entry,
+    state_error,
     store_calls,
     version_of,
 )
@@ -47,8 +48,9 @@ class Scheduler:
         self.fired = 0  # jobs this scheduler enqueued
         # name -> (version read, the entry ready to fire or None): each stored version is checked once.
         self._read: dict[str, tuple[str | None, Ready | None]] = {}
-        # Schedules whose last pass failed: a failure is logged when it begins, not at every pass.
-        self._failing: set[str] = set()
+        # Schedules whose last pass failed, with the version of the entry it failed under: a failure is
+        # logged when it begins or the entry changes, not at every pass.
+        self._failing: dict[str, str] = {}
 
     async def sync(self, registry: Registry, prune: bool = False) -> None:
         """Upsert the schedules tasks declare (origin "code"); report code schedules no task declares
@@ -110,21 +112,26 @@ class Scheduler:
         began = loop.time()
         ready = self._ready(await aread_stored(self.conn, schedules_key(self.settings.prefix)))
         # Every schedule's state (restarted if its entry changed) and its queue's clock in one round trip.
+        # A look that fails (a state key of the wrong type, say) is that schedule's error, not the pass's.
         commands = look_commands(self.settings, [entry for entry, _ in ready], keep=True)
-        looks = await scripts.arun_pipeline(self.conn, commands) if ready else []
+        looks = await scripts.arun_pipeline_each(self.conn, commands) if ready else []
         wait = MAX_SLEEP
-        for (entry, payload), (state, now_ms) in zip(ready, looks, strict=True):
+        for (entry, payload), look in zip(ready, looks, strict=True):
             try:
+                if isinstance(look, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+                    raise look
+                if isinstance(look, Exception):
+                    raise RuntimeError(state_error(self.settings.prefix, entry, look))
+                state, now_ms = look
                 wait = min(wait, await self._fire_due(entry, payload, state, int(now_ms)))
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 raise
             except Exception as exc:
-                failing = entry.name in self._failing
+                failing = self._failing.get(entry.name) == entry.version
                 log.log(logging.DEBUG if failing else logging.ERROR, "schedule %s cannot fire: %s", entry.name, exc)
-                self._failing.add(entry.name)
+                self._failing[entry.name] = entry.version
             else:
-                if entry.name in self._failing:
-                    self._failing.discard(entry.name)
+                if self._failing.pop(entry.name, None) is not None:
                     log.info("schedule %s fires again", entry.name)
         # Sleep until the next tick by Redis' clock, less the time this pass took.
         return max(0.0, wait - (loop.time() - began))
@@ -139,7 +146,7 @@ class Scheduler:
             known = self._read.get(name)
             read[name] = known if known is not None and known[0] == version else (version, self._check(name, raw))
         self._read = read
-        self._failing &= read.keys()
+        self._failing = {name: version for name, version in self._failing.items() if name in read}
         return [ready for _, ready in read.values() if ready is not None]
 
     def _check(self, name: str, raw: str | None) -> Ready | None:

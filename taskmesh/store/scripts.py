@@ -65,6 +65,13 @@ def run_pipeline(conn: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any
     The calls that found their script missing (a new, restarted or failed-over server; on a cluster
     only some nodes may lack it) run again once the scripts are loaded; the others ran once.
     """
+    return _raise_first(run_pipeline_each(conn, commands))
+
+
+def run_pipeline_each(conn: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """:func:`run_pipeline` that returns each command's error in its place instead of raising the first:
+    for calls about unrelated things (one per schedule, say), where one that fails must not stop the
+    others. A connection lost still raises."""
     results = _pipeline(conn, commands)
     missing = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
     if missing:
@@ -72,7 +79,7 @@ def run_pipeline(conn: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any
             conn.script_load(source(name))
         for i, result in zip(missing, _pipeline(conn, [commands[i] for i in missing]), strict=True):
             results[i] = result
-    return _raise_first(results)
+    return results
 
 
 def _pipeline(conn: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -97,13 +104,18 @@ async def aload_all(conn: aredis.Redis) -> None:
 
 async def arun_pipeline(conn: aredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
     """The asyncio twin of :func:`run_pipeline`."""
+    return _raise_first(await arun_pipeline_each(conn, commands))
+
+
+async def arun_pipeline_each(conn: aredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The asyncio twin of :func:`run_pipeline_each`."""
     results = await _apipeline(conn, commands)
     missing = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
     if missing:
         await aload_all(conn)
         for i, result in zip(missing, await _apipeline(conn, [commands[i] for i in missing]), strict=True):
             results[i] = result
-    return _raise_first(results)
+    return results
 
 
 async def _apipeline(conn: aredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
