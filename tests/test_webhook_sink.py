@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import json
 import logging
 import socket
 import threading
@@ -17,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from taskmesh_webhook_sink import WebhookError, WebhookSink
+from taskmesh_webhook_sink import WebhookError, WebhookSink, mask_url, verify
 
-from taskmesh import Client, Event, Registry, Settings, Worker, task
+from taskmesh import Client, ConfigurationError, Event, Registry, Settings, Worker, task
 from taskmesh.testing import RunningWorker, wait_until
 
 BOUND = 10.0
@@ -115,7 +116,7 @@ def closed_port() -> int:
 def test_each_attempt_signs_a_timestamp_with_the_body_and_verify_refuses_a_replay(
     serve: Serve, sink: Callable[[str], WebhookSink]
 ) -> None:
-    from taskmesh_webhook_sink import InvalidSignature, verify
+    from taskmesh_webhook_sink import InvalidSignature
 
     url, received = serve(500, 200)
     before = int(time.time())
@@ -147,6 +148,69 @@ def test_each_attempt_signs_a_timestamp_with_the_body_and_verify_refuses_a_repla
         with pytest.raises(InvalidSignature):
             verify(SECRET.encode(), bad_header, bad_body)
             pytest.fail(f"{case} was accepted")
+
+
+class DocumentedReceiver:
+    """A receiver as :func:`verify`'s docstring says: check the signature, then drop repeats by the signed
+    body's ``"id"``."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def accept(self, headers: dict[str, str], body: bytes) -> bool:
+        verify(SECRET.encode(), headers["X-Taskmesh-Signature"], body)
+        event_id = json.loads(body)["id"]
+        if event_id in self.seen:
+            return False
+        self.seen.add(event_id)
+        return True
+
+
+def test_a_replay_within_the_window_with_another_event_id_header_is_dropped_by_the_documented_receiver(
+    serve: Serve, sink: Callable[[str], WebhookSink]
+) -> None:
+    doc = " ".join((verify.__doc__ or "").split())
+    assert 'by the signed body\'s "id"' in doc and "X-Taskmesh-Event-Id header is not signed" in doc
+    url, received = serve(200)
+    emit(sink(url))
+    [request] = received
+    receiver = DocumentedReceiver()
+    assert receiver.accept(request.headers, request.body)
+    replayed = {**request.headers, "X-Taskmesh-Event-Id": "1799999999999-0"}
+    verify(SECRET.encode(), replayed["X-Taskmesh-Signature"], request.body)  # the header is not signed: it passes
+    assert not receiver.accept(replayed, request.body), "the replay is dropped as a repeat"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://al1ce:4242/s3cr3tpw@hooks.example.com/T0KENPATH",
+        "https://al1ce:4242?s3cr3tpw@hooks.example.com/T0KENPATH",
+        "https://al1ce:4242#s3cr3tpw@hooks.example.com/T0KENPATH",
+        "https://al1ce:s3/cr3tpw@hooks.example.com:8443/T0KENPATH?token=qu3rytok",
+        "https://al1ce/x:s3cr3tpw@hooks.example.com/T0KENPATH",
+    ],
+)
+def test_a_url_with_an_unencoded_slash_question_mark_or_hash_before_its_at_is_refused_unshown(
+    sink: Callable[[str], WebhookSink], url: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="percent-encode") as refused:
+        sink(url)
+    for text in (str(refused.value), mask_url(url)):
+        assert not [part for part in (*HIDDEN, "4242", "s3") if part in text], text
+
+
+def test_a_percent_encoded_password_and_an_at_in_a_query_value_reach_the_configured_host(
+    serve: Serve, sink: Callable[[str], WebhookSink]
+) -> None:
+    url, received = serve(200)
+    port = url.split(":")[2].split("/")[0]
+    made = sink(f"http://al1ce:4242%2Fs3cr3tpw%3F%23@127.0.0.1:{port}/hooks/%40T0KENPATH?email=a@b.example")
+    assert repr(made) == f"WebhookSink(url='http://***@127.0.0.1:{port}/***?***')"
+    emit(made)
+    [request] = received
+    assert request.path == "/hooks/%40T0KENPATH?email=a@b.example"
+    assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"al1ce:4242/s3cr3tpw?#").decode()
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])

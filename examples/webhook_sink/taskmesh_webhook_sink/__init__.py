@@ -3,17 +3,22 @@
 Enable it with ``sinks = ["webhook"]`` (or ``TASKMESH_SINKS=webhook``) and configure it with:
 
 - ``TASKMESH_WEBHOOK_URL``: where to POST (``http://`` or ``https://``); a ``user:password@`` in it is
-  sent as HTTP Basic authentication;
+  sent as HTTP Basic authentication, and must have ``/``, ``?`` and ``#`` percent-encoded (``%2F``,
+  ``%3F``, ``%23``): a URL parser ends the host at the first of them, so an unencoded one would make part
+  of the password the host and port. A URL with an ``@`` after any of them is refused at start-up (an
+  ``@`` in the path is written ``%40``);
 - ``TASKMESH_WEBHOOK_SECRET``: the HMAC key;
 - ``TASKMESH_WEBHOOK_RETRIES`` (3) and ``TASKMESH_WEBHOOK_TIMEOUT`` (5 seconds).
 
-The body is the event (``{"id", "queue", "event", "job", "task", ...}``); ``X-Taskmesh-Event-Id`` repeats
-its id, so a receiver can drop the duplicates at-least-once delivery may bring.
+The body is the event (``{"id", "queue", "event", "job", "task", ...}``); a receiver drops the duplicates
+at-least-once delivery may bring by its ``"id"``. ``X-Taskmesh-Event-Id`` repeats the id for logs and
+routing, but is not signed: never dedupe on it (a replay may change it).
 
 **Signature.** Each request carries ``X-Taskmesh-Signature: t=<unix seconds>,v1=<hex>``, where ``<hex>``
 is the HMAC-SHA256 of ``<t>.<body>`` (the timestamp, a dot, the raw body) under the secret. The
 timestamp is signed with the body, so a receiver that refuses a ``t`` more than a few minutes from its
-own clock refuses a captured request replayed later; within that window it drops repeats by event id.
+own clock refuses a captured request replayed later; within that window it drops repeats by the signed
+body's ``"id"``.
 :func:`verify` does the check (300 s either way by default). Every attempt is signed afresh.
 
 **Delivery.** An event counts as delivered only on a 2xx answer. Connection errors, 429 and 5xx answers
@@ -75,8 +80,9 @@ def verify(secret: bytes, header: str, body: bytes, *, tolerance: float = TOLERA
     Raises :class:`InvalidSignature` when the header is not ``t=<digits>,v1=<hex>``, when no ``v1``
     matches (compared in constant time; several ``v1`` are allowed, for a change of secret), or when ``t``
     is more than ``tolerance`` seconds from ``now`` (default: this machine's clock), which is how a
-    replayed request is refused. A request that passes may still be a repeat within the window: drop
-    those by ``X-Taskmesh-Event-Id``.
+    replayed request is refused. A request that passes may still be a repeat within the window (a replay,
+    or at-least-once delivery): drop those by the signed body's "id" (``json.loads(body)["id"]``), which
+    a replay cannot change. The X-Taskmesh-Event-Id header is not signed: do not dedupe on it.
     """
     if not isinstance(header, str) or len(header) > MAX_HEADER:
         raise InvalidSignature("no signature header, or one too long")
@@ -113,9 +119,20 @@ def _split(url: str) -> SplitResult | None:
     return parts
 
 
+def _host_unclear(url: str) -> bool:
+    """Whether ``url`` has an ``@`` (outside query values) after a ``/``, ``?`` or ``#``: a URL parser ends
+    the host at the first of those, so in ``https://alice:4242/xyz@hooks.example.com/`` it reads host
+    ``alice`` and port ``4242``, while whoever wrote it meant a password holding ``/`` (or ``@`` in a path)."""
+    rest = url.partition("://")[2]
+    query = rest.find("?")
+    values = rest.find("=", query) if query >= 0 else -1
+    at = rest.rfind("@", 0, values if values >= 0 else len(rest))
+    return at >= 0 and any(char in rest[:at] for char in "/?#")
+
+
 def mask_url(url: str) -> str:
     """``url`` fit for a log: scheme, host and port; ``***`` for a user and password, the path and the query."""
-    parts = _split(url)
+    parts = None if _host_unclear(url) else _split(url)
     if parts is None:
         return "<an invalid URL>"
     host, port = parts.hostname or "", parts.port
@@ -138,6 +155,12 @@ class WebhookSink:
         self.url = os.environ.get("TASKMESH_WEBHOOK_URL", "")
         secret = os.environ.get("TASKMESH_WEBHOOK_SECRET", "")
         self.shown_url = mask_url(self.url)
+        if _host_unclear(self.url):
+            raise ConfigurationError(
+                "TASKMESH_WEBHOOK_URL has an '@' after a '/', '?' or '#', so its host cannot be told from its "
+                "password: percent-encode '/', '?' and '#' in the user name and password (%2F, %3F, %23; '%' "
+                "itself as %25), and an '@' in the path as %40"
+            )
         parts = _split(self.url)
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError("the webhook sink needs TASKMESH_WEBHOOK_URL, an http:// or https:// URL")
