@@ -138,6 +138,13 @@ def env_asks() -> dict[str, Any]:
     return environment_seen()
 
 
+@task(name="hostile.env_of", runner="subprocess")
+def env_of(names: list[str]) -> dict[str, Any]:
+    """What the task's process sees of these variables, and which of them it started with (the fork server's)."""
+    started = {entry.partition(b"=")[0].decode() for entry in Path("/proc/self/environ").read_bytes().split(b"\0")}
+    return {"seen": {name: os.environ.get(name) for name in names}, "started": sorted(set(names) & started)}
+
+
 @task(name="hostile.enqueues", runner="subprocess")
 def enqueues() -> str:
     return ok.enqueue().id
@@ -195,7 +202,7 @@ def bad_env() -> None: ...
 def bad_option() -> None: ...
 
 
-TASKS = [victim, forger, scribbles, reopens, ok, env_default, env_asks, escapes, enqueues, reports_early]
+TASKS = [victim, forger, scribbles, reopens, ok, env_default, env_asks, env_of, escapes, enqueues, reports_early]
 
 
 def failure(handle: Any) -> dict[str, Any]:
@@ -275,6 +282,28 @@ def test_a_task_sees_a_minimal_environment_unless_its_options_ask_for_more(
     assert (asks["secret"], asks["redis_url"]) == ("s3cret", taskmesh_client.settings.redis_url)
     assert asks["grandchild_has_secret"]
     assert asks["secret_at_import"] == "s3cret", "the task's module was imported with what its tasks ask for"
+
+
+def test_a_task_sees_what_it_needs_to_find_libraries_certificates_and_devices_but_not_proxy_urls(
+    taskmesh_client: Client, taskmesh_worker: StartWorker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    needed = {
+        "LD_LIBRARY_PATH": str(tmp_path),  # an empty directory: nothing is loaded from it
+        "SSL_CERT_FILE": "/etc/ssl/certs/ca.pem",
+        "REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca.pem",
+        "NO_PROXY": "localhost,.internal",
+        "CUDA_VISIBLE_DEVICES": "1",
+        "NVIDIA_VISIBLE_DEVICES": "1",
+    }
+    proxies = {name: "http://user:pass@proxy:3128" for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY")}
+    for name, value in {**needed, **proxies}.items():
+        monkeypatch.setenv(name, value)
+    taskmesh_worker(TASKS)
+    child = env_of.enqueue([*needed, *proxies]).result(timeout=BOUND)
+    assert {name: child["seen"][name] for name in needed} == needed
+    assert "LD_LIBRARY_PATH" in child["started"], "the fork server, which loads the task modules, has it"
+    assert [child["seen"][name] for name in proxies] == [None] * 3, "a proxy URL can carry a password"
+    assert not set(proxies) & set(child["started"])
 
 
 def test_a_task_that_enqueues_without_the_workers_redis_url_is_told_how_to_ask_for_it(

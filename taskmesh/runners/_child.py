@@ -56,15 +56,21 @@ from ..task import Task
 TERM_GRACE = 1.0
 #: The bytes of the length before each request on the fork server's stdin.
 REQUEST_HEADER = 8
-#: Environment variables every task's process gets: what a process needs to run and to find its imports.
+#: Environment variables every task's process gets: what a process needs to run, to find its imports and
+#: shared libraries, and to verify TLS certificates; which hosts bypass a proxy. Not the proxies themselves
+#: (``HTTPS_PROXY`` and the like): a proxy URL can carry a password, so a task asks for it.
 BASE_ENVIRONMENT = frozenset(
     {
         "HOME", "LANG", "LANGUAGE", "LOGNAME", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED",
         "PYTHONIOENCODING", "PYTHONPATH", "PYTHONUTF8", "PYTHONWARNINGS", "TMPDIR", "TZ", "USER", "VIRTUAL_ENV",
+        "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "NO_PROXY", "no_proxy",
     }
 )  # fmt: skip
-#: ... and every variable whose name starts with one of these (the locale's ``LC_*``).
-BASE_PREFIXES = ("LC_",)
+#: ... and every variable whose name starts with one of these: the locale's ``LC_*``, and GPU device
+#: selection (``CUDA_VISIBLE_DEVICES``, ``NVIDIA_VISIBLE_DEVICES``, ...).
+BASE_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
 PR_SET_CHILD_SUBREAPER = 36
 
 
