@@ -439,7 +439,13 @@ def _no_raw_controls(text: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://user:Zq7/Xw9@localhost:6379/0", "redis://:Zq7/Xw9@localhost/0", "redis://u:Zq7#Xw9@localhost/0"],
+    [
+        "redis://user:Zq7/Xw9@localhost:6379/0",
+        "redis://:Zq7/Xw9@localhost/0",
+        "redis://u:Zq7#Xw9@localhost/0",
+        "unix://app:Zq7/Xw9@/tmp/taskmesh-none.sock",
+        "unix://app:Zq7?Xw9@/tmp/taskmesh-none.sock",
+    ],
 )
 def test_an_invalid_url_is_one_line_that_never_shows_the_password(cli: Any, url: str) -> None:
     line = _one_error_line(cli("queues", "--redis-url", url))

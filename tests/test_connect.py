@@ -80,6 +80,27 @@ def test_a_malformed_url_is_a_value_error_that_says_why(url: str) -> None:
         connect.parse(url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "unix://app:pa/ssWORD9@/tmp/x.sock",
+        "unix://:pa/ssWORD9@/tmp/x.sock",
+        "unix://app:pa#ssWORD9@/tmp/x.sock",
+        "UNIX://app:pa?ssWORD9@/tmp/x.sock",
+    ],
+)
+def test_a_unix_url_whose_password_holds_a_slash_question_mark_or_hash_is_refused_unshown(url: str) -> None:
+    with pytest.raises(ValueError, match="percent-encode") as refused:
+        connect.parse(url)
+    assert "ssWORD9" not in str(refused.value)
+
+
+def test_a_unix_url_takes_an_encoded_password_and_a_socket_path_holding_an_at() -> None:
+    encoded = connect.parse("unix://app:pa%2Fss%23WORD9@/tmp/x.sock").options
+    assert encoded == {"username": "app", "password": "pa/ss#WORD9", "path": "/tmp/x.sock"}
+    assert connect.parse("unix:///run/user@1000/redis.sock").options == {"path": "/run/user@1000/redis.sock"}
+
+
 def test_passwords_are_masked_in_what_taskmesh_prints() -> None:
     assert connect.redact("redis://app:s3cret@h:1/0") == "redis://app:***@h:1/0"
     assert connect.redact("redis+sentinel://:pw@a:1,b:2/m?sentinel_password=x&db=1") == (

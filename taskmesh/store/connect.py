@@ -534,10 +534,13 @@ def _userinfo(rest: str) -> tuple[str, str]:
 
 def _check_userinfo(url: str) -> None:
     """Refuse user info holding ``/``, ``?`` or ``#``: a URL parser ends the host there, and its error
-    would quote part of the password as the port."""
+    would quote part of the password as the port (for ``unix://``, as the socket path). A ``unix:///path``
+    has no user info (its socket path may hold an ``@``); a ``unix://user:password@/path`` has."""
     scheme, _, rest = url.partition("://")
+    if scheme.lower() == "unix" and rest.startswith("/"):
+        return
     userinfo, _ = _userinfo(rest)
-    if scheme.lower() != "unix" and any(char in userinfo for char in "/?#"):
+    if any(char in userinfo for char in "/?#"):
         raise ValueError(
             "the user name or password in the Redis URL holds '/', '?' or '#': "
             "percent-encode them (%2F, %3F, %23; '%' itself as %25)"
