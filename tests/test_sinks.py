@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -326,6 +328,13 @@ def test_the_largest_progress_and_log_line_a_task_reports_reach_the_sinks_whatev
     assert line.data["message"] == "\U0001f600" * MAX_LOG_CHARS
     assert worker.worker.stats.events_skipped == 0
     assert not [r for r in caplog.records if r.name == "taskmesh.sinks"]
+
+
+def test_the_readme_counts_skipped_entries_where_the_worker_does() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    found = re.search(r"\*\*Entries that are not events are skipped, never fatal\.\*\*(.*?)\n\n", readme, re.S)
+    assert found, "README.md lost its paragraph on skipped entries"
+    assert "`WorkerStats.events_skipped`" in found[1] and "events_dropped" not in found[1]
 
 
 def test_a_flood_of_malformed_entries_is_logged_once_and_the_events_after_it_arrive(
