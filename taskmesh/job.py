@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import json
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,26 +78,23 @@ MAX_PROGRESS_BYTES = 64 * 1024
 MAX_LOG_CHARS = 2000
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _ESCAPE = re.compile(rb"\\.")
-_PAIR = re.compile(rb"\[\]|\{\}")
+#: An opening bracket counts 2, a closing one 0: after i brackets the running sum minus i is the depth.
+_WEIGHTS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 
 
 def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether JSON ``text`` nests arrays and objects more than ``limit`` deep (brackets in strings aside).
 
-    Costs two counts for a text with at most ``limit`` brackets; else a pass per level (about 13 ns a
-    byte for an array of small objects).
+    Two counts for a text with at most ``limit`` brackets; else one pass over the text in C loops (about
+    10 ns a byte), whatever the nesting.
     """
     if text.count("[") + text.count("{") <= limit:
         return False
     data = text.encode("utf-8", "surrogatepass")
     if b"\\" in data:
         data = _ESCAPE.sub(b"", data)
-    brackets = b"".join(data.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
-    for _ in range(limit):
-        brackets = _PAIR.sub(b"", brackets)  # one level of nesting per pass
-        if not brackets:
-            return False
-    return True
+    weights = b"".join(data.split(b'"')[::2]).translate(None, _NOT_BRACKETS).translate(_WEIGHTS)
+    return max(map(operator.sub, itertools.accumulate(weights), itertools.count(1)), default=0) > limit
 
 
 def encode_payload(task: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> str:
@@ -161,6 +160,18 @@ def _ms(value: Any) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value / 1000, UTC)
 
 
+def _typed(rec: Any, field: str, kind: type, required: bool = False) -> Any:
+    """A record's field, which must be a ``kind`` (or absent, unless ``required``); a whole float counts as int."""
+    value = rec.get(field)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"its {field} is {type(value).__name__}, not {kind.__name__}")
+    return value
+
+
 def _json(raw: str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
@@ -203,24 +214,28 @@ class JobStatus:
     @classmethod
     def _from_record(cls, job_id: str, queue: str, raw: str | bytes) -> JobStatus:
         rec = json.loads(raw)
+        error = _json(_typed(rec, "error", str))
+        logs = _typed(rec, "logs", list) or []
+        if not isinstance(error, dict | None) or not all(isinstance(line, str) for line in logs):
+            raise TypeError("its error is not an object or its logs are not lines of text")
         return cls(
             id=job_id,
             queue=queue,
-            task=rec["task"],
+            task=_typed(rec, "task", str, required=True),
             state=JobState(rec["state"]),
-            attempts=rec.get("attempt", 0),
-            stalls=rec.get("stalls", 0),
-            priority=rec.get("prio", 0),
-            progress=_json(rec.get("progress")),
-            result=_json(rec.get("result")),
-            error=_json(rec.get("error")),
-            logs=list(rec.get("logs") or []),
+            attempts=_typed(rec, "attempt", int) or 0,
+            stalls=_typed(rec, "stalls", int) or 0,
+            priority=_typed(rec, "prio", int) or 0,
+            progress=_json(_typed(rec, "progress", str)),
+            result=_json(_typed(rec, "result", str)),
+            error=error,
+            logs=list(logs),
             created_at=_ms(rec.get("created")),
             due_at=_ms(rec.get("due")),
             started_at=_ms(rec.get("started")),
             finished_at=_ms(rec.get("finished")),
-            worker=rec.get("worker"),
-            schedule=rec.get("schedule"),
+            worker=_typed(rec, "worker", str),
+            schedule=_typed(rec, "schedule", str),
             tick=_ms(rec.get("tick")),
         )
 

@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 _RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*(ms|s|m|h|d)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -66,8 +67,15 @@ class Limit:
 
     @classmethod
     def from_json(cls, raw: str) -> Limit:
+        """The limit stored as ``raw``, by the rule the engine scripts read it with (``read_limit`` in lib.lua):
+        whole numbers (``1.0`` too), ``per`` in whole milliseconds; anything else is a ValueError."""
         data = json.loads(raw)
-        return cls(rate=data.get("rate"), per=data.get("per", 1000) / 1000, max_active=data.get("max"))
+        if not isinstance(data, dict):
+            raise ValueError("a limit is a JSON object")
+        rate, per, most = (_whole_number(data.get(name)) for name in ("rate", "per", "max"))
+        if "per" in data and not _whole(per):
+            raise ValueError(f"per must be a whole number of milliseconds, not {data['per']!r}")
+        return cls(rate=rate if "rate" in data else None, per=(per or 1000) / 1000, max_active=most)
 
     def __str__(self) -> str:
         parts = []
@@ -88,6 +96,13 @@ class QueueSettings:
     #: Stored limits that cannot be read, by task name ('' for the queue's own), with the reason. Workers
     #: do not enforce them; remove one with ``set_limit(queue, None, task=name)``.
     invalid: dict[str, str] = field(default_factory=dict)
+
+
+def _whole_number(value: object) -> Any:
+    """``value`` as an int if it is a whole number (an int, or a float like ``3.0``), else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _whole(value: object) -> bool:

@@ -199,3 +199,130 @@ def test_a_step_refused_for_good_backs_off_and_logs_once(
         assert late.result(timeout=10) == 6
     assert any("working again" in r.getMessage() for r in caplog.records)
     assert fine.queue == "fine"
+
+
+def test_a_stream_whose_ids_are_used_up_loses_events_not_jobs(
+    taskmesh_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events announce changes already made: a refused one (here the stream's last possible id is taken)
+    is lost, logged once, and turns no change into an error."""
+    caplog.set_level(logging.WARNING, logger="taskmesh")
+    stream = taskmesh_client.keys("default").events
+    taskmesh_client.redis.xadd(stream, {"event": "x", "job": ""}, id="18446744073709551615-18446744073709551615")
+    handles = [work.enqueue(i) for i in range(5)]  # enqueue is not refused
+    with running_worker(taskmesh_client, [work], **FAST):
+        assert [h.result(timeout=10) for h in handles] == list(range(5))
+    assert [h.status().attempts for h in handles] == [1] * 5
+    refusals = [r.getMessage() for r in caplog.records if "Redis refuses the events" in r.getMessage()]
+    assert len(refusals) == 1 and "exhausted" in refusals[0], refusals  # once for the streak, not per step
+
+
+def test_retention_never_forgets_a_live_job_through_a_stray_id_in_a_final_set(taskmesh_client: Client) -> None:
+    live = work.options(delay=3600).enqueue(-1)
+    taskmesh_client.redis.zadd(taskmesh_client.keys("default").completed, {live.id: 1})  # the oldest entry
+    handles = [work.enqueue(i) for i in range(10)]
+    drain(taskmesh_client, [work], completed_keep=5)
+    assert len([h for h in handles if taskmesh_client.status(h.id) is not None]) == 5  # the other five trimmed
+    assert taskmesh_client.redis.zscore(taskmesh_client.keys("default").completed, live.id) is None
+    status = live.status()
+    assert status.state is JobState.DELAYED  # its record and payload are still there
+    assert taskmesh_client.redis.hexists(taskmesh_client.keys("default").payloads, live.id)
+
+
+def test_a_lease_refused_part_way_records_the_outcomes_once_and_backs_off(
+    taskmesh_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A running count of the wrong type stops the lease of a capped task; the results sent in the same step
+    are recorded once (no log line twice), the worker logs the streak once, and leases again once it is fixed."""
+    caplog.set_level(logging.INFO, logger="taskmesh")
+    started, release = threading.Event(), threading.Event()
+
+    @task(name="hostile.logs", max_active=5)
+    def logs(n: int) -> int:
+        started.set()
+        release.wait(10)
+        return n
+
+    running_key = f"{{{taskmesh_client.settings.prefix}:default}}:running"
+    first = logs.enqueue(1)
+    with running_worker(taskmesh_client, [logs], **FAST) as running:
+        assert started.wait(5)
+        taskmesh_client.redis.delete(running_key)
+        taskmesh_client.redis.set(running_key, "not a hash")
+        later = logs.enqueue(2)
+        release.set()
+        assert first.result(timeout=5) == 1
+        queue = running.worker._queues[0]
+        wait_until(lambda: queue.leasing.failures >= 2, timeout=10, message="refused leases")
+        assert later.status().state is JobState.WAITING
+        taskmesh_client.redis.delete(running_key)
+        assert later.result(timeout=10) == 2
+    lines = [r.getMessage() for r in caplog.records if "nothing can be leased" in r.getMessage()]
+    assert len(lines) == 2 and "WRONGTYPE" in lines[0] and "working again" in lines[1], lines
+    assert running.worker.stats.refused == 0
+
+
+def test_a_worker_stopping_while_redis_refuses_its_outcomes_keeps_trying_them_for_the_grace_period(
+    taskmesh_client: Client,
+) -> None:
+    runs: list[int] = []
+
+    @task(name="hostile.counted")
+    def counted(n: int) -> int:
+        runs.append(n)
+        return n
+
+    completed = taskmesh_client.keys("default").completed
+    with running_worker(taskmesh_client, [counted], grace_period=10, **FAST) as running:
+        taskmesh_client.redis.set(completed, "not a zset")  # every result is refused for now
+        handles = [counted.enqueue(i) for i in range(3)]
+        queue = running.worker._queues[0]
+        wait_until(lambda: len(queue.updates) == 3, timeout=10, message="three outcomes kept")
+        stopping = threading.Thread(target=running.stop)
+        stopping.start()
+        wait_until(lambda: running.worker._stopping, timeout=5, message="the worker stopping")
+        taskmesh_client.redis.delete(completed)  # repaired within the grace period
+        stopping.join(15)
+    assert [h.status().state for h in handles] == [JobState.COMPLETED] * 3
+    assert sorted(runs) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kind", ["string", "list"])
+def test_the_never_key_of_any_type_breaks_nothing(taskmesh_client: Client, kind: str) -> None:
+    never = f"{{{taskmesh_client.settings.prefix}:default}}:never"
+    if kind == "string":
+        taskmesh_client.redis.set(never, "x")
+    else:
+        taskmesh_client.redis.rpush(never, "x")
+    handles = [work.enqueue(i) for i in range(3)]
+    drain(taskmesh_client, [work])
+    assert [h.result(timeout=2) for h in handles] == [0, 1, 2]
+    assert work.enqueue(9).cancel() == "cancelled"
+    taskmesh_client.pause("default")
+    taskmesh_client.resume("default")
+    assert taskmesh_client.redis.type(never) == kind and (kind == "string" or taskmesh_client.redis.llen(never) == 1)
+
+
+def test_a_stored_limit_the_workers_would_not_enforce_is_reported_and_ignored(taskmesh_client: Client) -> None:
+    taskmesh_client.redis.hset(taskmesh_client.keys("default").meta, "limit:", '{"rate":10,"per":1e19}')
+    handles = [work.enqueue(i) for i in range(3)]
+    drain(taskmesh_client, [work])
+    assert [h.result(timeout=2) for h in handles] == [0, 1, 2]
+    assert "" in taskmesh_client.queue_settings("default").invalid
+
+
+@pytest.mark.parametrize(
+    "field", ['"error":"[1]"', '"error":"\\"text\\""', '"logs":[1]', '"task":7', '"worker":["w"]', '"attempt":"2"']
+)
+def test_a_status_read_refuses_a_record_field_of_the_wrong_type(taskmesh_client: Client, field: str) -> None:
+    handle = work.enqueue(1)
+    raw = '{"task":"hostile.work","prio":0,"attempt":1,"stalls":0,"state":"failed",' + field + "}"
+    if '"task":7' in field:
+        raw = raw.replace('"task":"hostile.work",', "")
+    if '"attempt":"2"' in field:
+        raw = raw.replace('"attempt":1,', "")
+    corrupt(taskmesh_client, handle.id, raw)
+    with pytest.raises(CorruptRecord):
+        handle.status()
+    with pytest.raises(CorruptRecord):
+        handle.result(timeout=1)

@@ -79,7 +79,7 @@ def test_a_stale_run_cannot_report_progress_for_the_next_attempt(taskmesh_client
     assert status.logs == []
 
 
-def test_a_refused_batch_is_resent_update_by_update(taskmesh_client: Client) -> None:
+def test_an_update_with_a_lone_surrogate_cannot_make_redis_refuse_a_step(taskmesh_client: Client) -> None:
     @task(name="robust.bad_log")
     def bad_log(job: Job) -> str:
         job._send("l", "lone surrogate \udcff")  # Job.log cleans this; the worker must survive it anyway
@@ -90,6 +90,7 @@ def test_a_refused_batch_is_resent_update_by_update(taskmesh_client: Client) -> 
     with running_worker(taskmesh_client, [bad_log, ok], concurrency=10):
         assert [h.result(timeout=5) for h in good] == ["ok"] * 5
         assert bad.result(timeout=5) == "done"
+    assert bad.status().logs == ["lone surrogate ?"]
 
 
 def test_jobs_leased_ahead_behind_long_jobs_go_to_an_idle_worker(taskmesh_client: Client) -> None:

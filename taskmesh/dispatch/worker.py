@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -84,12 +84,14 @@ class _Queue:
     next_due: float | None = None  # seconds until a delayed job is due or a rate limit lets one start
     held: bool = False  # a rate limit holds back jobs that are waiting (they start at next_due)
     refused: Streak = field(init=False)  # Redis refuses this queue's steps: no step until refused.until
-    full: Streak = field(init=False)  # Redis is out of memory: no lease until full.until
+    leasing: Streak = field(init=False)  # Redis is out of memory or refuses the lease: no lease until .until
+    events: Streak = field(init=False)  # Redis refuses the queue's events (the changes are made)
     swept: Streak = field(init=False)  # the stalled-job sweep fails
 
     def __post_init__(self) -> None:
         self.refused = Streak(f"queue {self.keys.queue}: Redis refuses the worker's step")
-        self.full = Streak(f"queue {self.keys.queue}: Redis is out of memory (maxmemory), so nothing is leased")
+        self.leasing = Streak(f"queue {self.keys.queue}: nothing can be leased")
+        self.events = Streak(f"queue {self.keys.queue}: Redis refuses the events (the jobs go on; the events are lost)")
         self.swept = Streak(f"queue {self.keys.queue}: stalled-job sweep failed")
 
 
@@ -152,6 +154,8 @@ class Worker:
         self._need_wakeup = asyncio.Event()
         self._listener = Streak("wake-up listener")
         self._heartbeat = Streak("worker heartbeat failed")
+        self._syncing = Streak("scheduler: cannot store the schedules tasks declare")
+        self._joining = Streak("event bus: cannot join the queues' event streams")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._redis: aredis.Redis | None = None
@@ -257,25 +261,7 @@ class Worker:
         self._blocking = connect.blocking_client(
             url, self.settings.idle_timeout, on_connect, retry=REDIS_RETRY, encoding_errors="replace"
         )
-        conn = self._redis
-        persistence = await self._retrying(lambda: check_server(conn))
-        queues = [queue.keys for queue in self._queues]
-        await self._retrying(lambda: check_access(conn, queues, self.settings.events_maxlen))
-        await self._retrying(lambda: self._register())
-        await self._retrying(lambda: self._publish_limits())
-        bus = self._bus
-        if bus is not None:
-            await self._retrying(bus.start)
-        self._leases.start()
-        self._waker = asyncio.create_task(self._waker_loop(), name="taskmesh-waker")
-        upkeep = [
-            asyncio.create_task(self._heartbeat_loop(), name="taskmesh-heartbeat"),
-            asyncio.create_task(self._sweep_loop(), name="taskmesh-sweep"),
-            self._waker,
-        ]
-        if self.settings.scheduler and not self.burst:
-            await self._retrying(lambda: self.scheduler.sync(self.registry, self.settings.prune_schedules))
-            upkeep.append(asyncio.create_task(self.scheduler.run(), name="taskmesh-scheduler"))
+        persistence, upkeep = await self._start_up()
         self.started.set()
         log.info(
             "worker %s ready: queues %s, concurrency %d, redis persistence %s",
@@ -319,6 +305,54 @@ class Worker:
             self._scheduler = Scheduler(self.settings, self._redis)
         return self._scheduler
 
+    async def _start_up(self) -> tuple[str, list[asyncio.Task[None]]]:
+        """Check the server and the user's permissions, register, publish the tasks' limits, then start the
+        lease renewals, the upkeep loops, the event bus and the scheduler. Returns the persistence mode and
+        the upkeep tasks. A step Redis refuses for now (out of memory, say) is tried again in the background:
+        meanwhile the worker still records results and recovers stalled jobs."""
+        assert self._redis is not None
+        conn = self._redis
+        persistence = await self._retrying(lambda: check_server(conn))
+        queues = [queue.keys for queue in self._queues]
+        await self._retrying(lambda: check_access(conn, queues, self.settings.events_maxlen))
+        await self._accepted(self._heartbeat, self._register)  # refused: the heartbeat tries again
+        await self._retrying(self._publish_limits)
+        scheduling = self.settings.scheduler and not self.burst
+        sync = functools.partial(self.scheduler.sync, self.registry, self.settings.prune_schedules)
+        synced = scheduling and await self._accepted(self._syncing, sync)  # a schedule a task may not have raises
+        self._leases.start()
+        self._waker = asyncio.create_task(self._waker_loop(), name="taskmesh-waker")
+        upkeep = [
+            asyncio.create_task(self._heartbeat_loop(), name="taskmesh-heartbeat"),
+            asyncio.create_task(self._sweep_loop(), name="taskmesh-sweep"),
+            self._waker,
+        ]
+        bus = self._bus
+        if bus is not None and not await self._accepted(self._joining, bus.start):
+            upkeep.append(asyncio.create_task(self._until_accepted(self._joining, bus.start), name="taskmesh-bus"))
+        if scheduling:
+            upkeep.append(asyncio.create_task(self._schedule(synced, sync), name="taskmesh-scheduler"))
+        return persistence, upkeep
+
+    async def _accepted(self, streak: Streak, step: Callable[[], Awaitable[None]]) -> bool:
+        """Run a start-up step; False if Redis refused it (out of memory, say: the worker goes on without it)."""
+        try:
+            await self._retrying(step)
+        except redis.exceptions.ResponseError as exc:
+            streak.failed(exc)
+            return False
+        streak.ok()
+        return True
+
+    async def _until_accepted(self, streak: Streak, step: Callable[[], Awaitable[None]]) -> None:
+        while not await self._accepted(streak, step):
+            await asyncio.sleep(max(streak.until - time.monotonic(), 0.0))
+
+    async def _schedule(self, synced: bool, sync: Callable[[], Awaitable[None]]) -> None:
+        if not synced:
+            await self._until_accepted(self._syncing, sync)
+        await self.scheduler.run()
+
     async def _start_runners(self) -> None:
         """Call each runner's optional ``start(tasks)`` with the tasks that use it (see ``runners/base.py``);
         if one refuses, close them all."""
@@ -344,7 +378,9 @@ class Worker:
                 self._launch_step()
             if self._stepping is None and not self._buffer:
                 if self._stopping:
-                    if not self._running and not self._listening:
+                    # Outcomes Redis refused for now are tried until the grace period is over.
+                    kept = any(queue.updates for queue in self._queues)
+                    if not self._running and not self._listening and (self._releasing or not kept):
                         return
                     if grace is None:
                         grace = asyncio.get_running_loop().call_later(self.settings.grace_period, self._hand_back)
@@ -384,7 +420,7 @@ class Worker:
 
     @staticmethod
     def _may_lease(queue: _Queue) -> bool:
-        return queue.ready and not queue.full.waiting
+        return queue.ready and not queue.leasing.waiting
 
     def _launch_step(self) -> None:
         """Start the next step: results first, queue by queue in turn (none waits behind a busy one),
@@ -396,7 +432,7 @@ class Worker:
             if queue.updates and self._may_step(queue):
                 self._turn = (self._turn + i + 1) % count
                 preferred = any(self._may_lease(q) for q in self._queues[: self._queues.index(queue)])
-                self._begin_step(queue, 0 if preferred or queue.full.waiting else room)
+                self._begin_step(queue, 0 if preferred or queue.leasing.waiting else room)
                 return
         if room > 0:
             for queue in self._queues:
@@ -423,7 +459,10 @@ class Worker:
         try:
             result = await self._call_step(queue, want, updates)
         except redis.exceptions.ResponseError as exc:
-            await self._refused(queue, want, updates, exc)
+            # Redis refused the step before it changed anything (a key of the wrong type, a permission
+            # taken away): keep the outcomes, whose leases are renewed meanwhile, and try again later.
+            queue.updates[:0] = updates
+            self._wake_after(queue.refused.failed(exc))
             return
         queue.refused.ok()
         self._apply_step(queue, want, updates, result)
@@ -434,55 +473,25 @@ class Worker:
         conn = self._redis
         return await self._retrying(lambda: scripts.acall(conn, "step", queue.keys.all, args))
 
-    async def _refused(self, queue: _Queue, want: int, updates: list[Update], exc: Exception) -> None:
-        """Redis refused a step. If it refuses any step of the queue (a key of the wrong type, a command the
-        user may not run), keep the updates (their leases are renewed meanwhile) and try again after a
-        backoff; if it refuses only this batch, send the updates one by one, so a bad one costs its job only."""
-        if updates:
-            try:
-                result = await self._call_step(queue, 0, [])
-            except redis.exceptions.ResponseError as again:
-                exc = again
-            else:
-                self._apply_step(queue, 0, [], result)
-                await self._isolate(queue, updates, exc)
-                return
-        queue.updates[:0] = updates
-        self._wake_after(queue.refused.failed(exc))
-
     def _wake_after(self, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, self._wake.set)
-
-    async def _isolate(self, queue: _Queue, updates: list[Update], exc: Exception) -> None:
-        """Send a refused batch's updates one by one. An outcome Redis refuses is recorded as a failure that
-        says why; a refused progress or log line is dropped."""
-        log.error("queue %s: Redis refused a batch of %d update(s) (%s)", queue.keys.queue, len(updates), exc)
-        for update in updates:
-            try:
-                result = await self._call_step(queue, 0, [update])
-            except redis.exceptions.ResponseError as one:
-                log.error("job %s: update %r refused by Redis: %s", update.id, update.kind, one)
-                if update.kind in "pl":
-                    continue
-                error = RuntimeError(f"the outcome could not be recorded ({update.kind}): {one}")
-                update = Update("f", update.id, update.token, error_json(error, tb=False))
-                try:
-                    result = await self._call_step(queue, 0, [update])
-                except redis.exceptions.ResponseError as last:  # the lease expires; the job is recovered
-                    log.error("job %s: its failure could not be recorded either: %s", update.id, last)
-                    continue
-            self._apply_step(queue, 0, [update], result)
 
     def _apply_step(self, queue: _Queue, want: int, updates: list[Update], result: Any) -> None:
         """Account for a step's reply: refused updates, the queue's state, and the jobs it leased."""
         accepted, leased, next_due = scripts.parse_step(result)
         for update, ok in zip(updates, accepted, strict=True):
             self._account(queue, update, ok)
-        if scripts.step_full(result):
-            self._wake_after(queue.full.failed("writes are refused; free memory or raise maxmemory", logging.WARNING))
+        refused_events = scripts.step_events_refused(result)
+        if refused_events:
+            queue.events.failed(refused_events)
+        elif updates or leased:  # events were sent
+            queue.events.ok()
+        unleasable = scripts.step_lease_refused(result)
+        if unleasable:
+            self._wake_after(queue.leasing.failed(unleasable, logging.WARNING))
             return
         if want > 0:
-            queue.full.ok()
+            queue.leasing.ok()
             queue.ready = len(leased) == want
             queue.held = scripts.step_held(result)
             queue.next_due = next_due
@@ -643,8 +652,10 @@ class Worker:
             self._wake.set()
 
     def _hand_back(self) -> None:
-        """Grace period over: cancel what still runs; each cancelled job is released, attempt unspent."""
+        """Grace period over: cancel what still runs; each cancelled job is released, attempt unspent.
+        Outcomes Redis still refuses are given up (their jobs run again once their leases expire)."""
         self._releasing = True
+        self._wake.set()
         for running in list(self._running.values()):
             if running.task is not None:
                 running.task.cancel()

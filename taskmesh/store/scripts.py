@@ -164,8 +164,10 @@ def step_args(settings: Settings, worker: str, want: int, updates: list[Update])
         _age_ms(settings.completed_age),
         settings.failed_keep,
         _age_ms(settings.failed_age),
-        # One JSON argument instead of six per update: packing arguments is the costly part in Python.
-        json.dumps(updates, separators=(",", ":")),
+        # One JSON argument instead of six per update: packing arguments is the costly part in Python. Not
+        # ASCII-escaped: a lone surrogate would become a \ud800 escape the scripts' JSON decoder refuses (and
+        # with it the whole step); sent as text, the connection replaces it with '?'.
+        json.dumps(updates, separators=(",", ":"), ensure_ascii=False),
     ]
     return args
 
@@ -183,9 +185,17 @@ def step_held(result: list[Any]) -> bool:
     return int(result[3]) >= 0
 
 
-def step_full(result: list[Any]) -> bool:
-    """Whether Redis was out of memory, so the step leased nothing (its updates were recorded)."""
-    return int(result[4]) == 1
+def step_lease_refused(result: list[Any]) -> str | None:
+    """Why the step leased nothing though it was asked to (its updates were recorded): Redis is out of memory,
+    or refused a command of the lease; None if neither."""
+    if int(result[4]) == 1:
+        return "Redis is out of memory (maxmemory reached): free memory or raise maxmemory"
+    return None if not result[5] else f"Redis refused the lease: {result[5]}"
+
+
+def step_events_refused(result: list[Any]) -> str | None:
+    """The error Redis gave a refused event of the step (the changes were made, their events lost), or None."""
+    return str(result[6]) if result[6] else None
 
 
 def renew_args(settings: Settings, held: list[tuple[str, int]]) -> list[Any]:

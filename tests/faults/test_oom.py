@@ -11,11 +11,12 @@ import pytest
 from servers import Server
 
 from taskmesh import Client, RedisFull, Settings
+from taskmesh.store import scripts
 from taskmesh.testing import running_worker, wait_until
 
 from .conftest import EVENTS_MAXLEN, FAST, Report
 from .ledger import Ledger, settle
-from .tasks import gated
+from .tasks import gated, short
 
 JOBS = 60
 SLOTS = 20
@@ -45,8 +46,8 @@ def test_out_of_memory_runs_no_job_twice_and_loses_none(
             # What the running jobs report is recorded at maxmemory: none of them will run again.
             wait_until(lambda: client.counts()["completed"] == SLOTS, timeout=10, message="results recorded")
             queue = running.worker._queues[0]
-            wait_until(lambda: queue.full.failures >= 3, timeout=10, message="three refused leases")
-            refused = queue.full.failures
+            wait_until(lambda: queue.leasing.failures >= 3, timeout=10, message="three refused leases")
+            refused = queue.leasing.failures
             started_while_full = ledger.count("start") - SLOTS
             waiting_while_full = client.counts()["waiting"]
             admin.config_set("maxmemory", 0)
@@ -66,4 +67,31 @@ def test_out_of_memory_runs_no_job_twice_and_loses_none(
     assert (started_while_full, waiting_while_full) == (0, JOBS - SLOTS)
     assert verdict.duplicate_executions == {} and verdict.reruns == {}
     assert len(full_lines) == 1, full_lines  # once per streak, not once per try
-    assert any("out of memory" in m and "working again" in m for m in messages)
+    assert any("nothing can be leased" in m and "working again" in m for m in messages)
+
+
+def test_a_worker_started_at_maxmemory_recovers_a_dead_workers_jobs(
+    server: Server, ledger: Ledger, report: Report
+) -> None:
+    """While Redis is full a new worker still starts (it registers once Redis has room) and puts the jobs of a
+    dead worker back to waiting; they run once memory is back."""
+    client = Client(settings=Settings(redis_url=server.url, prefix="faults", events_maxlen=EVENTS_MAXLEN))
+    admin = server.client()
+    try:
+        ids = [client.enqueue(short, 1).id for _ in range(4)]
+        keys = client.keys("default")
+        dead = client.settings.replace(lease_seconds=0.3, renew_interval=0.1)
+        leased = scripts.call(client.redis, "step", keys.all, scripts.step_args(dead, "dead-worker", 4, []))
+        assert len(leased[1]) == 4  # leased by a worker that then died
+        admin.config_set("maxmemory", 1)
+        with running_worker(client, [short], **FAST):
+            wait_until(lambda: client.counts()["waiting"] == 4, timeout=10, message="swept back to waiting")
+            assert ledger.count("start") == 0  # nothing leased while Redis is full
+            admin.config_set("maxmemory", 0)
+            verdict = settle(client, ledger, ids, timeout=30)
+    finally:
+        client.close()
+        admin.close()
+    report(**verdict.summary())
+    verdict.assert_sound()
+    assert verdict.reruns == {} and verdict.stalls == 4

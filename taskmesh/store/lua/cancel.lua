@@ -14,7 +14,7 @@ if state == 'waiting' or state == 'delayed' then
   save(id, rec)
   emit('cancelled', id)
   finalize()
-  trim(K_CANCELLED, tonumber(ARGV[3]), tonumber(ARGV[4]), 1)
+  trim(K_CANCELLED, 'cancelled', tonumber(ARGV[3]), tonumber(ARGV[4]), 1)
   return 'cancelled'
 elseif state == 'active' then
   if not rec.cancel then

@@ -27,14 +27,17 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 -- An event on the queue's stream. The first a script sends trims the stream as it is added (one command
 -- for the common single-event script); a script that sends more trims once more in finalize().
-local emitted = 0
+-- Events announce changes already written, so a refused one (a stream of the wrong type, or whose ids
+-- are used up) never turns a change into an error: it is lost, and `events_refused` says why.
+local emitted, events_refused = 0, false
 local function send(...)
+  local reply
   if emitted == 0 then
-    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, '*', ...)
+    reply = redis.pcall('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, '*', ...)
   else
-    redis.call('XADD', K_EVENTS, '*', ...)
+    reply = redis.pcall('XADD', K_EVENTS, '*', ...)
   end
-  emitted = emitted + 1
+  if type(reply) == 'table' and reply.err then events_refused = reply.err else emitted = emitted + 1 end
 end
 
 -- Wake-ups only save idle workers a wait, so a broken wakeup list (not a list) never fails a script.
@@ -114,17 +117,18 @@ end
 
 -- At maxmemory (policy noeviction) Redis refuses a script's first write if it may grow memory, and then
 -- lets every later write through (a script cannot stop half-way). So a script that takes on work calls
--- out_of_memory() before its first write (a no-op write Redis refuses when full), and one that records
--- what running jobs report (results, lease renewals) calls allow_oom() first: a no-op write Redis never
--- refuses, so a full Redis cannot make a finished job run again.
+-- out_of_memory() before its first write, and one that records what running jobs report (results, lease
+-- renewals) calls allow_oom() first, so a full Redis cannot make a finished job run again. Both are
+-- writes that change nothing, on a key no script creates (`never`), whatever its type: SETRANGE of an
+-- empty value may grow memory (Redis refuses it when full), HDEL cannot (Redis lets it and what follows).
 local K_NEVER = TAG .. ':never'
 local function out_of_memory()
-  local err = refused(redis.pcall('LPUSHX', K_NEVER, ''))
+  local err = refused(redis.pcall('SETRANGE', K_NEVER, 0, ''))
   return err ~= nil and string.find(err, 'OOM', 1, true) ~= nil
 end
 
 local function allow_oom()
-  redis.call('HDEL', K_NEVER, '')
+  redis.pcall('HDEL', K_NEVER, '')
 end
 
 -- Run `cmd key <items...>` in chunks small enough for unpack().
@@ -311,12 +315,19 @@ end
 -- finished `finished` jobs removes up to max(TRIM_BATCH, 2 * finished) per limit: twice
 -- what it added, so retention holds under any load and a backlog shrinks. Call after flush().
 local TRIM_BATCH = 32
-local function forget(ids)
-  bulk('HDEL', K_JOBS, ids)
-  bulk('HDEL', K_PAYLOADS, ids)
+-- The records and payloads of jobs trimmed from the set of `state`; a record that says the job is
+-- elsewhere (its id was a stray copy in that set) is kept.
+local function forget(ids, state)
+  if #ids == 0 then return end
+  local marker, raws, gone = '"state":"' .. state .. '"', hmget(K_JOBS, ids), {}
+  for i, id in ipairs(ids) do
+    if not raws[i] or string.find(raws[i], marker, 1, true) then gone[#gone + 1] = id end
+  end
+  bulk('HDEL', K_JOBS, gone)
+  bulk('HDEL', K_PAYLOADS, gone)
 end
 
-local function trim_now(zkey, keep, age_ms, finished)
+local function trim_now(zkey, state, keep, age_ms, finished)
   local limit = math.max(TRIM_BATCH, 2 * finished)
   if keep >= 0 then
     local excess = redis.call('ZCARD', zkey) - keep
@@ -324,35 +335,36 @@ local function trim_now(zkey, keep, age_ms, finished)
       local popped = redis.call('ZPOPMIN', zkey, math.min(excess, limit))
       local ids = {}
       for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
-      forget(ids)
+      forget(ids, state)
     end
   end
   if age_ms >= 0 then
     local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', now - age_ms, 'LIMIT', 0, limit)
     bulk('ZREM', zkey, old)
-    forget(old)
+    forget(old, state)
   end
 end
 
 -- Retention is housekeeping after a script's changes are written: a failure there (a key of the wrong type)
 -- must not turn a change already made into an error its caller would act on.
-local function trim(zkey, keep, age_ms, finished)
-  pcall(trim_now, zkey, keep, age_ms, finished)
+local function trim(zkey, state, keep, age_ms, finished)
+  pcall(trim_now, zkey, state, keep, age_ms, finished)
 end
 
--- A stored limit, or nil if it is not one (written by hand, say): {rate, per} and/or max, whole
--- numbers >= 1. A malformed limit is ignored rather than stopping every lease of the queue.
+-- A stored limit, or nil if it is not one (written by hand, say): {rate, per} and/or max, whole numbers
+-- >= 1, rate at most 100,000 and per (ms) at most a day, as taskmesh.limits.Limit checks them. A limit
+-- that is not one is ignored rather than stopping every lease of the queue (queue_settings reports it).
 local function read_limit(raw)
   local ok, limit = pcall(cjson.decode, raw)
   if not ok or type(limit) ~= 'table' then return nil end
-  local function whole(v) return type(v) == 'number' and v >= 1 and v == math.floor(v) end
+  local function whole(v, most) return type(v) == 'number' and v >= 1 and v <= most and v == math.floor(v) end
   local out = {}
   if limit.rate ~= nil or limit.per ~= nil then
-    if not (whole(limit.rate) and whole(limit.per)) then return nil end
+    if not (whole(limit.rate, 100000) and whole(limit.per, 86400000)) then return nil end
     out.rate, out.per = limit.rate, limit.per
   end
   if limit.max ~= nil then
-    if not whole(limit.max) then return nil end
+    if not whole(limit.max, 2 ^ 53) then return nil end
     out.max = limit.max
   end
   if not out.rate and not out.max then return nil end

@@ -12,7 +12,9 @@
 -- Returns {accepted flags per update, leased {id, token, attempt, task, payload}...,
 --   ms until a delayed job is due or a rate limit lets a waiting job start (-1: none),
 --   ms until a rate limit lets a waiting job start (-1: no job is held back by a rate limit),
---   1 if Redis is out of memory (nothing was leased; the updates were applied), else 0}
+--   1 if Redis is out of memory (nothing was leased; the updates were applied), else 0,
+--   the error that stopped the lease (nothing leased; the updates were applied) or false,
+--   the error a refused event met (the changes were made; their events are lost) or false}
 -- KEYS[13], when given, is the worker's claim list: the step leases only if it holds a wake-up
 -- token (moved there by the BLMOVE queued just before this step on the same connection).
 -- Cancelled jobs follow the failed jobs' retention.
@@ -46,7 +48,6 @@ for i = 1, #meta, 2 do
   end
 end
 if paused then want = 0 end
-redis.call('XLEN', K_EVENTS)  -- a stream (else an error now): the events go out after the state is written
 
 local updates = cjson.decode(ARGV[10])
 if KEYS[13] and not redis.call('LPOP', KEYS[13]) then want = 0 end
@@ -164,123 +165,133 @@ end
 -- when it frees a slot.
 local held_back = {}
 
-local asked = want
-if want > 0 and queue_limit then
-  if queue_limit.max then want = math.min(want, queue_limit.max - redis.call('ZCARD', K_ACTIVE)) end
-  if queue_limit.rate and want > 0 then
-    local free = window(TAG .. ':rate', queue_limit)
-    if free < want then held_back[TAG .. ':rate'] = queue_limit end
-    want = math.min(want, free)
-  end
-end
-
--- The jobs to lease: the first `want` waiting ones; with task limits, the first that their
--- task's limits allow, looking past blocked ones up to SCAN_DEPTH (or `want`) jobs deep, a chunk
--- at a time. Entries without a waiting record (none, or it says the job is elsewhere) leave 'waiting'.
-local SCAN_DEPTH = 250
-local picked = {}
-if want > 0 and not task_limits then
-  local start, examined = 0, 0
-  while #picked < want and examined < want + SCAN_DEPTH do
-    local candidates = redis.call('ZRANGE', K_WAITING, start, start + want - #picked - 1)
-    if #candidates == 0 then break end
-    start, examined = start + #candidates, examined + #candidates
-    preload(candidates)
-    for _, id in ipairs(candidates) do
-      local rec = load(id)
-      if contained[id] then
-        start = start - 1  -- it left 'waiting' already
-      elseif rec and rec.state == 'waiting' then
-        picked[#picked + 1] = id
-      elseif rec then
-        misplaced(id, rec, K_WAITING)
-      else
-        zset_remove(K_WAITING, id)  -- an id without a record
-      end
+-- The lease, on its own: a command refused there (a rate log or running count of the wrong type, a
+-- permission taken away) leases nothing and is reported, but the updates above stay recorded.
+local asked, leased, lease_refused = want, {}, false
+local function lease()
+  if want > 0 and queue_limit then
+    if queue_limit.max then want = math.min(want, queue_limit.max - redis.call('ZCARD', K_ACTIVE)) end
+    if queue_limit.rate and want > 0 then
+      local free = window(TAG .. ':rate', queue_limit)
+      if free < want then held_back[TAG .. ':rate'] = queue_limit end
+      want = math.min(want, free)
     end
   end
-elseif want > 0 then
-  local depth, chunk = math.max(SCAN_DEPTH, want), math.max(want, 32)
-  local room = {}  -- task -> {free slots under its max, free starts in its rate window}
-  local start, examined = 0, 0
-  while #picked < want and start < depth and examined < 2 * depth do
-    local candidates = redis.call('ZRANGE', K_WAITING, start, math.min(start + chunk, depth) - 1)
-    if #candidates == 0 then break end
-    start, examined = start + #candidates, examined + #candidates
-    preload(candidates)
-    for _, id in ipairs(candidates) do
-      local rec = load(id)
-      local limit = rec and task_limits[rec.task]
-      if contained[id] then
-        start = start - 1
-      elseif not rec then
-        zset_remove(K_WAITING, id)  -- an id without a record
-      elseif rec.state ~= 'waiting' then
-        misplaced(id, rec, K_WAITING)
-      elseif limit then
-        local r = room[rec.task]
-        if not r then
-          r = {cap = 1e9, rate = 1e9}
-          if limit.max then r.cap = limit.max - (tonumber(redis.call('HGET', K_RUNNING, rec.task)) or 0) end
-          if limit.rate then r.rate = window(TAG .. ':rate:' .. rec.task, limit) end
-          room[rec.task] = r
-        end
-        if r.cap > 0 and r.rate > 0 then
+
+  -- The jobs to lease: the first `want` waiting ones; with task limits, the first that their
+  -- task's limits allow, looking past blocked ones up to SCAN_DEPTH (or `want`) jobs deep, a chunk
+  -- at a time. Entries without a waiting record (none, or it says the job is elsewhere) leave 'waiting'.
+  local SCAN_DEPTH = 250
+  local picked = {}
+  if want > 0 and not task_limits then
+    local start, examined = 0, 0
+    while #picked < want and examined < want + SCAN_DEPTH do
+      local candidates = redis.call('ZRANGE', K_WAITING, start, start + want - #picked - 1)
+      if #candidates == 0 then break end
+      start, examined = start + #candidates, examined + #candidates
+      preload(candidates)
+      for _, id in ipairs(candidates) do
+        local rec = load(id)
+        if contained[id] then
+          start = start - 1  -- it left 'waiting' already
+        elseif rec and rec.state == 'waiting' then
           picked[#picked + 1] = id
-          r.cap, r.rate = r.cap - 1, r.rate - 1
-        elseif r.cap > 0 then
-          held_back[TAG .. ':rate:' .. rec.task] = limit
+        elseif rec then
+          misplaced(id, rec, K_WAITING)
+        else
+          zset_remove(K_WAITING, id)  -- an id without a record
         end
-      else
-        picked[#picked + 1] = id
       end
-      if #picked == want then break end
+    end
+  elseif want > 0 then
+    local depth, chunk = math.max(SCAN_DEPTH, want), math.max(want, 32)
+    local room = {}  -- task -> {free slots under its max, free starts in its rate window}
+    local start, examined = 0, 0
+    while #picked < want and start < depth and examined < 2 * depth do
+      local candidates = redis.call('ZRANGE', K_WAITING, start, math.min(start + chunk, depth) - 1)
+      if #candidates == 0 then break end
+      start, examined = start + #candidates, examined + #candidates
+      preload(candidates)
+      for _, id in ipairs(candidates) do
+        local rec = load(id)
+        local limit = rec and task_limits[rec.task]
+        if contained[id] then
+          start = start - 1
+        elseif not rec then
+          zset_remove(K_WAITING, id)  -- an id without a record
+        elseif rec.state ~= 'waiting' then
+          misplaced(id, rec, K_WAITING)
+        elseif limit then
+          local r = room[rec.task]
+          if not r then
+            r = {cap = 1e9, rate = 1e9}
+            if limit.max then r.cap = limit.max - (tonumber(redis.call('HGET', K_RUNNING, rec.task)) or 0) end
+            if limit.rate then r.rate = window(TAG .. ':rate:' .. rec.task, limit) end
+            room[rec.task] = r
+          end
+          if r.cap > 0 and r.rate > 0 then
+            picked[#picked + 1] = id
+            r.cap, r.rate = r.cap - 1, r.rate - 1
+          elseif r.cap > 0 then
+            held_back[TAG .. ':rate:' .. rec.task] = limit
+          end
+        else
+          picked[#picked + 1] = id
+        end
+        if #picked == want then break end
+      end
     end
   end
-end
 
--- Lease the picked jobs. The limits' logs and counts go first, where a refused write (a permission taken
--- away) costs at most a start counted against a rate window until it passes; then, by flush(), the jobs'
--- places in 'active', their leaving 'waiting', their records and their events.
-local leased = {}
-if #picked > 0 then
-  local payloads = hmget(K_PAYLOADS, picked)
-  local token = redis.call('INCRBY', K_SEQ, #picked) - #picked
-  local logs, counted = {}, {}
-  for i, id in ipairs(picked) do
-    token = token + 1
-    local rec = load(id)
-    leased[i] = {id, token, rec.attempt + 1, rec.task, payloads[i] or ''}
-    local limit = task_limits and task_limits[rec.task]
-    if limit and limit.rate then logs[#logs + 1] = {TAG .. ':rate:' .. rec.task, limit, token} end
-    if queue_limit and queue_limit.rate then logs[#logs + 1] = {TAG .. ':rate', queue_limit, token} end
-    if limit and limit.max then counted[#counted + 1] = rec.task end
+  -- Lease the picked jobs. The limits' logs and counts go first, where a refused write (a permission taken
+  -- away) costs at most a start counted against a rate window until it passes; then, by flush(), the jobs'
+  -- places in 'active', their leaving 'waiting', their records and their events.
+  if #picked > 0 then
+    local payloads = hmget(K_PAYLOADS, picked)
+    local token = redis.call('INCRBY', K_SEQ, #picked) - #picked
+    local logs, counted = {}, {}
+    for i, id in ipairs(picked) do
+      token = token + 1
+      local rec = load(id)
+      leased[i] = {id, token, rec.attempt + 1, rec.task, payloads[i] or ''}
+      local limit = task_limits and task_limits[rec.task]
+      if limit and limit.rate then logs[#logs + 1] = {TAG .. ':rate:' .. rec.task, limit, token} end
+      if queue_limit and queue_limit.rate then logs[#logs + 1] = {TAG .. ':rate', queue_limit, token} end
+      if limit and limit.max then counted[#counted + 1] = rec.task end
+    end
+    for _, entry in ipairs(logs) do record_lease(entry[1], entry[2], entry[3]) end
+    if #counted > 0 then
+      redis.call('ZCARD', K_ACTIVE)  -- a zset (else an error now, before a count changes)
+      for _, task in ipairs(counted) do count_running(task, 1) end
+    end
+    for i, id in ipairs(picked) do
+      local rec = load(id)
+      rec.state = 'active'
+      rec.attempt = leased[i][3]
+      rec.token = leased[i][2]
+      rec.started = now
+      rec.worker = worker
+      local limit = task_limits and task_limits[rec.task]
+      if limit and limit.max then rec.counted, rec.capped = true, true end
+      if queue_limit and queue_limit.max then rec.capped = true end
+      save(id, rec)
+      zset_add(K_ACTIVE, now + lease_ms, id)
+      zset_remove(K_WAITING, id)
+      emit('active', id, 'attempt', rec.attempt)
+    end
+    flush()
   end
-  for _, entry in ipairs(logs) do record_lease(entry[1], entry[2], entry[3]) end
-  if #counted > 0 then
-    redis.call('ZCARD', K_ACTIVE)  -- a zset (else an error now, before a count changes)
-    for _, task in ipairs(counted) do count_running(task, 1) end
+  for key, limit in pairs(held_back) do
+    local free, wait = window(key, limit)
+    if free == 0 then rate_blocked(wait) end
   end
-  for i, id in ipairs(picked) do
-    local rec = load(id)
-    rec.state = 'active'
-    rec.attempt = leased[i][3]
-    rec.token = leased[i][2]
-    rec.started = now
-    rec.worker = worker
-    local limit = task_limits and task_limits[rec.task]
-    if limit and limit.max then rec.counted, rec.capped = true, true end
-    if queue_limit and queue_limit.max then rec.capped = true end
-    save(id, rec)
-    zset_add(K_ACTIVE, now + lease_ms, id)
-    zset_remove(K_WAITING, id)
-    emit('active', id, 'attempt', rec.attempt)
-  end
-  flush()
 end
-for key, limit in pairs(held_back) do
-  local free, wait = window(key, limit)
-  if free == 0 then rate_blocked(wait) end
+if want > 0 then
+  local ok, err = pcall(lease)
+  if not ok then
+    lease_refused = type(err) == 'table' and err.err or tostring(err)
+    leased, records, dirty, zadd, zrem, unsent = {}, {}, {}, {}, {}, {}
+  end
 end
 -- More is runnable than this worker took: pass the wake-up on to another idle worker (not
 -- when the queue's limits held this worker back: they hold the others back too).
@@ -293,9 +304,9 @@ if delayed_retry then others = others + 1 end
 wake(others)
 
 finalize()
-if completed > 0 then trim(K_COMPLETED, completed_keep, completed_age, completed) end
-if failed > 0 then trim(K_FAILED, failed_keep, failed_age, failed) end
-if cancelled > 0 then trim(K_CANCELLED, failed_keep, failed_age, cancelled) end
+if completed > 0 then trim(K_COMPLETED, 'completed', completed_keep, completed_age, completed) end
+if failed > 0 then trim(K_FAILED, 'failed', failed_keep, failed_age, failed) end
+if cancelled > 0 then trim(K_CANCELLED, 'cancelled', failed_keep, failed_age, cancelled) end
 
 local next_due = retry_in
 local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
@@ -303,4 +314,4 @@ if #first > 0 then
   local wait = math.max(0, tonumber(first[2]) - now)
   if next_due < 0 or wait < next_due then next_due = wait end
 end
-return {accepted, leased, next_due, retry_in, oom and 1 or 0}
+return {accepted, leased, next_due, retry_in, oom and 1 or 0, lease_refused, events_refused}

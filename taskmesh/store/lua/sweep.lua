@@ -4,7 +4,6 @@
 -- ARGV: [2] max stalls, [3] batch limit, [4] failed keep, [5] failed age ms.
 -- Returns {recovered ids, failed ids}. Runs at maxmemory too (see allow_oom).
 allow_oom()
-redis.call('XLEN', K_EVENTS)  -- a stream (else an error now): the events go out after the state is written
 local max_stalls = tonumber(ARGV[2])
 local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 preload(expired)
@@ -38,7 +37,7 @@ for _, id in ipairs(expired) do
   end
 end
 finalize()
-if #lost > 0 then trim(K_FAILED, tonumber(ARGV[4]), tonumber(ARGV[5]), #lost) end
-if cancelled > 0 then trim(K_CANCELLED, tonumber(ARGV[4]), tonumber(ARGV[5]), cancelled) end
+if #lost > 0 then trim(K_FAILED, 'failed', tonumber(ARGV[4]), tonumber(ARGV[5]), #lost) end
+if cancelled > 0 then trim(K_CANCELLED, 'cancelled', tonumber(ARGV[4]), tonumber(ARGV[5]), cancelled) end
 if #recovered > 0 then wake(#recovered) end
 return {recovered, lost}
