@@ -33,6 +33,7 @@ from .schedule import (
     queue_of,
     read_entries,
     read_stored,
+    revised,
     schedule_info,
     store_calls,
 )
@@ -413,8 +414,10 @@ class Client:
         entry = _entry(name, task, schedule, queue, priority, when, self.settings.max_payload_bytes)
         key = schedules_key(self.settings.prefix)
         old = self.redis.hget(key, name)
+        stored = None if old is None else str(old)
+        entry = revised(entry, stored)
         self._remember(entry.queue)
-        before, after = store_calls(entry, None if old is None else str(old))
+        before, after = store_calls(entry, stored)
         for queue_name, args in before:
             scripts.call(self.direct, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
         self.redis.hset(key, name, entry.to_json())
@@ -437,8 +440,10 @@ class Client:
         entry = _entry(name, task, schedule, queue, priority, when, self.settings.max_payload_bytes)
         conn, key = self.aredis, schedules_key(self.settings.prefix)
         old = await conn.hget(key, name)
+        stored = None if old is None else str(old)
+        entry = revised(entry, stored)
         await self._aremember(entry.queue)
-        before, after = store_calls(entry, None if old is None else str(old))
+        before, after = store_calls(entry, stored)
         for queue_name, args in before:
             await scripts.acall(conn, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
         await conn.hset(key, name, entry.to_json())

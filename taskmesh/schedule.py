@@ -8,6 +8,7 @@ valid instant after it, one repeated by a fall-back fires at both instants). An 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -44,6 +45,8 @@ CATCH_UP_LIMIT = 1000
 UNDECODED: dict[str, Any] = {NEVER_DECODE: []}
 #: A ``cron`` script call: the queue whose state it works on, and its arguments after the stream's MAXLEN.
 CronCall = tuple[str, list[Any]]
+#: The highest revision of an entry (the scripts keep it in JSON with 14 significant digits).
+MAX_REV = 10**14 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +211,10 @@ class ScheduleEntry:
     """A schedule as stored in Redis: which task it enqueues, on which queue, and where it came from.
 
     ``version`` identifies what is stored (a digest of the stored JSON): the schedule's state in its
-    queue is kept for one version, and restarts when a scheduler finds another stored.
+    queue is kept for one version, and restarts when a scheduler finds another stored. ``rev`` orders the
+    versions (each change a client makes stores the next one, see :func:`revised`; 0: stored by hand or by
+    an older taskmesh), so a scheduler that read an entry just before a change cannot take the state back
+    to it.
     """
 
     name: str
@@ -218,6 +224,7 @@ class ScheduleEntry:
     priority: int = 0
     #: "code" (declared with @task and synced by workers) or "api" (added at run time).
     origin: str = "api"
+    rev: int = field(default=0, compare=False)
     version: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -228,12 +235,17 @@ class ScheduleEntry:
             raise ValueError(f"priority must be an int from -1000 to 1000, not {self.priority!r}")
         if not isinstance(self.schedule, Schedule) or not isinstance(self.origin, str):
             raise ValueError("schedule must be a Schedule and origin a string")
+        if not _rev_ok(self.rev):
+            raise ValueError(f"rev must be an int from 0 to {MAX_REV}, not {self.rev!r}")
         if not self.version:
             object.__setattr__(self, "version", version_of(self.to_json()))
 
     def to_json(self) -> str:
-        data = {"task": self.task, "queue": self.queue, "priority": self.priority, "origin": self.origin}
-        return json.dumps({**data, "schedule": self.schedule.to_dict()}, separators=(",", ":"), sort_keys=True)
+        data: dict[str, Any] = {"task": self.task, "queue": self.queue, "priority": self.priority}
+        data.update(origin=self.origin, schedule=self.schedule.to_dict())
+        if self.rev:  # an entry stored before revisions existed keeps its JSON, and so its version
+            data["rev"] = self.rev
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, name: str, raw: str) -> ScheduleEntry:
@@ -255,6 +267,7 @@ class ScheduleEntry:
                 schedule=Schedule.from_dict(data["schedule"]),
                 priority=data.get("priority", 0),
                 origin=data.get("origin", "api"),
+                rev=data.get("rev", 0),
                 version=version_of(raw),
             )
         except Exception as exc:  # RecursionError and MemoryError included: one entry, one error
@@ -352,6 +365,30 @@ def version_of(raw: str) -> str:
     return hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def revised(entry: ScheduleEntry, old: str | None) -> ScheduleEntry:
+    """``entry`` as it is to be stored over ``old`` (what is stored, if anything): with ``old``'s revision
+    if it is the same entry (nothing changes), else with the next revision (a change)."""
+    stored = rev_of(old)
+    same = dataclasses.replace(entry, rev=stored, version="")
+    if old is not None and same.to_json() == old:
+        return same
+    return dataclasses.replace(entry, rev=min(stored + 1, MAX_REV), version="")
+
+
+def rev_of(raw: str | None) -> int:
+    """The revision of a stored entry: 0 if it has none or it cannot be read."""
+    try:
+        data: Any = {} if raw is None or json_too_deep(raw) else json.loads(raw)
+        rev = data.get("rev", 0)
+    except Exception:  # whatever is stored
+        return 0
+    return rev if _rev_ok(rev) else 0
+
+
+def _rev_ok(rev: Any) -> bool:
+    return isinstance(rev, int) and not isinstance(rev, bool) and 0 <= rev <= MAX_REV
+
+
 def read_stored(conn: redis.Redis, key: str) -> dict[str, str | None]:
     """The schedules hash ``key``, as :func:`decode_stored` gives it."""
     command: Any = conn.execute_command  # untyped in redis-py
@@ -424,20 +461,24 @@ def store_calls(entry: ScheduleEntry, old: str | None) -> tuple[list[CronCall], 
     """
     name = entry.name
     if old == entry.to_json():
-        return [(entry.queue, ["init", name, entry.version])], []
+        return [(entry.queue, ["init", name, entry.version, entry.rev])], []
     old_queue = queue_of(old)
     after = [(old_queue, ["remove", name])] if old_queue is not None and old_queue != entry.queue else []
-    return [(entry.queue, ["change", name, entry.version])], after
+    return [(entry.queue, ["change", name, entry.version, entry.rev])], after
 
 
-def look_commands(settings: Settings, entries: Sequence[ScheduleEntry], keep: bool = False) -> list[tuple[Any, ...]]:
+def look_commands(
+    settings: Settings, entries: Sequence[ScheduleEntry], keep: bool = False, over: Mapping[str, str] | None = None
+) -> list[tuple[Any, ...]]:
     """One ``cron look`` per schedule (its state for its version, and its queue's clock), to send in one
-    pipeline; ``keep`` (a scheduler) stores the state's restart when it finds a new version."""
+    pipeline; ``keep`` (a scheduler) stores the state's restart when it finds a new version. ``over``: per
+    schedule name, a newer version the state may be found kept for, which the entry read replaced (see
+    ``cron.lua``)."""
     sha = scripts.sha("cron")
     commands: list[tuple[Any, ...]] = []
     for entry in entries:
         keys = QueueKeys.of(settings.prefix, entry.queue).all
-        look = ("look", entry.name, entry.version, "1" if keep else "0")
+        look = ("look", entry.name, entry.version, "1" if keep else "0", (over or {}).get(entry.name, ""), entry.rev)
         commands.append(("EVALSHA", sha, len(keys), *keys, settings.events_maxlen, *look))
     return commands
 

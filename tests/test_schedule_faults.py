@@ -18,7 +18,7 @@ from taskmesh.cli import main as cli_main
 from taskmesh.dispatch.scheduler import Scheduler
 from taskmesh.errors import PayloadError, RedisUnavailable
 from taskmesh.registry import Registry
-from taskmesh.schedule import ScheduleEntry
+from taskmesh.schedule import ScheduleEntry, look_commands
 from taskmesh.store import connect, scripts
 from taskmesh.store.keys import schedules_key
 from taskmesh.testing import wait_until
@@ -164,6 +164,56 @@ def test_a_pass_that_read_the_old_entry_fires_no_tick_of_it_after_the_change(tas
     assert asyncio.run(late_fire()) == []
     passes(taskmesh_client)
     assert [t for t in fired_ticks(taskmesh_client, "c") if t < changed] == []
+
+
+def look_by_hand(client: Client, entry: ScheduleEntry) -> None:
+    """A scheduler's ``cron look`` at the schedule ``entry`` (it keeps what it adjusts)."""
+    scripts.run_pipeline(client.redis, look_commands(client.settings, [entry], keep=True))
+
+
+def test_a_look_at_the_entry_read_before_a_change_does_not_restart_the_new_version(taskmesh_client: Client) -> None:
+    old = taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up")
+    passes(taskmesh_client)  # the state is kept for the first version
+    new = taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up", args=[2])
+    changed = server_ms(taskmesh_client)
+    look_by_hand(taskmesh_client, new)  # scheduler B read the new entry
+    wait_until(lambda: server_ms(taskmesh_client) >= changed + 1500, timeout=5, message="a tick after the change")
+    look_by_hand(taskmesh_client, old)  # scheduler A, which read the entry just before the change
+    passes(taskmesh_client)
+    ticks = [t for t in fired_ticks(taskmesh_client, "c") if t > changed]
+    assert ticks and ticks[0] <= changed + 1000, f"the new version's first tick was dropped: {ticks}"
+    state = json.loads(cast(str, taskmesh_client.redis.hget(taskmesh_client.keys("default").cron, "c")))
+    assert state["v"] == new.version
+
+
+def test_an_older_entry_stored_after_a_newer_one_is_taken_back_at_the_next_pass(taskmesh_client: Client) -> None:
+    old = taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up")
+    new = taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up", args=[2])
+    again = taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up", args=[2])
+    assert (old.rev, new.rev, again.rev) == (1, 2, 2)  # unchanged: the revision stays
+    passes(taskmesh_client)
+    taskmesh_client.redis.hset(schedules_key(taskmesh_client.settings.prefix), "c", old.to_json())  # a restore
+
+    def kept_for() -> str:
+        raw = taskmesh_client.redis.hget(taskmesh_client.keys("default").cron, "c")
+        return cast(str, json.loads(cast(str, raw))["v"])
+
+    async def two_passes() -> list[str]:
+        conn = connect.async_client(taskmesh_client.settings.redis_url)
+        try:
+            scheduler, seen = Scheduler(taskmesh_client.settings, conn), []
+            for _ in range(2):
+                await scheduler.tick()
+                seen.append(kept_for())
+            return seen
+        finally:
+            await conn.aclose()
+
+    assert asyncio.run(two_passes()) == [new.version, old.version]
+    taken_back = server_ms(taskmesh_client)
+    wait_until(lambda: server_ms(taskmesh_client) >= taken_back + 1500, timeout=5, message="a tick after it")
+    passes(taskmesh_client)
+    assert [t for t in fired_ticks(taskmesh_client, "c") if t > taken_back], "the entry stored does not fire"
 
 
 # -- arguments are checked when a schedule is added (finding 12) -----------------------------------------

@@ -24,9 +24,9 @@ from ..schedule import (
     look_commands,
     read_entries,
     read_entry,
+    revised,
     state_error,
     store_calls,
-    version_of,
 )
 from ..settings import Settings
 from ..store import scripts
@@ -46,11 +46,14 @@ class Scheduler:
         self.settings = settings
         self.conn = conn
         self.fired = 0  # jobs this scheduler enqueued
-        # name -> (version read, the entry ready to fire or None): each stored version is checked once.
+        # name -> (entry read, the entry ready to fire or None): each stored version is checked once.
         self._read: dict[str, tuple[str | None, Ready | None]] = {}
         # Schedules whose last pass failed, with the version of the entry it failed under: a failure is
         # logged when it begins or the entry changes, not at every pass.
         self._failing: dict[str, str] = {}
+        # name -> (version read, the newer version its state was found kept for): if the next pass reads
+        # that version still, it was stored after the newer one, and the state is taken back to it.
+        self._stale: dict[str, tuple[str, str]] = {}
 
     async def sync(self, registry: Registry, prune: bool = False) -> None:
         """Upsert the schedules tasks declare (origin "code"); report code schedules no task declares
@@ -64,9 +67,10 @@ class Scheduler:
                 entry = ScheduleEntry(task.name, task.name, task.queue, task.schedule, task.priority, origin="code")
                 task.schedule.payload(f"task {task.name}'s schedule", self.settings.max_payload_bytes)
                 declared[entry.name] = entry
-        for name, entry in declared.items():
-            await self.conn.sadd(queues_key(self.settings.prefix), entry.queue)
+        for name, declared_entry in declared.items():
+            await self.conn.sadd(queues_key(self.settings.prefix), declared_entry.queue)
             old = stored.get(name)
+            entry = revised(declared_entry, old)
             before, after = store_calls(entry, old)
             for queue, args in before:
                 await self._cron(queue, *args)
@@ -113,7 +117,8 @@ class Scheduler:
         ready = self._ready(await aread_stored(self.conn, schedules_key(self.settings.prefix)))
         # Every schedule's state (restarted if its entry changed) and its queue's clock in one round trip.
         # A look that fails (a state key of the wrong type, say) is that schedule's error, not the pass's.
-        commands = look_commands(self.settings, [entry for entry, _ in ready], keep=True)
+        over = {e.name: stale[1] for e, _ in ready if (stale := self._stale.get(e.name)) and stale[0] == e.version}
+        commands = look_commands(self.settings, [entry for entry, _ in ready], keep=True, over=over)
         looks = await scripts.arun_pipeline_each(self.conn, commands) if ready else []
         wait = MAX_SLEEP
         for (entry, payload), look in zip(ready, looks, strict=True):
@@ -142,11 +147,11 @@ class Scheduler:
         logged then and skipped until it is stored again or removed."""
         read: dict[str, tuple[str | None, Ready | None]] = {}
         for name, raw in sorted(stored.items()):
-            version = None if raw is None else version_of(raw)
             known = self._read.get(name)
-            read[name] = known if known is not None and known[0] == version else (version, self._check(name, raw))
+            read[name] = known if known is not None and known[0] == raw else (raw, self._check(name, raw))
         self._read = read
         self._failing = {name: version for name, version in self._failing.items() if name in read}
+        self._stale = {name: stale for name, stale in self._stale.items() if name in read}
         return [ready for _, ready in read.values() if ready is not None]
 
     def _check(self, name: str, raw: str | None) -> Ready | None:
@@ -168,9 +173,17 @@ class Scheduler:
         if state_raw is None:
             # No state: being added, moved or removed. Make it only if the entry is still stored.
             if await self.conn.hexists(schedules_key(self.settings.prefix), entry.name):
-                await self._cron(entry.queue, "init", entry.name, entry.version)
+                await self._cron(entry.queue, "init", entry.name, entry.version, entry.rev)
             return MAX_SLEEP
         state: dict[str, Any] = json.loads(state_raw)
+        if state.get("v") != entry.version:
+            # Kept for a newer version: this pass read the entry just before it changed, or an older one
+            # was stored after it (then the next pass takes the state back to it, see cron.lua).
+            newer = str(state.get("v"))
+            log.debug("schedule %s: its state is kept for version %s, newer than %s", entry.name, newer, entry.version)
+            self._stale[entry.name] = (entry.version, newer)
+            return MAX_SLEEP
+        self._stale.pop(entry.name, None)
         last = int(state["last"])
         schedule = entry.schedule
         if not state.get("paused"):
@@ -205,6 +218,7 @@ class Scheduler:
             schedule.overlap,
             json.dumps(fire),
             passed,
+            entry.rev,
         )
         self.fired += len(fired)
         return max([*fire, passed, last])
