@@ -485,6 +485,26 @@ def test_events_escape_every_field_and_json_stays_ascii(cli: Any, taskmesh_clien
     assert json.loads(as_json.stdout.splitlines()[-1])["message"] == HOSTILE
 
 
+def test_events_show_the_id_of_an_event_whose_id_is_no_time_and_of_every_later_one(
+    cli: Any, taskmesh_client: Client
+) -> None:
+    handle = taskmesh_client.enqueue("cli.shout", "a")
+    stream = taskmesh_client.keys("default").events
+    far = "253402300800000-0"  # the first millisecond of the year 10000
+    taskmesh_client.redis.xadd(stream, {"event": "log", "job": handle.id, "message": "far"}, id=far)
+    later = taskmesh_client.redis.xadd(stream, {"event": "log", "job": handle.id, "message": "later"})
+
+    text = cli("events", "--since", "0", "--timeout", "0.3", "--queue", "default")
+
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].split()[2:] == ["default", "enqueued", handle.id], lines
+    assert lines[1:] == [
+        f"{far}  default  log  {handle.id}  message=far",
+        f"{later}  default  log  {handle.id}  message=later",
+    ]
+
+
 def test_render_escapes_job_ids_names_and_data_read_from_a_stream() -> None:
     from taskmesh.cli.events import render
 

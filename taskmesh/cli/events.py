@@ -47,10 +47,18 @@ def command(args: argparse.Namespace) -> int:
 
 
 def render(event: Event) -> str:
-    """``time  queue  event  job  key=value ...``; the time comes from the stream id (Redis clock).
+    """``time  queue  event  job  key=value ...``; the time comes from the stream id (Redis clock), or is
+    the id itself if it is no time (an id given by hand, past the year 9999, say).
 
     Every field is escaped for the terminal: whoever can write to Redis chooses them."""
-    millis = int(event.id.partition("-")[0])
-    when = datetime.fromtimestamp(millis / 1000).isoformat(sep=" ", timespec="milliseconds")
     data = " ".join(f"{escape(key)}={escape(value)}" for key, value in event.data.items())
-    return f"{when}  {event.queue}  {escape(event.name)}  {escape(event.job_id)}  {data}".rstrip()
+    return f"{_when(event.id)}  {event.queue}  {escape(event.name)}  {escape(event.job_id)}  {data}".rstrip()
+
+
+def _when(entry_id: str) -> str:
+    """The local time of a stream entry's id (``<ms>-<seq>``), or the id if it is none."""
+    try:
+        millis = int(entry_id.partition("-")[0])
+        return datetime.fromtimestamp(millis / 1000).isoformat(sep=" ", timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return escape(entry_id)
