@@ -514,6 +514,25 @@ def test_render_escapes_job_ids_names_and_data_read_from_a_stream() -> None:
     assert line.endswith("default  log\\x1b[1m  job\\u202eid  k\\x1b=v\\u2028w")
 
 
+def test_format_characters_and_what_shows_as_nothing_are_written_as_escapes() -> None:
+    from taskmesh.cli.common import escape
+
+    hidden = "\u200b\u2060\ufeff\u00ad\U000e0041\U000e007f\u3164\u115f\ufe0f\u034f\u2800\ue000\U0010fffe\udcff"
+    assert escape(f"a{hidden}b") == "a" + hidden.encode("unicode_escape").decode("ascii") + "b"
+    assert escape("rapport-été 注文 🙂 \u00a0") == "rapport-été 注文 🙂 \u00a0"  # printable stays as it is
+
+
+def test_schedules_remove_escapes_the_name_it_echoes(cli: Any, taskmesh_client: Client) -> None:
+    name = "x\x1b[31m\u200b\u3164"
+    taskmesh_client.redis.hset(f"{{{taskmesh_client.settings.prefix}}}:schedules", name, "{}")
+
+    removed = cli("schedules", "remove", name)
+
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout == "x\\x1b[31m\\u200b\\u3164: removed\n"
+    assert taskmesh_client.redis.hlen(f"{{{taskmesh_client.settings.prefix}}}:schedules") == 0
+
+
 def test_log_lines_of_the_command_line_are_escaped() -> None:
     from taskmesh.cli.common import EscapingFormatter
 

@@ -96,6 +96,15 @@ INVISIBLE = {
     "private use": "job\ue000",
     "lone surrogate": "job\ud800",
     "unassigned": "job\u0378",
+    "Hangul filler": "job\u3164id",
+    "Hangul choseong filler": "\u115fjob",
+    "variation selector": "job\ufe0f",
+    "combining grapheme joiner": "job\u034fid",
+    "braille pattern blank": "job\u2800id",
+    "Khmer inherent vowel": "job\u17b4id",
+    "soft hyphen": "job\u00adid",
+    "tag character": "job\U000e0041",
+    "word joiner": "job\u2060id",
 }
 
 

@@ -7,22 +7,27 @@ import json
 import logging
 import re
 import sys
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
 from ..client import Client
 from ..settings import Settings
 from ..store import connect as connections
-from ..store.keys import NAME_RE
+from ..store.keys import INVISIBLE_RE, NAME_RE
 
 #: Exit codes: 1 for a usage or library error, 2 when Redis cannot be reached.
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 2
 
 CONNECTION_ERRORS = connections.UNAVAILABLE_ERRORS
-# What a terminal acts on or what reorders the text around it: C0 and C1 controls, DEL, bidi marks,
-# embeddings, overrides and isolates, line and paragraph separators.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+# What a terminal acts on, what reorders the text around it or what shows as nothing: controls (C0, C1,
+# DEL), format characters (bidi marks, embeddings, overrides and isolates, zero-width spaces and joiners,
+# tags), private use, surrogates (bytes that were not UTF-8), unassigned code points, line and paragraph
+# separators, and the other default-ignorable characters (fillers, variation selectors).
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"})
+_ASCII_CONTROLS = re.compile("[\x00-\x1f\x7f]")
+_NON_ASCII = re.compile("[^\x00-\x7f]+")
 
 
 class CliError(Exception):
@@ -87,11 +92,22 @@ def connect(settings: Settings) -> Client:
 def escape(value: object) -> str:
     r"""``str(value)`` fit for a terminal: the characters it would act on written as escapes (``\x1b``,
     ``\u202e``, ``\n``). Everything read from Redis (job ids, task names, errors, events) goes through it."""
-    return _UNSAFE.sub(_escaped, str(value))
+    text = _ASCII_CONTROLS.sub(_escaped, str(value))
+    return text if text.isascii() else _NON_ASCII.sub(_escaped_unsafe, text)
 
 
 def _escaped(match: re.Match[str]) -> str:
     return match.group().encode("unicode_escape").decode("ascii")
+
+
+def _escaped_unsafe(match: re.Match[str]) -> str:
+    """A run of non-ASCII characters with the unsafe ones escaped."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(char) in _UNSAFE_CATEGORIES or INVISIBLE_RE.match(char)
+        else char
+        for char in match.group()
+    )
 
 
 class EscapingFormatter(logging.Formatter):

@@ -114,7 +114,7 @@ def change_command(args: argparse.Namespace) -> int:
             raise CliError(f"no schedule named {args.name!r}")
     finally:
         client.close()
-    print(f"{args.name}: {args.op}d")
+    print(f"{escape(args.name)}: {args.op}d")
     return 0
 
 

@@ -16,6 +16,15 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")
 JOB_ID_RE = re.compile(r"[!-z|~]{1,200}")
 MAX_JOB_ID = 200
 _ASCII_ID_RUNS = re.compile(r"[!-z|~]+")
+#: What shows as nothing, or as a blank, though its category is neither C nor Z: the Unicode
+#: Default_Ignorable_Code_Point characters (DerivedCoreProperties.txt: soft hyphen, fillers, joiners,
+#: variation selectors, invisible operators, tags; the C ones among them too), and symbols that look blank
+#: (U+2800 BRAILLE PATTERN BLANK, U+1D159 MUSICAL SYMBOL NULL NOTEHEAD, U+16FE4 KHITAN SMALL SCRIPT FILLER).
+INVISIBLE_RE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+    "\u2800\U0001d159\U00016fe4]"
+)
 #: The ids the schedules' jobs get (``<schedule name>@<tick ms>``, see ``lua/cron.lua``): no producer may take one.
 SCHEDULE_JOB_ID_RE = re.compile(NAME_RE.pattern + r"@[0-9]+")
 
@@ -50,7 +59,8 @@ def check_job_id(value: str) -> str:
 
     Printable means no character of the Unicode categories C (controls, format characters such as bidi
     overrides, private use, surrogates, unassigned) or Z (spaces of any kind, line and paragraph
-    separators): an id reads the same wherever it is shown.
+    separators), and none of :data:`INVISIBLE_RE` (fillers, variation selectors, a blank braille cell):
+    an id reads the same wherever it is shown.
     """
     if isinstance(value, str) and JOB_ID_RE.fullmatch(value):  # the common case first: enqueue is hot
         return value
@@ -79,6 +89,8 @@ def _printable(value: str) -> bool:
     if not 0 < len(value) <= MAX_JOB_ID:
         return False
     others = _ASCII_ID_RUNS.sub("", value)  # what the ASCII rule does not take: each must be printable non-ASCII
+    if INVISIBLE_RE.search(others):
+        return False
     return all(not char.isascii() and unicodedata.category(char)[0] not in "CZ" for char in others)
 
 
