@@ -360,10 +360,13 @@ class Client:
     def _limit_args(self, limit: Limit | None, task: str | None) -> list[Any]:
         if limit is not None and not isinstance(limit, Limit):
             raise TypeError(f"limit must be a taskmesh.Limit (e.g. Limit.parse('100/m')) or None, not {limit!r}")
+        name: str | bytes
         if task is None:
             name = ""
         elif limit is None and isinstance(task, str) and task:
-            name = task  # removal takes any stored name, a garbage one too (QueueSettings.invalid)
+            # Removal takes any stored name, a garbage one too (QueueSettings.invalid): its bytes, which
+            # surrogates stand for in a name that is not UTF-8.
+            name = task.encode("utf-8", "surrogateescape")
         else:
             name = check_name("task name", task)
         return [self.settings.events_maxlen, "limit", name, "" if limit is None else limit.to_json()]

@@ -94,7 +94,8 @@ class QueueSettings:
     limit: Limit | None = None
     task_limits: dict[str, Limit] = field(default_factory=dict)
     #: Stored limits that cannot be read, by task name ('' for the queue's own), with the reason. Workers
-    #: do not enforce them; remove one with ``set_limit(queue, None, task=name)``.
+    #: do not enforce them; remove one with ``set_limit(queue, None, task=name)``. A name that is not UTF-8
+    #: (here and in ``task_limits``) keeps its bytes as surrogates (``surrogateescape``).
     invalid: dict[str, str] = field(default_factory=dict)
 
 
@@ -115,7 +116,7 @@ def parse_settings(meta: Mapping[str | bytes, str | bytes]) -> QueueSettings:
     Anything may have been written there, so a limit that cannot be read is reported in
     ``QueueSettings.invalid`` rather than raised: the other settings stay readable.
     """
-    fields = {_text(name): value for name, value in meta.items()}
+    fields = {_name(name): value for name, value in meta.items()}
     limits: dict[str, Limit] = {}
     invalid: dict[str, str] = {}
     for name, raw in fields.items():
@@ -126,6 +127,12 @@ def parse_settings(meta: Mapping[str | bytes, str | bytes]) -> QueueSettings:
             except (ValueError, TypeError, AttributeError, RecursionError) as exc:
                 invalid[task] = f"{_short(_text(raw))} is not a limit ({str(exc)[:100]})"
     return QueueSettings(paused="paused" in fields, limit=limits.pop("", None), task_limits=limits, invalid=invalid)
+
+
+def _name(value: str | bytes) -> str:
+    """A field name: one that is not UTF-8 keeps its bytes as surrogates (``surrogateescape``), as a shell
+    passes it to ``taskmesh limit --task``, so ``set_limit`` finds the field again."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _text(value: str | bytes) -> str:

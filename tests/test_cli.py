@@ -18,6 +18,7 @@ import pytest
 
 from taskmesh import Call, Client, JobState, task
 from taskmesh.events import Event
+from taskmesh.store import connect
 from taskmesh.testing import RunningWorker
 
 TASKS = """
@@ -571,6 +572,32 @@ def test_limit_and_queues_show_an_unreadable_stored_limit_and_clear_removes_it(
     cleared = cli("limit", "math", "--task", "cli.bad", "--clear")
     assert cleared.stdout.splitlines() == ["math: running; queue limit: none", "  task cli.add: max_active=1"]
     assert taskmesh_client.queue_settings("math").invalid == {}
+
+
+def test_the_hint_to_remove_a_limit_under_a_name_with_controls_or_bytes_that_are_not_utf8_works_pasted(
+    cli: Any, taskmesh_client: Client, workdir: Path, cli_env: dict[str, str]
+) -> None:
+    meta = taskmesh_client.keys("default").meta
+    raw = connect.sync_client(taskmesh_client.settings.redis_url, decode_responses=False)
+    try:
+        raw.hset(meta, mapping={b"limit:t\x1b[31m": b"not json", b"limit:t\xff": b"not json", b"limit:-x": b"[]"})
+        shown = cli("limit", "default")
+        assert shown.returncode == 0, shown.stderr
+        _no_raw_controls(shown.stdout)
+        hints = [line.partition("; remove it: ")[2] for line in shown.stdout.splitlines()[1:]]
+        assert hints == [
+            "taskmesh limit default --task=-x --clear",
+            "taskmesh limit default --task $'t\\x1b[31m' --clear",
+            "taskmesh limit default --task $'t\\xff' --clear",
+        ]
+        for hint in hints:  # pasted into bash
+            script = f'taskmesh() {{ "$PYTHON" -m taskmesh "$@"; }}\n{hint}\n'
+            env = {**cli_env, "PYTHON": sys.executable}
+            pasted = subprocess.run(["bash", "-c", script], cwd=workdir, env=env, capture_output=True, timeout=15)
+            assert pasted.returncode == 0, (hint, pasted.stderr)
+        assert raw.hgetall(meta) == {}
+    finally:
+        raw.close()
 
 
 def test_queues_and_events_skip_a_name_in_the_set_of_queues_that_is_no_queue_name(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from taskmesh import Client, Limit, WorkerStats, task
-from taskmesh.store import scripts
+from taskmesh.store import connect, scripts
 from taskmesh.store.scripts import Update
 
 Drain = Callable[..., WorkerStats]
@@ -100,6 +100,30 @@ def test_an_unreadable_stored_limit_is_removed_by_clearing_it(taskmesh_client: C
     assert taskmesh_client.redis.hgetall(taskmesh_client.keys("default").meta) == {}
     with pytest.raises(ValueError, match="invalid task name"):  # a limit is set only under a valid name
         taskmesh_client.set_limit("default", Limit(max_active=1), task="not a task name")
+
+
+#: Limits stored by hand under task names with a terminal control and with a byte that is not UTF-8.
+ODD_NAMES = {b"limit:t\x1b[31m": b"not json", b"limit:t\xff": b"not json", b"limit:u\xfe": b'{"max":1}'}
+
+
+def test_a_limit_under_a_name_with_controls_or_bytes_that_are_not_utf8_is_reported_and_removed(
+    taskmesh_client: Client,
+) -> None:
+    raw = connect.sync_client(taskmesh_client.settings.redis_url, decode_responses=False)
+    meta = taskmesh_client.keys("default").meta
+    try:
+        raw.hset(meta, mapping=ODD_NAMES)  # type: ignore[arg-type]
+        settings = taskmesh_client.queue_settings("default")
+        assert set(settings.invalid) == {"t\x1b[31m", "t\udcff"}  # surrogateescape: the bytes kept
+        assert settings.task_limits == {"u\udcfe": Limit(max_active=1)}
+        assert asyncio.run(taskmesh_client.aqueue_settings("default")) == settings
+
+        taskmesh_client.set_limit("default", None, task="t\x1b[31m")
+        taskmesh_client.set_limit("default", None, task="t\udcff")
+        asyncio.run(taskmesh_client.aset_limit("default", None, task="u\udcfe"))
+        assert raw.hgetall(meta) == {}
+    finally:
+        raw.close()
 
 
 def test_set_limit_refuses_what_is_not_a_limit(taskmesh_client: Client) -> None:

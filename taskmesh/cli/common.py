@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import re
+import shlex
 import sys
 import unicodedata
 from collections.abc import Iterable
@@ -28,6 +29,7 @@ CONNECTION_ERRORS = connections.UNAVAILABLE_ERRORS
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"})
 _ASCII_CONTROLS = re.compile("[\x00-\x1f\x7f]")
 _NON_ASCII = re.compile("[^\x00-\x7f]+")
+_SHELL_PLAIN = re.compile(r"[A-Za-z0-9_./:@%+=,-]+")
 
 
 class CliError(Exception):
@@ -108,6 +110,21 @@ def _escaped_unsafe(match: re.Match[str]) -> str:
         else char
         for char in match.group()
     )
+
+
+def shell_word(value: str) -> str | None:
+    r"""``value`` as one word to paste into bash or zsh: as it is if it is plain, in single quotes if it
+    is printable ASCII, else in ``$'...'`` with every other byte as ``\xNN`` (a name that is not UTF-8
+    holds its bytes as surrogates, see ``surrogateescape``). Printable ASCII, safe for a terminal. None if
+    no shell can pass it (a NUL byte)."""
+    if _SHELL_PLAIN.fullmatch(value):
+        return value
+    data = value.encode("utf-8", "surrogateescape")
+    if b"\0" in data:
+        return None
+    if all(0x20 <= byte < 0x7F for byte in data):
+        return shlex.quote(value)
+    return "$'" + "".join(chr(b) if 0x20 <= b < 0x7F and b not in b"'\\" else f"\\x{b:02x}" for b in data) + "'"
 
 
 class EscapingFormatter(logging.Formatter):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 
 from ..limits import Limit
-from .common import CliError, add_common_options, connect, escape, load_settings
+from .common import CliError, add_common_options, connect, escape, load_settings, shell_word
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,6 +86,15 @@ def limit_command(args: argparse.Namespace) -> int:
         print(f"  task {escape(name)}: {task_limit}")
     for name, reason in sorted(settings.invalid.items()):
         where = f"task {escape(name)}" if name else "queue"
-        clear = f"taskmesh limit {args.queue}{f' --task {escape(shlex.quote(name))}' if name else ''} --clear"
-        print(f"  {where}: invalid stored limit, ignored by workers: {escape(reason)}; remove it: {clear}")
+        print(f"  {where}: invalid stored limit, ignored by workers: {escape(reason)}; remove it: {_clear(args, name)}")
     return 0
+
+
+def _clear(args: argparse.Namespace, task: str) -> str:
+    """The command that removes the limit of ``task`` ('' for the queue's own), to paste into a shell."""
+    if not task:
+        return f"taskmesh limit {args.queue} --clear"
+    word = shell_word(task)
+    if word is None:
+        return f"client.set_limit({args.queue!r}, None, task=...) with the name's bytes (no shell passes a NUL byte)"
+    return f"taskmesh limit {args.queue} --task{'=' if word.startswith('-') else ' '}{word} --clear"
