@@ -11,7 +11,7 @@ import redis
 from ..settings import Settings
 from ..store import connect, scripts
 from ..store.keys import QueueKeys
-from .retry import REDIS_ERRORS
+from .retry import REDIS_ERRORS, Streak
 
 log = logging.getLogger("taskmesh.worker")
 #: One held lease: the queue's keys, the job id and the fencing token.
@@ -59,6 +59,7 @@ class LeaseKeeper:
             self.settings.redis_url, socket_timeout=self.settings.lease_seconds, socket_connect_timeout=interval
         )
         delay, failures = interval, 0
+        refused = Streak("lease renewal refused")
         try:
             while not self._stopped.wait(delay):
                 try:
@@ -69,10 +70,12 @@ class LeaseKeeper:
                     failures += 1
                     delay = min(interval, 0.05 * 2**failures)
                     continue
-                except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY: log and try again next beat
-                    log.error("lease renewal failed: %s", exc)
+                except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY, a key of the wrong type
+                    refused.failed(exc)  # logged once a streak; try again next beat
                 except Exception:  # never let one bad beat end the renewals: every lease would expire
                     log.exception("lease renewal failed")
+                else:
+                    refused.ok()
                 delay, failures = interval, 0
         finally:
             conn.close()
