@@ -188,14 +188,17 @@ def step_held(result: list[Any]) -> bool:
 def step_lease_refused(result: list[Any]) -> str | None:
     """Why the step leased nothing though it was asked to (its updates were recorded): Redis is out of memory,
     or refused a command of the lease; None if neither."""
-    if int(result[4]) == 1:
+    why = result[4]
+    if not why:
+        return None
+    if why == "OOM":
         return "Redis is out of memory (maxmemory reached): free memory or raise maxmemory"
-    return None if not result[5] else f"Redis refused the lease: {result[5]}"
+    return f"Redis refused the lease: {why}"
 
 
 def step_events_refused(result: list[Any]) -> str | None:
     """The error Redis gave a refused event of the step (the changes were made, their events lost), or None."""
-    return str(result[6]) if result[6] else None
+    return str(result[5]) if result[5] else None
 
 
 def renew_args(settings: Settings, held: list[tuple[str, int]]) -> list[Any]:

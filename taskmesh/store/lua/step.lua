@@ -12,17 +12,18 @@
 -- Returns {accepted flags per update, leased {id, token, attempt, task, payload}...,
 --   ms until a delayed job is due or a rate limit lets a waiting job start (-1: none),
 --   ms until a rate limit lets a waiting job start (-1: no job is held back by a rate limit),
---   1 if Redis is out of memory (nothing was leased; the updates were applied), else 0,
---   the error that stopped the lease (nothing leased; the updates were applied) or false,
+--   why nothing was leased though `want` asked for jobs ('OOM': Redis is out of memory; else the error
+--   a command of the lease met) or false (the updates were applied either way),
 --   the error a refused event met (the changes were made; their events are lost) or false}
 -- KEYS[13], when given, is the worker's claim list: the step leases only if it holds a wake-up
 -- token (moved there by the BLMOVE queued just before this step on the same connection).
 -- Cancelled jobs follow the failed jobs' retention.
 --
 -- Everything that can fail is read or checked before the first write that depends on it: the
--- queue's settings and the updates first, each record when it is loaded (see contain), and the
--- jobs to lease leave 'waiting' by the step's last write, so a command refused part-way (a key of
--- the wrong type, a permission taken away) never leaves a leased job out of every set.
+-- queue's settings and the updates first, each record when it is loaded (see contain). The lease runs
+-- on its own under pcall, after the updates are written, and leaves 'waiting' only by flush(), after the
+-- jobs' places in 'active': a command refused part-way (a key of the wrong type, a permission taken
+-- away) leases nothing and never leaves a job out of every set.
 local lease_ms, want, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 -- At maxmemory nothing is leased, but results and hand-backs are still recorded: a finished job never
 -- runs again (see out_of_memory in lib.lua).
@@ -167,8 +168,18 @@ local held_back = {}
 
 -- The lease, on its own: a command refused there (a rate log or running count of the wrong type, a
 -- permission taken away) leases nothing and is reported, but the updates above stay recorded.
-local asked, leased, lease_refused = want, {}, false
+local asked, leased, lease_refused = want, {}, oom and 'OOM'
 local function lease()
+  -- Whether the entry `id` of 'waiting' can be leased: its record, or nil; `gone` when it already left
+  -- 'waiting' (its record was contained). Any other entry without a waiting record leaves (see misplaced).
+  local function leasable(id)
+    local rec = load(id)
+    if contained[id] then return nil, true end
+    if rec and rec.state == 'waiting' then return rec, false end
+    if rec then misplaced(id, rec, K_WAITING) else zset_remove(K_WAITING, id) end
+    return nil, false
+  end
+
   if want > 0 and queue_limit then
     if queue_limit.max then want = math.min(want, queue_limit.max - redis.call('ZCARD', K_ACTIVE)) end
     if queue_limit.rate and want > 0 then
@@ -191,15 +202,11 @@ local function lease()
       start, examined = start + #candidates, examined + #candidates
       preload(candidates)
       for _, id in ipairs(candidates) do
-        local rec = load(id)
-        if contained[id] then
-          start = start - 1  -- it left 'waiting' already
-        elseif rec and rec.state == 'waiting' then
-          picked[#picked + 1] = id
+        local rec, gone = leasable(id)
+        if gone then
+          start = start - 1
         elseif rec then
-          misplaced(id, rec, K_WAITING)
-        else
-          zset_remove(K_WAITING, id)  -- an id without a record
+          picked[#picked + 1] = id
         end
       end
     end
@@ -213,14 +220,10 @@ local function lease()
       start, examined = start + #candidates, examined + #candidates
       preload(candidates)
       for _, id in ipairs(candidates) do
-        local rec = load(id)
+        local rec, gone = leasable(id)
         local limit = rec and task_limits[rec.task]
-        if contained[id] then
+        if gone then
           start = start - 1
-        elseif not rec then
-          zset_remove(K_WAITING, id)  -- an id without a record
-        elseif rec.state ~= 'waiting' then
-          misplaced(id, rec, K_WAITING)
         elseif limit then
           local r = room[rec.task]
           if not r then
@@ -235,7 +238,7 @@ local function lease()
           elseif r.cap > 0 then
             held_back[TAG .. ':rate:' .. rec.task] = limit
           end
-        else
+        elseif rec then
           picked[#picked + 1] = id
         end
         if #picked == want then break end
@@ -314,4 +317,4 @@ if #first > 0 then
   local wait = math.max(0, tonumber(first[2]) - now)
   if next_due < 0 or wait < next_due then next_due = wait end
 end
-return {accepted, leased, next_due, retry_in, oom and 1 or 0, lease_refused, events_refused}
+return {accepted, leased, next_due, retry_in, lease_refused, events_refused}
