@@ -561,6 +561,15 @@ def full(url: str, exc: BaseException) -> RedisFull:
     )
 
 
+#: What the guards turn into taskmesh errors: Redis out of reach, and Redis out of memory.
+GUARDED_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.OutOfMemoryError, *UNAVAILABLE_ERRORS)
+
+
+def translated(url: str, exc: BaseException) -> RedisUnavailable:
+    """The taskmesh error for one of ``GUARDED_ERRORS`` met at ``url``."""
+    return full(url, exc) if isinstance(exc, redis.exceptions.OutOfMemoryError) else unavailable(url, exc)
+
+
 class _Connected(Protocol):
     @property
     def settings(self) -> Settings: ...
@@ -579,10 +588,8 @@ def guard(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P],
     def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(self, *args, **kwargs)
-        except redis.exceptions.OutOfMemoryError as exc:
-            raise full(self.settings.redis_url, exc) from exc
-        except UNAVAILABLE_ERRORS as exc:
-            raise unavailable(self.settings.redis_url, exc) from exc
+        except GUARDED_ERRORS as exc:
+            raise translated(self.settings.redis_url, exc) from exc
 
     return call
 
@@ -594,10 +601,8 @@ def aguard(method: Callable[Concatenate[S, P], Awaitable[R]]) -> Callable[Concat
     async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(self, *args, **kwargs)
-        except redis.exceptions.OutOfMemoryError as exc:
-            raise full(self.settings.redis_url, exc) from exc
-        except UNAVAILABLE_ERRORS as exc:
-            raise unavailable(self.settings.redis_url, exc) from exc
+        except GUARDED_ERRORS as exc:
+            raise translated(self.settings.redis_url, exc) from exc
 
     return call
 
@@ -609,10 +614,8 @@ def guard_iter(method: Callable[Concatenate[S, P], Iterator[R]]) -> Callable[Con
     def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
         try:
             yield from method(self, *args, **kwargs)
-        except redis.exceptions.OutOfMemoryError as exc:
-            raise full(self.settings.redis_url, exc) from exc
-        except UNAVAILABLE_ERRORS as exc:
-            raise unavailable(self.settings.redis_url, exc) from exc
+        except GUARDED_ERRORS as exc:
+            raise translated(self.settings.redis_url, exc) from exc
 
     return call
 
@@ -627,9 +630,7 @@ def aguard_iter(
         try:
             async for item in method(self, *args, **kwargs):
                 yield item
-        except redis.exceptions.OutOfMemoryError as exc:
-            raise full(self.settings.redis_url, exc) from exc
-        except UNAVAILABLE_ERRORS as exc:
-            raise unavailable(self.settings.redis_url, exc) from exc
+        except GUARDED_ERRORS as exc:
+            raise translated(self.settings.redis_url, exc) from exc
 
     return call
