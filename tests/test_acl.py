@@ -167,3 +167,17 @@ def test_without_client_unblock_a_worker_still_stops_once_its_wait_times_out(
         assert "cannot end the wake-up wait early" in caplog.text
     finally:
         client.close()
+
+
+def test_the_start_up_check_covers_every_command_the_scripts_call() -> None:
+    """access.lua's COMMANDS names each command a script calls (TIME, which every script calls first, aside:
+    a user without it gets a permission error from the check itself)."""
+    lua = Path(__file__).resolve().parent.parent / "taskmesh" / "store" / "lua"
+    called: set[str] = set()
+    for path in lua.glob("*.lua"):
+        if path.name != "access.lua":
+            called |= set(re.findall(r"(?:redis\.p?call|bulk)\('([A-Z]+)'", path.read_text()))
+    block = re.search(r"local COMMANDS = \{(.*?)\n\}", (lua / "access.lua").read_text(), re.S)
+    assert block
+    checked = set(re.findall(r"\b([A-Z]+) = \{", block.group(1)))
+    assert called - {"TIME"} == checked

@@ -6,9 +6,10 @@ if not redis.acl_check_cmd then return false end
 -- Every command a script calls, with arguments of the right shape (`k` stands for the key).
 local COMMANDS = {
   HDEL = {'f'}, HGET = {'f'}, HGETALL = {}, HINCRBY = {'f', '1'}, HMGET = {'f'}, HSET = {'f', 'v'},
-  HSETNX = {'f', 'v'}, INCR = {}, INCRBY = {'1'}, LLEN = {}, LPOP = {}, LPUSH = {'1'}, LPUSHX = {'1'},
-  PEXPIRE = {'1'}, XADD = {'*', 'f', 'v'}, XLEN = {}, XTRIM = {'MAXLEN', '1'}, ZADD = {'1', 'm'}, ZCARD = {},
+  HSETNX = {'f', 'v'}, INCR = {}, INCRBY = {'1'}, LLEN = {}, LPOP = {}, LPUSH = {'1'}, PEXPIRE = {'1'},
+  SETRANGE = {'0', ''}, XADD = {'*', 'f', 'v'}, XTRIM = {'MAXLEN', '1'}, ZADD = {'1', 'm'}, ZCARD = {},
   ZPOPMIN = {}, ZRANGE = {'0', '1'}, ZRANGEBYSCORE = {'0', '1'}, ZREM = {'m'}, ZREMRANGEBYSCORE = {'0', '1'},
+  ZSCORE = {'m'},
 }
 local keys = {K_NEVER, TAG .. ':running', TAG .. ':rate', TAG .. ':rate:task', TAG .. ':cron', K_WAKEUP .. ':claim:w'}
 for i = 1, 12 do keys[#keys + 1] = KEYS[i] end
