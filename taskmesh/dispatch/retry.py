@@ -120,4 +120,4 @@ class Streak:
 
     @property
     def waiting(self) -> bool:
-        return self.until > time.monotonic()
+        return self.until > 0.0 and self.until > time.monotonic()  # no clock read outside a streak
