@@ -107,7 +107,8 @@ def test_the_log_sink_logs_every_event_of_a_job_as_json_with_its_task_and_durati
     events = logged()
     assert [r["event"] for r in events] == ["enqueued", "active", "completed"]
     assert all(r["task"] == "sinks.double" and r["queue"] == "default" for r in events)
-    assert int(events[-1]["duration_ms"]) >= 0
+    record = json.loads(taskmesh_client.redis.hget(taskmesh_client.keys("default").jobs, handle.id))
+    assert int(events[-1]["duration_ms"]) == record["finished"] - record["started"]
     stream = taskmesh_client.keys("default").events
     assert [r["id"] for r in events] == [i for i, f in taskmesh_client.redis.xrange(stream) if f["job"] == handle.id]
     worker.stop(timeout=BOUND)

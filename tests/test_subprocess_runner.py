@@ -218,7 +218,9 @@ def test_cancelling_a_running_job_kills_its_process(
     handle = waits.enqueue(str(path))
     child, _ = pids_in(path)
     assert handle.cancel() == "cancelling"
-    assert failure(handle) is not None
+    with pytest.raises(JobFailed) as info:
+        handle.result(timeout=BOUND)
+    assert (info.value.state, info.value.error) == ("cancelled", {}), "a cancelled job ends without an error"
     assert handle.status().state is JobState.CANCELLED
     wait_until(lambda: not alive(child), timeout=BOUND, message="the child to be killed")
     assert worker.worker.stats.cancelled == 1

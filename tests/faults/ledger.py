@@ -11,6 +11,10 @@ The checker compares the ledger, the job records and the event stream of the que
 - stuck: a job not in its expected final state when the test's bound ran out;
 - duplicate results: a job whose stream holds more than one ``completed``/``failed`` event;
 - unfenced results: a recorded result that is not the last holder's (by fencing token);
+- unpaired runs: a ``finish`` line with no ``start`` line of the same run, or a recorded result whose
+  run has no ``start`` or no ``finish`` line (a ledger line went missing);
+- torn lines: ledger lines that do not parse (each line is one ``write`` of a whole line, so there
+  should be none: a line that does not parse means the ledger cannot be trusted);
 - unexpected: a job in Redis or the ledger that was never acknowledged;
 - duplicate executions (reported, allowed): a job whose body finished more than once;
 - reruns (reported, allowed): a job whose body started more than once;
@@ -35,8 +39,8 @@ STATE_SETS = ("waiting", "delayed", "active", "completed", "failed", "cancelled"
 
 
 def record(event: str, job_id: str, **fields: Any) -> None:
-    """Append one line to this process's ledger file (one ``write``, so a kill never leaves half a line
-    in the middle of the file; a torn last line is counted by :func:`read`)."""
+    """Append one line to this process's ledger file in one ``write`` of the whole line (a kill cannot
+    leave half of it: a line that does not parse fails :meth:`Verdict.assert_sound`)."""
     directory = os.environ[LEDGER_ENV]
     line = {"event": event, "job": job_id, "pid": os.getpid(), "t": time.time(), **fields}
     fd = os.open(os.path.join(directory, f"{os.getpid()}.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -63,7 +67,7 @@ class Ledger:
     path: Path
 
     def read(self) -> tuple[list[dict[str, Any]], int]:
-        """All lines of every file, oldest first, and the number of torn lines (a process killed mid-write)."""
+        """All lines of every file, oldest first, and the number of lines that do not parse."""
         lines: list[dict[str, Any]] = []
         torn = 0
         for file in sorted(self.path.glob("*.jsonl")):
@@ -93,6 +97,7 @@ class Verdict:
     stuck: list[str] = field(default_factory=list)
     duplicate_results: list[str] = field(default_factory=list)
     unfenced_results: list[str] = field(default_factory=list)
+    unpaired_runs: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     untracked: list[str] = field(default_factory=list)
     duplicate_executions: dict[str, int] = field(default_factory=dict)
@@ -101,7 +106,10 @@ class Verdict:
     torn_lines: int = 0
 
     def assert_sound(self) -> None:
-        """The guarantee: nothing lost, stuck, recorded twice, recorded from a stale holder or unexpected."""
+        """The guarantee: nothing lost, stuck, recorded twice, recorded from a stale holder or unexpected,
+        checked on a ledger with every line readable and every run's lines paired."""
+        assert not self.torn_lines, f"{self.torn_lines} ledger line(s) do not parse: the ledger cannot be trusted"
+        assert not self.unpaired_runs, f"runs with a ledger line missing: {self.unpaired_runs[:20]}"
         assert not self.untracked, f"the event stream lost the start of {len(self.untracked)} job(s); raise maxlen"
         assert not self.lost, f"lost: {self.lost[:20]}"
         assert not self.inconsistent, f"state sets disagree with the records: {self.inconsistent[:20]}"
@@ -119,6 +127,7 @@ class Verdict:
             "stuck": len(self.stuck),
             "duplicate_results": len(self.duplicate_results),
             "unfenced_results": len(self.unfenced_results),
+            "unpaired_runs": len(self.unpaired_runs),
             "unexpected": len(self.unexpected),
             "duplicate_executions": len(self.duplicate_executions),
             "extra_executions": sum(n - 1 for n in self.duplicate_executions.values()),
@@ -160,6 +169,8 @@ def check(
     finishes = Counter(line["job"] for line in lines if line["event"] == "finish")
     last_token: dict[str, int] = {}
     finished_runs = {(line["job"], line["pid"], line["token"]) for line in lines if line["event"] == "finish"}
+    started_runs = {(line["job"], line["pid"], line["token"]) for line in starts}
+    unpaired = {job_id for job_id, _, _ in finished_runs - started_runs}
     for line in starts:
         last_token[line["job"]] = max(last_token.get(line["job"], 0), int(line["token"]))
 
@@ -183,10 +194,13 @@ def check(
         if rec["state"] == "completed" and rec.get("result") is not None:
             result = json.loads(rec["result"])
             run = (job_id, result.get("pid"), result.get("token"))
-            if run not in finished_runs or result.get("token") != last_token.get(job_id):
+            if run not in started_runs or run not in finished_runs:
+                unpaired.add(job_id)
+            if result.get("token") != last_token.get(job_id):
                 verdict.unfenced_results.append(job_id)
     seen = set(records) | {line["job"] for line in lines}
     verdict.unexpected = sorted(seen - wanted_set)
+    verdict.unpaired_runs = sorted(unpaired)
     verdict.duplicate_executions = {job: n for job, n in finishes.items() if n > 1}
     verdict.reruns = {job: n for job, n in Counter(line["job"] for line in starts).items() if n > 1}
     return verdict
