@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 
-from taskmesh import Client, Limit, WorkerStats, task
+from taskmesh import Client, Limit, Settings, WorkerStats, task
 from taskmesh.store import connect, scripts
-from taskmesh.store.scripts import Update
+from taskmesh.store.scripts import Leased, Update
 
 Drain = Callable[..., WorkerStats]
 
@@ -30,12 +31,46 @@ def stored(client: Client) -> tuple[int, int, int]:
     )
 
 
+def kept(client: Client) -> tuple[set[str], set[str], set[str]]:
+    """(ids in the completed set, ids with a record, ids with a payload) of the default queue."""
+    keys = client.keys("default")
+    return (
+        {str(i) for i in client.redis.zrange(keys.completed, 0, -1)},
+        {str(i) for i in client.redis.hkeys(keys.jobs)},
+        {str(i) for i in client.redis.hkeys(keys.payloads)},
+    )
+
+
+def step(client: Client, cfg: Settings, want: int, updates: list[Update]) -> list[Leased]:
+    reply = scripts.call(client.redis, "step", client.keys("default").all, scripts.step_args(cfg, "w1", want, updates))
+    accepted, leased, _ = scripts.parse_step(reply)
+    assert all(accepted)
+    return leased
+
+
+def completed_an_hour_ago(client: Client, count: int) -> set[str]:
+    """Complete ``count`` jobs and move their finish time an hour back; returns their ids."""
+    cfg = client.settings
+    client.enqueue_many([noop.call(-1) for _ in range(count)])
+    leased = step(client, cfg, count, [])
+    step(client, cfg, 0, [Update("c", job.id, job.token, "null") for job in leased])
+    completed = client.keys("default").completed
+    finished = cast(list[tuple[str, float]], client.redis.zrange(completed, 0, -1, withscores=True))
+    client.redis.zadd(completed, {job_id: score - 3_600_000 for job_id, score in finished}, xx=True)
+    return {job.id for job in leased}
+
+
 def test_completed_retention_holds_under_concurrent_load(taskmesh_client: Client, taskmesh_drain: Drain) -> None:
-    taskmesh_client.enqueue_many([noop.call(i) for i in range(2000)])
+    older = completed_an_hour_ago(taskmesh_client, 50)
+    newer = {h.id for h in taskmesh_client.enqueue_many([noop.call(i) for i in range(2000)])}
     stats = taskmesh_drain([noop], concurrency=100, completed_keep=50)
     assert stats.completed == 2000
-    # Each step removes up to twice what it finished, so the excess never builds up.
+    # Each step removes up to twice what it finished, so the excess never builds up; the oldest go first,
+    # records and payloads with them.
     assert stored(taskmesh_client) == (50, 50, 50)
+    ids, records, payloads = kept(taskmesh_client)
+    assert ids <= newer, f"{len(ids & older)} of the jobs completed an hour before were kept over newer ones"
+    assert records == payloads == ids
 
 
 def test_enqueue_many_accepts_ten_thousand_jobs_in_one_call(taskmesh_client: Client) -> None:
@@ -45,20 +80,20 @@ def test_enqueue_many_accepts_ten_thousand_jobs_in_one_call(taskmesh_client: Cli
 
 
 def test_one_step_leases_and_completes_ten_thousand_jobs(taskmesh_client: Client) -> None:
+    older = completed_an_hour_ago(taskmesh_client, 50)
     taskmesh_client.enqueue_many([noop.call(i) for i in range(10_000)])
     cfg = taskmesh_client.settings.replace(completed_keep=50)
-    keys = taskmesh_client.keys("default").all
 
-    reply = scripts.call(taskmesh_client.redis, "step", keys, scripts.step_args(cfg, "w1", 10_000, []))
-    _, leased, _ = scripts.parse_step(reply)
+    leased = step(taskmesh_client, cfg, 10_000, [])
     assert len(leased) == 10_000
     assert all(job.payload for job in leased)
 
-    done = [Update("c", job.id, job.token, "null") for job in leased]
-    reply = scripts.call(taskmesh_client.redis, "step", keys, scripts.step_args(cfg, "w1", 0, done))
-    accepted, _, _ = scripts.parse_step(reply)
-    assert all(accepted)
+    step(taskmesh_client, cfg, 0, [Update("c", job.id, job.token, "null") for job in leased])
     assert stored(taskmesh_client) == (50, 50, 50)
+    # The 10,000 finished in one step, all newer than the 50 before them: 50 of them stay.
+    ids, records, payloads = kept(taskmesh_client)
+    assert ids <= {job.id for job in leased}, f"{len(ids & older)} of the jobs completed an hour before were kept"
+    assert records == payloads == ids
 
 
 GARBAGE = {
