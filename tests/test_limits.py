@@ -1,9 +1,11 @@
 """Large batches and retention under load: scripts handle any batch size and keep finished jobs bounded.
+A rate window includes both its ends, to the millisecond.
 Stored limits that cannot be read: reported, never in the way of the others, removable."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import cast
 
@@ -94,6 +96,54 @@ def test_one_step_leases_and_completes_ten_thousand_jobs(taskmesh_client: Client
     ids, records, payloads = kept(taskmesh_client)
     assert ids <= {job.id for job in leased}, f"{len(ids & older)} of the jobs completed an hour before were kept"
     assert records == payloads == ids
+
+
+def redis_ms(client: Client) -> int:
+    seconds, micros = client.redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def log_a_start_every_millisecond(client: Client, per_ms: int, span: int) -> int:
+    """Log queue starts at every millisecond of ``span`` from one window before Redis's time now, so that
+    whenever the next step runs (within ``span`` ms), one start was logged exactly ``per_ms`` before it.
+    Returns the time read (ms)."""
+    t0 = redis_ms(client)
+    rate_log = client.keys("default").jobs.removesuffix("jobs") + "rate"
+    client.redis.zadd(rate_log, {f"earlier-{i}": t0 - per_ms + i for i in range(span)})
+    return t0
+
+
+def test_a_start_logged_exactly_one_window_before_a_lease_still_counts(taskmesh_client: Client) -> None:
+    per_ms, span = 60_000, 2_000
+    taskmesh_client.set_limit("default", Limit(rate=span + 1, per=per_ms / 1000))
+    taskmesh_client.enqueue_many([noop.call(i) for i in range(span + 2)])
+    t0 = log_a_start_every_millisecond(taskmesh_client, per_ms, span)
+
+    leased = step(taskmesh_client, taskmesh_client.settings, span + 2, [])
+    now = json.loads(taskmesh_client.redis.hget(taskmesh_client.keys("default").jobs, leased[0].id))["started"]
+    assert t0 <= now < t0 + span, "the step ran within the logged span"
+    # In the window: the starts logged from now - per_ms on, the one logged exactly per_ms before included.
+    in_window = t0 + span - now
+    assert len(leased) == span + 1 - in_window, f"the start logged at {now - per_ms} (now - {per_ms} ms) must count"
+
+
+def test_a_start_logged_exactly_one_window_before_holds_its_slot_one_more_millisecond(taskmesh_client: Client) -> None:
+    per_ms, span = 60_000, 2_000
+    taskmesh_client.set_limit("default", Limit(rate=1, per=per_ms / 1000))
+    taskmesh_client.enqueue(noop, 1)
+    t0 = log_a_start_every_millisecond(taskmesh_client, per_ms, span)
+
+    reply = scripts.call(
+        taskmesh_client.redis,
+        "step",
+        taskmesh_client.keys("default").all,
+        scripts.step_args(taskmesh_client.settings, "w1", 1, []),
+    )
+    _, leased, look_again = scripts.parse_step(reply)
+    assert leased == [] and redis_ms(taskmesh_client) < t0 + span, "the window was full for the whole step"
+    # The oldest start in the window was logged exactly per_ms before the step: it leaves 1 ms later.
+    assert look_again == 0.001, "the start logged exactly one window before the step is the oldest still counted"
+    assert taskmesh_client.counts()["waiting"] == 1
 
 
 GARBAGE = {
