@@ -1,9 +1,13 @@
 """Payloads, results and progress values that could exhaust a reader's stack are refused where they are
-made, and a stored payload that holds anything at all fails its own job only."""
+made, payloads over ``max_payload_bytes`` too (to the byte), and a stored payload that holds anything at all
+fails its own job only."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -98,3 +102,67 @@ def test_a_result_or_progress_nested_too_deep_fails_cleanly(taskmesh_client: Cli
     assert status.state is JobState.FAILED
     assert "nested deeper than" in (status.error or {}).get("message", "")
     assert "nested deeper than" in progress.result(timeout=2)
+
+
+LIMIT = 1_000
+
+
+def payload_bytes(arg: str) -> int:
+    """The size of the payload of ``echo(arg)``."""
+    return len(encode_payload(echo.name, [arg], {}, sys.maxsize))
+
+
+#: The exact-size argument: ``echo(FITS)`` has a payload of exactly LIMIT bytes.
+FITS = "x" * (LIMIT - payload_bytes(""))
+
+
+async def aenqueue(client: Client, arg: str) -> None:
+    try:
+        await client.aenqueue(echo, arg)
+    finally:
+        await client.aclose()
+
+
+#: Every way a producer makes a payload: the job's, or a schedule's scheduled run's.
+ROUTES: dict[str, Callable[[Client, str], object]] = {
+    "enqueue": lambda client, arg: client.enqueue(echo, arg),
+    "submit": lambda client, arg: client.submit(echo.call(arg)),
+    "enqueue_many": lambda client, arg: client.enqueue_many([echo.call(arg)]),
+    "aenqueue": lambda client, arg: asyncio.run(aenqueue(client, arg)),
+    "schedule": lambda client, arg: client.schedule("sized", echo, every=60, args=[arg]),
+}
+
+
+@pytest.fixture
+def limited(taskmesh_client: Client) -> Iterator[Client]:
+    client = Client(settings=taskmesh_client.settings.replace(max_payload_bytes=LIMIT))
+    yield client
+    client.close()
+
+
+def written(client: Client) -> int:
+    return client.counts()["waiting"] + len(client.schedules())
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_payload_of_exactly_max_payload_bytes_is_accepted_and_one_byte_more_refused(
+    limited: Client, route: str
+) -> None:
+    assert payload_bytes(FITS) == LIMIT
+    with pytest.raises(PayloadError, match=f"payload is {LIMIT + 1} bytes, over the {LIMIT}-byte limit"):
+        ROUTES[route](limited, FITS + "x")
+    assert written(limited) == 0
+    ROUTES[route](limited, FITS)
+    assert written(limited) == 1
+
+
+def test_a_stored_schedule_of_exactly_max_payload_bytes_fires_and_one_byte_more_is_skipped(limited: Client) -> None:
+    roomier = Client(settings=limited.settings.replace(max_payload_bytes=LIMIT + 1))
+    try:
+        roomier.schedule("fits", echo, every=60, args=[FITS])
+        roomier.schedule("over", echo, every=60, args=[FITS + "x"])
+    finally:
+        roomier.close()
+    info = {i.entry.name: i for i in limited.schedules()}
+    assert info["fits"].skipped is None and info["fits"].next_tick is not None
+    assert f"payload is {LIMIT + 1} bytes, over the {LIMIT}-byte limit" in (info["over"].skipped or "")
