@@ -72,6 +72,11 @@ def blocked(label: str) -> str:
     return block(label)
 
 
+@task(name="inline.blocked_attempt")
+def blocked_attempt(job: Job) -> str:
+    return block(f"attempt {job.attempt}")
+
+
 @task(name="inline.blocked_with_timeout", timeout=0.1)
 def blocked_with_timeout() -> str:
     return block("timed out")
@@ -258,15 +263,23 @@ def test_sync_job_runs_promptly_while_a_timed_out_sync_body_still_blocks_the_onl
     assert stuck.status().state is JobState.FAILED
 
 
-def test_stopping_worker_hands_back_a_blocked_sync_job_without_waiting_for_it(
-    taskmesh_client: Client, taskmesh_worker: StartWorker
+def test_stopping_worker_hands_back_a_blocked_sync_job_without_waiting_for_it_or_spending_an_attempt(
+    taskmesh_client: Client, taskmesh_worker: StartWorker, taskmesh_drain: Drain
 ) -> None:
-    worker = taskmesh_worker([blocked], concurrency=1, grace_period=0.1)
-    handle = blocked.enqueue("held")
+    worker = taskmesh_worker([blocked_attempt], concurrency=1, grace_period=0.1)
+    handle = blocked_attempt.enqueue()
     assert entered.wait(BOUND)
     started = time.monotonic()
     stats = worker.stop(timeout=BOUND)
     assert time.monotonic() - started < 2.0
     assert stats.released == 1
-    assert handle.status().state is JobState.WAITING
-    assert ran == ["held started"], "the body is still running on its daemon thread"
+    status = handle.status()
+    assert (status.state, status.attempts) == (JobState.WAITING, 0), "a hand-back spends no attempt"
+    assert ran == ["attempt 1 started"], "the body is still running on its daemon thread"
+
+    release.set()
+    holders[0].join(BOUND)  # the abandoned body returns; its outcome is dropped
+    taskmesh_drain([blocked_attempt])
+    assert handle.result(timeout=BOUND) == "attempt 1 released", "the run after a hand-back is still the first attempt"
+    assert handle.status().attempts == 1
+    assert ran == ["attempt 1 started", "attempt 1 returned", "attempt 1 started", "attempt 1 returned"]
