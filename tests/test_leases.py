@@ -168,7 +168,8 @@ def test_a_stale_runs_reports_change_nothing_while_its_own_worker_runs_the_job_a
     taskmesh_client: Client, taskmesh_worker: StartWorker
 ) -> None:
     handle = held.enqueue()
-    worker = taskmesh_worker([held], concurrency=2, **SHORT)  # its second slot takes the job again
+    # Its second slot takes the job again; a longer lease keeps the new run's well clear of lapsing meanwhile.
+    worker = taskmesh_worker([held], concurrency=2, **{**SHORT, "lease_seconds": 1.0})
     lapse_first_lease(worker)
     stale, new = rerun()
     status = handle.status()
@@ -187,7 +188,7 @@ def test_a_stale_runs_reports_change_nothing_while_its_own_worker_runs_the_job_a
         JobState.ACTIVE,
         {"token": new.job.token},
         [f"run {new.job.token}"],
-    )
+    ), "the stale run's progress or log line was recorded"
     later = [fields for _, fields in events[len(before[1]) :]]
     assert [(fields["event"], fields.get("progress", fields.get("message"))) for fields in later] == [
         ("progress", f'{{"token":{new.job.token}}}'),
