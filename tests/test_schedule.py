@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
@@ -14,7 +14,7 @@ import pytest
 
 from taskmesh import Client, Job, JobState, Schedule, task
 from taskmesh.dispatch.scheduler import Scheduler
-from taskmesh.schedule import ScheduleEntry, version_of
+from taskmesh.schedule import ScheduleEntry, from_ms, version_of
 from taskmesh.store import connect, scripts
 from taskmesh.store.keys import schedules_key
 from taskmesh.testing import RunningWorker, wait_until
@@ -168,11 +168,33 @@ def test_each_tick_fires_once_and_never_before_its_time(taskmesh_client: Client)
     assert cron_state(taskmesh_client, "s")["last"] == second
 
 
+def test_a_tick_half_a_second_ahead_of_the_servers_clock_is_neither_fired_nor_passed_over(
+    taskmesh_client: Client,
+) -> None:
+    taskmesh_client.schedule("f", "sched.job", every=1)
+    now = server_ms(taskmesh_client)
+    set_last(taskmesh_client, "f", now - 5000)
+    # 500 ms ahead of the clock read just before (these calls take a few ms): not due by the script's clock.
+    # A check that let a tick through up to a second early would fire it, or move `last` past it.
+    ahead = now + 500
+    assert fire(taskmesh_client, "f", [ahead]) == [], "a tick ahead of the server's clock is refused"
+    assert fire(taskmesh_client, "f", [], passed=ahead) == [], "passing over a tick fires nothing"
+    assert cron_state(taskmesh_client, "f")["last"] == now - 5000, "a tick ahead is neither fired nor passed over"
+    assert taskmesh_client.status(f"f@{ahead}") is None
+    assert fire(taskmesh_client, "f", [], passed=now - 2000) == []
+    assert cron_state(taskmesh_client, "f")["last"] == now - 2000, "a tick due is passed over"
+    assert fire(taskmesh_client, "f", [now - 1, now]) == [f"f@{now - 1}", f"f@{now}"], "ticks due by now fire"
+    assert cron_state(taskmesh_client, "f")["last"] == now
+
+
 def test_overlap_skip_passes_a_tick_while_the_previous_run_is_unfinished(taskmesh_client: Client) -> None:
     taskmesh_client.schedule("o", "sched.job", every=1, overlap="skip")
     now = server_ms(taskmesh_client)
     set_last(taskmesh_client, "o", now - 5000)
     assert fire(taskmesh_client, "o", [now - 3000], overlap="skip") == [f"o@{now - 3000}"]
+    # A second scheduler offering the same tick finds it handled: it is not decided again (skipped as busy).
+    assert fire(taskmesh_client, "o", [now - 3000], overlap="skip") == []
+    assert stream(taskmesh_client, "tick_skipped") == [], "a tick offered again is not decided again"
     assert fire(taskmesh_client, "o", [now - 2000], overlap="skip") == [], "the previous run is still waiting"
     taskmesh_client.cancel(f"o@{now - 3000}")
     assert fire(taskmesh_client, "o", [now - 1000], overlap="skip") == [f"o@{now - 1000}"]
@@ -249,15 +271,21 @@ def test_misfire_catch_up_runs_every_missed_tick_up_to_its_maximum(taskmesh_clie
 
 
 def test_schedules_are_added_changed_paused_and_removed_at_run_time(taskmesh_client: Client) -> None:
+    added = server_ms(taskmesh_client)
     taskmesh_client.schedule("report", "sched.job", cron="0 6 * * *", tz=BERLIN, args=[1])
     [info] = taskmesh_client.schedules()
+    listed = server_ms(taskmesh_client)
     assert (info.entry.name, info.entry.task, info.entry.queue, info.paused) == (
         "report",
         "sched.job",
         "default",
         False,
     )
-    assert info.next_tick is not None and info.next_tick.astimezone().hour is not None
+    # The first 06:00 in Berlin after the schedule was added (or after the listing, if 06:00 passed between).
+    assert info.next_tick is not None
+    local = info.next_tick.astimezone(ZoneInfo(BERLIN))
+    assert local.time() == time(6, 0), local
+    assert from_ms(added) < info.next_tick and local - timedelta(days=1) <= from_ms(listed), (added, local)
     assert info.entry.schedule.describe == "cron '0 6 * * *' (Europe/Berlin)"
 
     taskmesh_client.schedule("report", "sched.job", every=30, queue="other")
@@ -390,12 +418,30 @@ def test_a_changed_schedule_fires_none_of_the_ticks_before_the_change(taskmesh_c
     set_last(taskmesh_client, "c", server_ms(taskmesh_client) - 8000)
     changed = server_ms(taskmesh_client)
     taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up")
-    run(scheduler_pass(taskmesh_client, name="c"))
-    # The eight ticks missed under the old timing stay unfired; a second that began after the change may fire.
+    restarted = cron_state(taskmesh_client, "c")["last"]
+    assert changed <= restarted <= server_ms(taskmesh_client), "the change restarts the state at its own time"
+    first = restarted - restarted % 1000 + 1000  # the first tick of the new timing after the change
+    wait_until(lambda: server_ms(taskmesh_client) >= first, timeout=5, message="the first tick after the change")
+    fired, _ = run(scheduler_pass(taskmesh_client, name="c"))
+    # The eight ticks missed under the old timing stay unfired; every tick after the change fires, from the first.
     ticks = [int(e["job"].partition("@")[2]) for e in stream(taskmesh_client, "enqueued") if e["job"].startswith("c@")]
-    assert all(tick >= changed for tick in ticks), (changed, ticks)
+    assert ticks, f"no tick fired after the change (state restarted at {restarted}, first tick {first})"
+    assert ticks == list(range(first, first + 1000 * fired, 1000)), (changed, restarted, ticks)
+    assert cron_state(taskmesh_client, "c")["last"] == ticks[-1]
     taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up")  # unchanged: state kept
-    assert cron_state(taskmesh_client, "c")["last"] <= server_ms(taskmesh_client)
+    assert cron_state(taskmesh_client, "c")["last"] == ticks[-1], "storing the same schedule again changes nothing"
+
+
+def test_storing_an_unchanged_schedule_again_keeps_its_missed_ticks(taskmesh_client: Client) -> None:
+    taskmesh_client.schedule("u", "sched.job", every=1, misfire="catch_up")
+    now = server_ms(taskmesh_client)
+    last = now - now % 1000 - 5000  # five whole seconds ago: at least five ticks missed since
+    set_last(taskmesh_client, "u", last)
+    taskmesh_client.schedule("u", "sched.job", every=1, misfire="catch_up")  # the same schedule again
+    assert cron_state(taskmesh_client, "u")["last"] == last, "the state is kept, not restarted"
+    fired, _ = run(scheduler_pass(taskmesh_client, name="u"))
+    ticks = [int(e["tick"]) for e in stream(taskmesh_client, "enqueued") if e.get("schedule") == "u"]
+    assert fired >= 5 and ticks == list(range(last + 1000, last + 1000 * (fired + 1), 1000)), (last, ticks)
 
 
 def test_a_removed_schedule_raced_by_a_pass_and_added_again_fires_no_old_ticks(taskmesh_client: Client) -> None:
