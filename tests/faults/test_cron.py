@@ -1,11 +1,16 @@
 """Schedulers under faults: three scheduler processes killed at random, and schedulers whose clocks are
-30 s wrong. Every tick of an every-second schedule is enqueued exactly once, never early, with no gap."""
+30 s wrong. Every tick of an every-second schedule is enqueued exactly once, never early, with no gap; and
+every tick is decided once: a job id dedupes a tick fired twice, so the events of an every-second schedule
+with overlap="skip" show it (a tick offered again while its own job is unfinished is recorded as skipped
+besides enqueued), and each schedule's state holds the latest tick decided."""
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import cast
 
@@ -19,6 +24,7 @@ from .processes import WorkerPool
 
 Workers = Callable[..., WorkerPool]
 NAME = "faults.every_second"
+UNLESS_BUSY = "faults.every_second_unless_busy"
 
 
 def server_ms(client: Client) -> int:
@@ -54,6 +60,33 @@ def check_ticks(ticks: dict[int, dict[str, int]], since: int, until: int) -> lis
     return window
 
 
+def check_decisions(client: Client, since: int, until: int) -> int:
+    """No tick of either schedule decided twice (enqueued or skipped more than once), each schedule's state
+    holding the latest tick decided, and every second in [since, until] decided for the overlap="skip"
+    schedule, with no gap; returns how many of its ticks were skipped as busy."""
+    keys = client.keys("default")
+    with client.redis.pipeline(transaction=True) as pipe:  # the events and the states at one instant
+        pipe.xrange(keys.events)
+        pipe.hgetall(keys.cron)
+        raw_events, raw_states = pipe.execute()
+    events = [fields for _, fields in cast(list[tuple[str, dict[str, str]]], raw_events)]
+    states = {name: json.loads(raw) for name, raw in cast(dict[str, str], raw_states).items()}
+    decided: dict[str, Counter[int]] = {}
+    for name in (NAME, UNLESS_BUSY):
+        mine = [f for f in events if f.get("schedule") == name and f["event"] in ("enqueued", "tick_skipped")]
+        decided[name] = Counter(int(f["tick"]) for f in mine)
+        twice = sorted(tick for tick, n in decided[name].items() if n > 1)
+        assert not twice, f"{name}: ticks decided twice (enqueued or skipped more than once): {twice[:10]}"
+        latest, last = max(decided[name], default=None), states[name]["last"]
+        assert last == latest, f"{name}: its state's last tick {last} is not the latest decided, {latest}"
+    window = sorted(tick for tick in decided[UNLESS_BUSY] if since <= tick <= until)
+    assert window, f"{UNLESS_BUSY}: no tick decided"
+    assert window == list(range(window[0], window[-1] + 1, 1000)), f"{UNLESS_BUSY}: gaps: {window}"
+    assert window[0] - since <= 1000 and until - window[-1] <= 1000, (since, window[0], window[-1], until)
+    events_skipped = [f for f in events if f["event"] == "tick_skipped" and f.get("schedule") == UNLESS_BUSY]
+    return len(events_skipped)
+
+
 def jitter(ticks: dict[int, dict[str, int]], window: list[int], field: str) -> dict[str, float]:
     late = sorted(ticks[t][field] - t for t in window if field in ticks[t])
     return {
@@ -87,9 +120,11 @@ def test_three_schedulers_killed_at_random_fire_each_tick_once(
     )
     ticks = fired(fault_client)
     window = check_ticks(ticks, since, until)
+    skipped = check_decisions(fault_client, since, until)
     report(
         ticks=len(window),
         kills=kills,
+        skipped_as_busy=skipped,
         enqueue_jitter=jitter(ticks, window, "created"),
         start_jitter=jitter(ticks, window, "started"),
     )
@@ -107,5 +142,8 @@ def test_schedulers_with_clocks_thirty_seconds_wrong_neither_fire_early_nor_twic
     until = server_ms(fault_client) - 1000
     ticks = fired(fault_client)
     window = check_ticks(ticks, since, until)
+    skipped = check_decisions(fault_client, since, until)
     assert max(ticks) <= server_ms(fault_client), "no tick from the future"
-    report(ticks=len(window), skews=list(skews), enqueue_jitter=jitter(ticks, window, "created"))
+    report(
+        ticks=len(window), skews=list(skews), skipped_as_busy=skipped, enqueue_jitter=jitter(ticks, window, "created")
+    )
