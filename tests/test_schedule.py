@@ -14,7 +14,7 @@ import pytest
 
 from taskmesh import Client, Job, JobState, Schedule, task
 from taskmesh.dispatch.scheduler import Scheduler
-from taskmesh.schedule import ScheduleEntry, from_ms, version_of
+from taskmesh.schedule import ScheduleEntry, version_of
 from taskmesh.store import connect, scripts
 from taskmesh.store.keys import schedules_key
 from taskmesh.testing import RunningWorker, wait_until
@@ -271,10 +271,10 @@ def test_misfire_catch_up_runs_every_missed_tick_up_to_its_maximum(taskmesh_clie
 
 
 def test_schedules_are_added_changed_paused_and_removed_at_run_time(taskmesh_client: Client) -> None:
-    added = server_ms(taskmesh_client)
+    added = datetime.fromtimestamp(server_ms(taskmesh_client) / 1000, UTC)
     taskmesh_client.schedule("report", "sched.job", cron="0 6 * * *", tz=BERLIN, args=[1])
     [info] = taskmesh_client.schedules()
-    listed = server_ms(taskmesh_client)
+    listed = datetime.fromtimestamp(server_ms(taskmesh_client) / 1000, UTC)
     assert (info.entry.name, info.entry.task, info.entry.queue, info.paused) == (
         "report",
         "sched.job",
@@ -285,7 +285,7 @@ def test_schedules_are_added_changed_paused_and_removed_at_run_time(taskmesh_cli
     assert info.next_tick is not None
     local = info.next_tick.astimezone(ZoneInfo(BERLIN))
     assert local.time() == time(6, 0), local
-    assert from_ms(added) < info.next_tick and local - timedelta(days=1) <= from_ms(listed), (added, local)
+    assert added < info.next_tick and local - timedelta(days=1) <= listed, (added, local)
     assert info.entry.schedule.describe == "cron '0 6 * * *' (Europe/Berlin)"
 
     taskmesh_client.schedule("report", "sched.job", every=30, queue="other")
