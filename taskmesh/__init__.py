@@ -1,5 +1,6 @@
 """taskmesh: a Python job queue on Redis. Fast, fenced, at-least-once, pleasant to use."""
 
+from ._version import __version__
 from .client import Client, default_client, set_default_client
 from .dispatch import Worker, WorkerStats
 from .errors import (
@@ -65,6 +66,7 @@ __all__ = [
     "Unrecoverable",
     "Worker",
     "WorkerStats",
+    "__version__",
     "default_client",
     "hookimpl",
     "set_default_client",
