@@ -66,7 +66,7 @@ class Client:
     """Connection to one taskmesh installation (a Redis URL and a key prefix)."""
 
     def __init__(self, url: str | None = None, *, prefix: str | None = None, settings: Settings | None = None) -> None:
-        base = settings or Settings.load(pyproject=None)
+        base = settings or Settings.load()
         self.settings = base.replace(**{k: v for k, v in {"redis_url": url, "prefix": prefix}.items() if v is not None})
         self._redis: redis.Redis | None = None
         self._direct: connect.Direct | redis.Redis | None = None

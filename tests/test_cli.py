@@ -614,3 +614,44 @@ def test_queues_and_events_skip_a_name_in_the_set_of_queues_that_is_no_queue_nam
     for result in (queues, events):
         _no_raw_controls(result.stdout + result.stderr)
         assert "taskmesh: ignoring 'bad name\\x1b[2J" in result.stderr
+
+
+# -- one configuration for producers and workers ----------------------------------
+
+
+@pytest.fixture
+def project(workdir: Path, taskmesh_redis_url: str, taskmesh_prefix: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``workdir`` as the current directory of a project whose pyproject.toml names the test Redis and the
+    test's prefix, with no ``TASKMESH_*`` variable set."""
+    (workdir / "pyproject.toml").write_text(
+        f'[project]\nname = "app"\n\n[tool.taskmesh]\nredis-url = "{taskmesh_redis_url}"\n'
+        f'prefix = "{taskmesh_prefix}"\n'
+    )
+    for name in [name for name in os.environ if name.startswith("TASKMESH_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+def test_a_producer_and_a_worker_started_in_one_project_use_its_redis_and_prefix(
+    project: Path, taskmesh_client: Client
+) -> None:
+    producer = Client()
+    try:
+        assert (producer.settings.redis_url, producer.settings.prefix) == (
+            taskmesh_client.settings.redis_url,
+            taskmesh_client.settings.prefix,
+        )
+        handle = producer.enqueue("cli.shout", "same")
+        worker = subprocess.run(
+            [sys.executable, "-m", "taskmesh", "run", "clitasks", "--burst"],
+            cwd=project,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
+        assert worker.returncode == 0, worker.stderr
+        assert handle.result(timeout=5) == "SAME "
+    finally:
+        producer.close()
