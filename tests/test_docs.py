@@ -4,21 +4,28 @@ name everything the source defines, and the docs' code examples run against a re
 from __future__ import annotations
 
 import html
+import importlib
 import inspect
 import re
-from collections.abc import Iterator
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from mkdocs.commands.build import build
 from mkdocs.config import load_config
 
 import taskmesh
-from taskmesh import errors, hookspecs
+from taskmesh import Call, Client, JobState, Limit, Registry, Worker, errors, hookspecs
+from taskmesh.testing import RunningWorker, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+EXAMPLES = ROOT / "docs" / "examples"
+BOUND = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +132,127 @@ def test_every_exported_name_is_in_the_rendered_api_reference(site: Path) -> Non
     page = article(site, "reference/api")
     for name in taskmesh.__all__:
         assert f'id="{name}"' in page, f"the API reference has no entry for {name}"
+
+
+# -- the docs' examples: real files, included into the pages, run here against a real Redis --------------
+
+
+def example(name: str) -> ModuleType:
+    """A module of docs/examples (which the pages include), imported as the pages name it."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module(name)
+
+
+def section(path: Path, name: str) -> str:
+    """The lines of a snippet section (``# --8<-- [start:name]`` to ``[end:name]``), dedented as pages show them."""
+    found = re.search(rf"# --8<-- \[start:{name}\]\n(.*?)\n\s*# --8<-- \[end:{name}\]", path.read_text(), re.S)
+    assert found, f"{path.name} has no section {name}"
+    return textwrap.dedent(found[1]).strip()
+
+
+def plugin_worker(client: Client, tasks: list[object], plugin: ModuleType, **settings: object) -> RunningWorker:
+    """A worker in a thread that loads ``plugin`` (the fixtures' workers load no plugins)."""
+    registry = Registry(tasks)  # type: ignore[arg-type]
+    cfg = client.settings.replace(queues=registry.queues, **settings)
+    return RunningWorker(Worker.create(registry, cfg, plugins=[plugin], entry_points=False)).start()
+
+
+def test_the_quickstart_tasks_run_with_the_names_queues_progress_and_log_they_declare(
+    taskmesh_client: Client, taskmesh_drain: Callable[..., object]
+) -> None:
+    tasks = example("myapp.tasks")
+    assert tasks.add(1, 2) == 3
+    assert (tasks.add.name, tasks.add.queue) == ("myapp.tasks.add", "default")
+    handle = tasks.export.enqueue("u1")
+    taskmesh_drain([tasks.export])
+    status = handle.status()
+    assert (status.state, status.result, status.progress) == (JobState.COMPLETED, {"url": "/reports/u1.csv"}, 40)
+    assert any("halfway" in line for line in status.logs), status.logs
+
+
+def test_the_quickstart_producer_follows_its_job_and_queues_a_delayed_one_by_its_id(
+    taskmesh_client: Client, taskmesh_worker: Callable[..., RunningWorker]
+) -> None:
+    tasks, producer = example("myapp.tasks"), example("myapp.producer")
+    taskmesh_worker([tasks.export])
+    job_id, state, result = producer.enqueue_and_follow()
+    assert result == {"url": "/reports/u1.csv"}
+    assert state in set(JobState) and taskmesh_client.status(job_id, "reports") is not None
+    delayed = taskmesh_client.status("export-u1", "reports")
+    assert delayed is not None and (delayed.state, delayed.priority) == (JobState.DELAYED, 10)
+
+
+def test_the_testing_page_examples_pass_with_the_fixtures(
+    taskmesh_client: Client,
+    taskmesh_drain: Callable[..., object],
+    taskmesh_worker: Callable[..., RunningWorker],
+) -> None:
+    tests = example("test_exports")
+    tests.test_export(taskmesh_client, taskmesh_drain)
+    tests.test_with_a_live_worker(taskmesh_client, taskmesh_worker)
+
+
+def test_the_flow_control_example_defers_on_slow_down_without_spending_an_attempt(
+    taskmesh_client: Client, taskmesh_drain: Callable[..., object]
+) -> None:
+    flow = example("myapp.flow_control")
+    handle = flow.call_partner_api.enqueue("o1")
+    taskmesh_drain([flow.call_partner_api])
+    status = handle.status()
+    assert (status.state, status.attempts) == (JobState.COMPLETED, 1)
+    assert flow.partner.posted.count("o1") == 1
+    events = [e.name for e in taskmesh_client.events(["default"], since="0", timeout=0.1) if e.job_id == handle.id]
+    assert "deferred" in events, events
+
+
+def test_the_flow_control_example_sets_a_queue_limit_resumes_and_cancels(taskmesh_client: Client) -> None:
+    flow = example("myapp.flow_control")
+    handle = taskmesh_client.submit(Call(flow.call_partner_api.name, ["o2"], queue="emails", delay=60))
+    flow.control(taskmesh_client, handle)
+    settings = taskmesh_client.queue_settings("emails")
+    assert (settings.paused, settings.limit) == (False, Limit(rate=10, per=1.0, max_active=50))
+    assert handle.status().state is JobState.CANCELLED
+
+
+def test_the_schedules_example_declares_three_schedules_and_manages_one(
+    taskmesh_client: Client, taskmesh_worker: Callable[..., RunningWorker], capsys: pytest.CaptureFixture[str]
+) -> None:
+    schedules = example("myapp.schedules")
+    declared = [schedules.nightly_cleanup, schedules.refresh_rates, schedules.sync_region]
+    taskmesh_worker(declared)
+    names = {task.name for task in declared}
+    wait_until(lambda: names <= {i.entry.name for i in taskmesh_client.schedules()}, BOUND, message="the schedules")
+    schedules.manage(taskmesh_client)
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("weekly-report ") and line.endswith(" False") for line in printed), printed
+    assert {i.entry.name for i in taskmesh_client.schedules()} == names
+
+
+def test_the_runner_example_runs_the_task_and_logs_done(taskmesh_client: Client) -> None:
+    timed_runner = example("timed_runner")
+    timed = taskmesh.task(name="docs.timed", runner="timed")(lambda: 42)
+    worker = plugin_worker(taskmesh_client, [timed], timed_runner)
+    try:
+        handle = timed.enqueue()
+        assert handle.result(timeout=BOUND) == 42
+    finally:
+        worker.stop()
+    assert handle.status().logs[-1].endswith("done"), handle.status().logs
+
+
+def test_the_sink_example_prints_each_event_of_a_job(
+    taskmesh_client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    print_sink = example("print_sink")
+    echo = taskmesh.task(name="docs.echo")(lambda value: value)
+    worker = plugin_worker(taskmesh_client, [echo], print_sink, sinks=("print",))
+    printed: list[str] = []
+    try:
+        handle = echo.enqueue(1)
+        handle.result(timeout=BOUND)
+        expected = f"completed {handle.id} docs.echo"
+        wait_until(lambda: printed.extend(capsys.readouterr().out.splitlines()) or expected in printed, BOUND)
+    finally:
+        worker.stop()
+    assert f"enqueued {handle.id} docs.echo" in printed, printed

@@ -1,0 +1,1 @@
+"""The application the documentation's examples use (``docs/examples`` on ``sys.path``)."""
