@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .store.keys import check_job_id
+from .names import check_job_id
 
 #: Every event name a script emits.
 EVENT_NAMES = (

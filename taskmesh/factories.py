@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from .errors import ConfigurationError
-from .store.keys import check_name
+from .names import check_name
 
 if TYPE_CHECKING:
     from .settings import Settings

@@ -1,6 +1,6 @@
 """taskmesh on a 3-master Redis Cluster: queues on different nodes, one worker for all, the CLI.
 
-The engine, event and smoke tests also run against this cluster (``pytestmark = pytest.mark.cluster``).
+The engine, event and smoke tests also run against this cluster (``pytestmark = pytest.mark.also_cluster``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from taskmesh.store.keys import claim_key
 from taskmesh.store.scripts import Leased, Update
 from taskmesh.testing import wait_until
 
-pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py)
+pytestmark = pytest.mark.also_cluster  # also run against a Redis Cluster (tests/conftest.py)
 
 TASK = "engine.noop"
 

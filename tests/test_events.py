@@ -12,7 +12,7 @@ from taskmesh import Client, Event, Job, PayloadError, WorkerStats, task
 from taskmesh.events import MAX_EVENT_BYTES, MalformedEvent
 from taskmesh.job import MAX_LOG_CHARS, MAX_PROGRESS_BYTES
 
-pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py)
+pytestmark = pytest.mark.also_cluster  # also run against a Redis Cluster (tests/conftest.py)
 
 Drain = Callable[..., WorkerStats]
 

@@ -21,7 +21,7 @@ from taskmesh.store.scripts import Leased, Update
 from taskmesh.testing import RunningWorker, wait_until
 
 StartWorker = Callable[..., RunningWorker]
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.also_cluster
 BOUND = 10.0
 FAST = {"lease_seconds": 1.0, "renew_interval": 0.1, "sweep_interval": 0.2}
 

@@ -22,7 +22,7 @@ from taskmesh.testing import RunningWorker, wait_until
 T = TypeVar("T")
 StartWorker = Callable[..., RunningWorker]
 BERLIN = "Europe/Berlin"
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.also_cluster
 
 
 def ms(text: str, tz: str = "UTC") -> int:

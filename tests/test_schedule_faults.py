@@ -23,7 +23,7 @@ from taskmesh.store import connect, scripts
 from taskmesh.store.keys import schedules_key
 from taskmesh.testing import wait_until
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.also_cluster
 BIG = ["x" * 600_000]  # over the default max_payload_bytes (512 KiB)
 
 

@@ -2,7 +2,7 @@ import pytest
 
 from taskmesh import Client, Job, task
 
-pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py)
+pytestmark = pytest.mark.also_cluster  # also run against a Redis Cluster (tests/conftest.py)
 
 
 @task

@@ -47,10 +47,10 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from ..client import CHILD_MARKER
-from ..dispatch.outcome import error_json, result_json
 from ..errors import Cancelled, Retry, SlowDown, Unrecoverable
 from ..job import Job
 from ..task import Task
+from .outcome import error_json, result_json
 
 #: Seconds a child gets between SIGTERM and SIGKILL when its attempt is stopped.
 TERM_GRACE = 1.0
