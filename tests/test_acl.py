@@ -1,7 +1,7 @@
 """ACL: a Redis user restricted to one prefix runs a worker and a producer, and cannot touch other prefixes.
 
-The rule is the one README.md documents (read from it: see ``acl_rule``). A user missing a command the scripts
-use is refused at start-up, and a script refused part-way loses no job.
+The rule is the one docs/operations/redis.md documents (read from it: see ``acl_rule``). A user missing a
+command the scripts use is refused at start-up, and a script refused part-way loses no job.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from taskmesh.store import scripts
 from taskmesh.testing import RunningWorker, running_worker, wait_until
 
 FAST = {"lease_seconds": 1.0, "renew_interval": 0.3, "sweep_interval": 0.2}
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOCUMENTED = Path(__file__).resolve().parent.parent / "docs" / "operations" / "redis.md"
 
 
 def documented_rule() -> list[str]:
-    """The ``ACL SETUSER app ...`` arguments README.md recommends, after the user name."""
-    block = re.search(r"```\nACL SETUSER app (.*?)\n```", README.read_text(), re.S)
-    assert block, "README.md lost its ACL SETUSER example"
+    """The ``ACL SETUSER app ...`` arguments docs/operations/redis.md recommends, after the user name."""
+    block = re.search(r"```\nACL SETUSER app (.*?)\n```", DOCUMENTED.read_text(), re.S)
+    assert block, "docs/operations/redis.md lost its ACL SETUSER example"
     return block.group(1).split()
 
 

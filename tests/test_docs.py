@@ -101,6 +101,11 @@ def error_classes() -> list[type[BaseException]]:
     ]
 
 
+def test_the_readme_is_a_door_of_at_most_200_lines() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move reference material into docs/"
+
+
 def test_every_hookspec_is_in_the_rendered_hook_reference_with_its_signature_and_docstring(site: Path) -> None:
     page = article(site, "extending/hooks")
     text = plain(page)
@@ -156,6 +161,12 @@ def plugin_worker(client: Client, tasks: list[object], plugin: ModuleType, **set
     registry = Registry(tasks)  # type: ignore[arg-type]
     cfg = client.settings.replace(queues=registry.queues, **settings)
     return RunningWorker(Worker.create(registry, cfg, plugins=[plugin], entry_points=False)).start()
+
+
+def test_the_readme_quickstart_is_the_docs_example() -> None:
+    readme = README.read_text()
+    assert (EXAMPLES / "myapp" / "tasks.py").read_text().strip() in readme, "the README's tasks differ from the example"
+    assert section(EXAMPLES / "myapp" / "producer.py", "enqueue") in readme, "the README's enqueue differs"
 
 
 def test_the_quickstart_tasks_run_with_the_names_queues_progress_and_log_they_declare(

@@ -20,7 +20,7 @@ from taskmesh.sinks import Sink, SinkRegistry
 from taskmesh.sinks import bus as bus_module
 from taskmesh.testing import RunningWorker, wait_until
 
-pytestmark = pytest.mark.also_cluster  # also against a 3-master Redis Cluster: each queue's stream on its own node
+pytestmark = pytest.mark.cluster  # also against a 3-master Redis Cluster: each queue's stream on its own node
 BOUND = 10.0
 
 
@@ -331,10 +331,10 @@ def test_the_largest_progress_and_log_line_a_task_reports_reach_the_sinks_whatev
     assert not [r for r in caplog.records if r.name == "taskmesh.sinks"]
 
 
-def test_the_readme_counts_skipped_entries_where_the_worker_does() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    found = re.search(r"\*\*Entries that are not events are skipped, never fatal\.\*\*(.*?)\n\n", readme, re.S)
-    assert found, "README.md lost its paragraph on skipped entries"
+def test_the_docs_count_skipped_entries_where_the_worker_does() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "guide" / "sinks.md").read_text()
+    found = re.search(r"\*\*Entries that are not events are skipped, never fatal\.\*\*(.*?)\n\n", page, re.S)
+    assert found, "docs/guide/sinks.md lost its paragraph on skipped entries"
     assert "`WorkerStats.events_skipped`" in found[1] and "events_dropped" not in found[1]
 
 
