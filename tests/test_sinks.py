@@ -20,7 +20,7 @@ from taskmesh.sinks import Sink, SinkRegistry
 from taskmesh.sinks import bus as bus_module
 from taskmesh.testing import RunningWorker, wait_until
 
-pytestmark = pytest.mark.cluster  # also against a 3-master Redis Cluster: each queue's stream on its own node
+pytestmark = pytest.mark.also_cluster  # also against a 3-master Redis Cluster: each queue's stream on its own node
 BOUND = 10.0
 
 
