@@ -37,22 +37,29 @@ __all__ = [  # the name checks are re-exported for modules that import them from
     "workers_key",
 ]
 
-# The order is the KEYS layout documented in lua/lib.lua.
+# The KEYS layout of every script, in order: scripts.py declares each name as the Lua local K_<NAME> (the
+# first ENQUEUE_KEYS in the prelude's head, the others after it). A script's own keys follow these (step: the
+# worker's claim list, see claim_key). The scripts name one kind of key themselves, as it exists per task: a
+# task's rate log (`rate:<task>`, from `rate`).
 QUEUE_KEY_NAMES = (
-    "jobs",
-    "payloads",
-    "waiting",
-    "delayed",
-    "events",
-    "seq",
-    "wakeup",
-    "active",
-    "completed",
-    "failed",
-    "cancelled",
-    "meta",
+    "jobs",  # hash: job id -> JSON record
+    "payloads",  # hash: job id -> JSON payload
+    "waiting",  # zset: higher priority first, then FIFO (see PRIO_SPAN in lua/lib.lua)
+    "delayed",  # zset: score = due ms
+    "events",  # stream of the queue's events
+    "seq",  # counter: FIFO order and fencing tokens
+    "wakeup",  # list of wake-up tokens for idle workers
+    "active",  # zset: score = lease deadline ms
+    "completed",  # zset: score = finish ms
+    "failed",  # zset: score = finish ms
+    "cancelled",  # zset: score = finish ms
+    "meta",  # hash: 'paused'; limits as JSON {rate, per, max} under 'limit:' (the queue) and 'limit:<task>'
+    "running",  # hash: task -> active jobs leased under the task's max
+    "rate",  # zset: lease token -> ms, the queue's sliding-window log of leases (a task's: `rate:<task>`)
+    "never",  # never created: the scripts' probe of maxmemory writes to it (see out_of_memory in lua/lib.lua)
+    "cron",  # hash: schedule name -> JSON state of the schedules that enqueue to this queue (see lua/cron.lua)
 )
-#: The enqueue script touches only the first seven (fewer arguments on the hottest call).
+#: The enqueue script gets only the first seven, the keys it touches (fewer arguments on the hottest call).
 ENQUEUE_KEYS = 7
 
 
@@ -73,14 +80,14 @@ class QueueKeys:
     seq: str
     wakeup: str
     meta: str
+    running: str
+    rate: str
+    never: str
+    #: The state of the schedules that enqueue to this queue (see ``lua/cron.lua``).
+    cron: str
     all: tuple[str, ...]
     #: The KEYS of the enqueue script (the first ENQUEUE_KEYS of ``all``).
     enqueue: tuple[str, ...]
-
-    @property
-    def cron(self) -> str:
-        """The state of the schedules that enqueue to this queue (see ``lua/cron.lua``); same hash tag."""
-        return self.jobs[: -len("jobs")] + "cron"
 
     @classmethod
     def of(cls, prefix: str, queue: str) -> QueueKeys:

@@ -11,8 +11,9 @@ local COMMANDS = {
   ZPOPMIN = {}, ZRANGE = {'0', '1'}, ZRANGEBYSCORE = {'0', '1'}, ZREM = {'m'}, ZREMRANGEBYSCORE = {'0', '1'},
   ZSCORE = {'m'},
 }
-local keys = {K_NEVER, TAG .. ':running', TAG .. ':rate', TAG .. ':rate:task', TAG .. ':cron', K_WAKEUP .. ':claim:w'}
-for i = 1, 12 do keys[#keys + 1] = KEYS[i] end
+-- The queue's keys, and a sample of each kind a script gets or names besides: a task's rate log, a claim list.
+local keys = {K_RATE .. ':task', K_WAKEUP .. ':claim:w'}
+for i = 1, N_QUEUE_KEYS do keys[#keys + 1] = KEYS[i] end
 local denied = {}
 for command, args in pairs(COMMANDS) do
   for _, key in ipairs(keys) do

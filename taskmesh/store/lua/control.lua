@@ -40,7 +40,7 @@ elseif op == 'limit' then
   end
   -- A log of starts must outlive the longest window it serves.
   if limit and limit.rate then
-    local log = TAG .. ':rate'
+    local log = K_RATE
     if task ~= '' then log = log .. ':' .. task end
     redis.call('PEXPIRE', log, limit.per + 1)
   end

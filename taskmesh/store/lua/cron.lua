@@ -1,4 +1,4 @@
--- Schedules' state in the queue's slot (TAG:cron, hash name -> JSON {last, v, r, nv, job, paused}):
+-- Schedules' state in the queue's slot (K_CRON, hash name -> JSON {last, v, r, nv, job, paused}):
 -- `last` is the latest tick handled (fired or passed over); `v` the version of the schedule's entry
 -- the state is kept for (a digest of its stored JSON) and `r` its revision (the entry's `rev`: each
 -- change a client makes stores the next; none: unordered); `nv` a version a client is about to store
@@ -25,7 +25,6 @@
 -- a version older than the one kept (by revision) is not taken back, so a scheduler that read the entry
 -- just before a change does not restart the new version's state.
 -- Returns the ids of the jobs enqueued (fire), the look result (look), else 1.
-local K_CRON = TAG .. ':cron'
 local op, name = ARGV[2], ARGV[3]
 
 if op == 'remove' then

@@ -1,22 +1,14 @@
 -- Shared prelude, prepended to every script by taskmesh/store/scripts.py.
--- KEYS (all share the queue's hash tag; enqueue gets the first 7, the keys it touches, every
--- other script all 12):
---   1 jobs (hash id -> JSON record)   2 payloads (hash id -> JSON payload)
---   3 waiting (zset)  4 delayed (zset, due ms)
---   5 events (stream)  6 seq (counter: FIFO order and fencing tokens)  7 wakeup (list)
---   8 active (zset, lease deadline ms)  9 completed  10 failed  11 cancelled (zsets, finish ms)
---   12 meta (hash: 'paused', and limits as JSON {rate, per, max} under 'limit:' for the
---      queue and 'limit:<task>' for a task)
--- Derived keys, named from the same hash tag (so in the same Cluster slot): TAG:running (hash
--- task -> active jobs leased under the task's max), TAG:rate and TAG:rate:<task> (sliding-window
--- logs of lease times, zsets token -> ms).
+-- KEYS: the queue's keys in the order of QUEUE_KEY_NAMES (taskmesh/store/keys.py says what each holds),
+-- all under the queue's hash tag (one Cluster slot). scripts.py declares each as a local K_<NAME>: the
+-- first ENQUEUE_KEYS (those enqueue gets, the only ones this head may use) before the prelude, the others
+-- after its head, with N_QUEUE_KEYS, their number (KEYS after them are a script's own: step's claim list).
+-- Every key a script touches comes in KEYS (Cluster routing and ACL checks rely on it) but for one kind,
+-- which exists per task: a task's rate log, K_RATE .. ':' .. task, named from K_RATE (so in its slot).
 -- ARGV[1] is always the events stream's approximate MAXLEN.
 --
 -- Writes are batched: records are read once (cached), zset changes are collected, and
 -- flush() sends each kind in one command; the stream is trimmed once per script.
-local K_JOBS, K_PAYLOADS, K_WAITING, K_DELAYED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_EVENTS, K_SEQ, K_WAKEUP = KEYS[5], KEYS[6], KEYS[7]
-local K_ACTIVE, K_COMPLETED, K_FAILED, K_CANCELLED, K_META = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local MAXLEN = ARGV[1]
 local WAKEUP_CAP = 16
 -- Waiting score: higher priority first, FIFO within a priority (|prio| <= 1000, seq < 2^40).
@@ -99,8 +91,6 @@ end
 -- What comes before the next line is all a script's early part may use (see scripts.py).
 -- @end-of-head
 
-local TAG = string.sub(K_JOBS, 1, -6)
-local K_RUNNING = TAG .. ':running'
 local CHUNK = 1000
 
 -- Events go out after the state they announce is written (flush() sends them last), so a script refused
@@ -121,7 +111,6 @@ end
 -- renewals) calls allow_oom() first, so a full Redis cannot make a finished job run again. Both are
 -- writes that change nothing, on a key no script creates (`never`), whatever its type: SETRANGE of an
 -- empty value may grow memory (Redis refuses it when full), HDEL cannot (Redis lets it and what follows).
-local K_NEVER = TAG .. ':never'
 local function out_of_memory()
   local err = refused(redis.pcall('SETRANGE', K_NEVER, 0, ''))
   return err ~= nil and string.find(err, 'OOM', 1, true) ~= nil

@@ -2,7 +2,8 @@
 -- promote due delayed jobs and lease up to `want` waiting ones, within the queue's limits.
 -- ARGV: [2] lease_ms, [3] want, [4] worker id, [5] promote limit,
 --   [6] completed keep, [7] completed age ms, [8] failed keep, [9] failed age ms,
---   [10] JSON array of updates, each [kind, id, token, value, delay_ms, max_attempts]
+--   [10] JSON array of updates, each [kind, id, token, value, delay_ms, max_attempts] (scripts.Update: read
+--   by the names U_KIND, U_ID, ... the prelude declares from its fields)
 --   kind: p = progress (value: JSON), l = log line, c = complete (value: result JSON),
 --         f = fail (value: error JSON; delay_ms >= 0 retries while attempts remain, -1 never),
 --         r = release (hand back without spending an attempt),
@@ -15,8 +16,8 @@
 --   why nothing was leased though `want` asked for jobs ('OOM': Redis is out of memory; else the error
 --   a command of the lease met) or false (the updates were applied either way),
 --   the error a refused event met (the changes were made; their events are lost) or false}
--- KEYS[13], when given, is the worker's claim list: the step leases only if it holds a wake-up
--- token (moved there by the BLMOVE queued just before this step on the same connection).
+-- KEYS[N_QUEUE_KEYS + 1], when given, is the worker's claim list: the step leases only if it holds a
+-- wake-up token (moved there by the BLMOVE queued just before this step on the same connection).
 -- Cancelled jobs follow the failed jobs' retention.
 --
 -- Everything that can fail is read or checked before the first write that depends on it: the
@@ -51,7 +52,8 @@ end
 if paused then want = 0 end
 
 local updates = cjson.decode(ARGV[10])
-if KEYS[13] and not redis.call('LPOP', KEYS[13]) then want = 0 end
+local K_CLAIM = KEYS[N_QUEUE_KEYS + 1]
+if K_CLAIM and not redis.call('LPOP', K_CLAIM) then want = 0 end
 local completed_keep, completed_age = tonumber(ARGV[6]), tonumber(ARGV[7])
 local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
 local accepted = {}
@@ -66,10 +68,10 @@ local function to_delayed(id, rec, delay)
 end
 
 local ids = {}
-for i, u in ipairs(updates) do ids[i] = u[2] end
+for i, u in ipairs(updates) do ids[i] = u[U_ID] end
 preload(ids)
 for i, u in ipairs(updates) do
-  local kind, id, token, value = u[1], u[2], u[3], u[4]
+  local kind, id, token, value = u[U_KIND], u[U_ID], u[U_TOKEN], u[U_VALUE]
   local rec = load(id)
   if not rec or rec.state ~= 'active' or rec.token ~= token then
     accepted[i] = 0
@@ -95,7 +97,7 @@ for i, u in ipairs(updates) do
       emit('completed', id)
       completed = completed + 1
     elseif kind == 'f' then
-      local delay, max_attempts = u[5], u[6]
+      local delay, max_attempts = u[U_DELAY_MS], u[U_MAX_ATTEMPTS]
       rec.error = value
       if delay >= 0 and rec.attempt < max_attempts then
         leave_active(id, rec)
@@ -121,8 +123,8 @@ for i, u in ipairs(updates) do
       leave_active(id, rec)
       rec.attempt = rec.attempt - 1
       rec.error = value
-      to_delayed(id, rec, u[5])
-      emit('deferred', id, 'delay', u[5])
+      to_delayed(id, rec, u[U_DELAY_MS])
+      emit('deferred', id, 'delay', u[U_DELAY_MS])
     end
     save(id, rec)
   end
@@ -183,8 +185,8 @@ local function lease()
   if want > 0 and queue_limit then
     if queue_limit.max then want = math.min(want, queue_limit.max - redis.call('ZCARD', K_ACTIVE)) end
     if queue_limit.rate and want > 0 then
-      local free = window(TAG .. ':rate', queue_limit)
-      if free < want then held_back[TAG .. ':rate'] = queue_limit end
+      local free = window(K_RATE, queue_limit)
+      if free < want then held_back[K_RATE] = queue_limit end
       want = math.min(want, free)
     end
   end
@@ -229,14 +231,14 @@ local function lease()
           if not r then
             r = {cap = 1e9, rate = 1e9}
             if limit.max then r.cap = limit.max - (tonumber(redis.call('HGET', K_RUNNING, rec.task)) or 0) end
-            if limit.rate then r.rate = window(TAG .. ':rate:' .. rec.task, limit) end
+            if limit.rate then r.rate = window(K_RATE .. ':' .. rec.task, limit) end
             room[rec.task] = r
           end
           if r.cap > 0 and r.rate > 0 then
             picked[#picked + 1] = id
             r.cap, r.rate = r.cap - 1, r.rate - 1
           elseif r.cap > 0 then
-            held_back[TAG .. ':rate:' .. rec.task] = limit
+            held_back[K_RATE .. ':' .. rec.task] = limit
           end
         elseif rec then
           picked[#picked + 1] = id
@@ -258,8 +260,8 @@ local function lease()
       local rec = load(id)
       leased[i] = {id, token, rec.attempt + 1, rec.task, payloads[i] or ''}
       local limit = task_limits and task_limits[rec.task]
-      if limit and limit.rate then logs[#logs + 1] = {TAG .. ':rate:' .. rec.task, limit, token} end
-      if queue_limit and queue_limit.rate then logs[#logs + 1] = {TAG .. ':rate', queue_limit, token} end
+      if limit and limit.rate then logs[#logs + 1] = {K_RATE .. ':' .. rec.task, limit, token} end
+      if queue_limit and queue_limit.rate then logs[#logs + 1] = {K_RATE, queue_limit, token} end
       if limit and limit.max then counted[#counted + 1] = rec.task end
     end
     for _, entry in ipairs(logs) do record_lease(entry[1], entry[2], entry[3]) end
