@@ -15,38 +15,30 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
-
-from .errors import ConfigurationError, JobNotFound
+from .default import CHILD_MARKER, default_client, set_default_client, use_factory
+from .errors import JobNotFound
 from .events import FINAL_EVENTS, Event, MalformedEvent
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
-from .limits import Limit, QueueSettings, parse_settings
+from .limits import Limit, QueueSettings
 from .schedule import (
-    UNDECODED,
     Schedule,
     ScheduleEntry,
     ScheduleInfo,
-    aread_stored,
     key_of,
-    look_commands,
     queue_of,
     read_entries,
-    read_stored,
     revised,
     schedule_info,
     store_calls,
 )
 from .settings import Settings
-from .store import connect, scripts
-from .store.keys import QueueKeys, check_job_id, check_name, check_new_job_id, queues_key, schedules_key, workers_key
+from .store import AsyncQueueStore, EventEntry, QueueStore, connect
+from .store.base import JOB_VALUES, AsyncRedis, JobValues, SyncRedis
+from .store.keys import QueueKeys, check_name, check_new_job_id
 from .task import Task, check_delay, check_priority, check_run_at
 
 log = logging.getLogger("taskmesh.client")
 STATES = tuple(state.value for state in JobState)
-# One job as the enqueue script takes it: id, task, payload, priority, delay_ms, run_at_ms.
-_JobValues = tuple[str, str, str, int, int, int]
-_JOB_VALUES = 6
 _NAME_CACHE_SIZE = 1000
 # Blocking reads stay well under the connection socket timeout (redis-py defaults to 5 s).
 _BLOCK_MS = 1000
@@ -63,18 +55,20 @@ class _Batch:
 
 
 class Client:
-    """Connection to one taskmesh installation (a Redis URL and a key prefix)."""
+    """Connection to one taskmesh installation (a Redis URL and a key prefix).
+
+    Every Redis call goes through :attr:`store` (sync) or :attr:`astore` (asyncio, one per event loop);
+    the client checks and encodes what it is given, and turns what the store answers into jobs and events.
+    """
 
     def __init__(self, url: str | None = None, *, prefix: str | None = None, settings: Settings | None = None) -> None:
         base = settings or Settings.load()
         self.settings = base.replace(**{k: v for k, v in {"redis_url": url, "prefix": prefix}.items() if v is not None})
-        self._redis: redis.Redis | None = None
-        self._direct: connect.Direct | redis.Redis | None = None
-        self._aredis: aredis.Redis | None = None
-        self._adirect: connect.AsyncDirect | aredis.Redis | None = None
+        self._known_queues: set[str] = set()  # registered already, shared by the sync and the async stores
+        #: The sync store: every Redis call of the sync methods goes through it.
+        self.store = QueueStore(self.settings, known=self._known_queues)
+        self._astore: AsyncQueueStore | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
-        self._keys: dict[str, QueueKeys] = {}
-        self._known_queues: set[str] = set()
         self._task_names: set[str] = set()  # task names already validated
         self._skipped = 0  # malformed stream entries events() and aevents() left out
 
@@ -84,57 +78,45 @@ class Client:
     # -- connections -------------------------------------------------------
 
     @property
-    def direct(self) -> connect.Direct | redis.Redis:
-        """Where script calls go: :class:`~taskmesh.store.connect.Direct` connections (on a cluster, the client)."""
-        if self._direct is None:
-            self._direct = connect.direct(self.redis)
-        return self._direct
-
-    @property
-    def adirect(self) -> connect.AsyncDirect | aredis.Redis:
-        """The asyncio twin of :attr:`direct`, for the running event loop."""
-        client = self.aredis  # first: a new event loop drops the direct connections of the old one
-        if self._adirect is None:
-            self._adirect = connect.async_direct(client)
-        return self._adirect
-
-    @property
-    def redis(self) -> redis.Redis:
-        if self._redis is None:
-            self._redis = connect.sync_client(self.settings.redis_url)
-        return self._redis
-
-    @property
-    def aredis(self) -> aredis.Redis:
-        """The async connection pool of the running event loop (made anew for a new loop)."""
+    def astore(self) -> AsyncQueueStore:
+        """The async store of the running event loop (made anew for a new loop)."""
         loop = asyncio.get_running_loop()
-        if self._aredis is None or self._aloop is not loop:
-            self._aredis = connect.async_client(self.settings.redis_url)
-            self._adirect = None
+        if self._astore is None or self._aloop is not loop:
+            self._astore = AsyncQueueStore(self.settings, known=self._known_queues)
             self._aloop = loop
-        return self._aredis
+        return self._astore
+
+    @property
+    def redis(self) -> SyncRedis:
+        """The sync store's redis-py client, for tests and advanced use (taskmesh itself calls the store)."""
+        return self.store.redis
+
+    @property
+    def direct(self) -> connect.Direct | SyncRedis:
+        """Where the sync store's script calls go: :class:`~taskmesh.store.connect.Direct` connections (on a
+        cluster, the client)."""
+        return self.store.direct
+
+    @property
+    def aredis(self) -> AsyncRedis:
+        """The async store's redis-py client, for the running event loop."""
+        return self.astore.redis
+
+    @property
+    def adirect(self) -> connect.AsyncDirect | AsyncRedis:
+        """The asyncio twin of :attr:`direct`, for the running event loop."""
+        return self.astore.direct
 
     def keys(self, queue: str) -> QueueKeys:
-        keys = self._keys.get(queue)
-        if keys is None:
-            keys = self._keys[queue] = QueueKeys.of(self.settings.prefix, check_name("queue name", queue))
-        return keys
+        return self.store.keys(queue)
 
     def close(self) -> None:
-        if self._direct is not None:
-            self._direct.close()
-            self._direct = None
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
+        self.store.close()
 
     async def aclose(self) -> None:
-        if self._adirect is not None:
-            await self._adirect.aclose()
-            self._adirect = None
-        if self._aredis is not None:
-            await self._aredis.aclose()
-            self._aredis = None
+        if self._astore is not None:
+            await self._astore.aclose()
+            self._astore = None
 
     # -- enqueue -------------------------------------------------------------
 
@@ -157,48 +139,23 @@ class Client:
         return await self._asubmit(call.queue, self._call_job(call))
 
     @connect.guard
-    def _submit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
-        keys = self.keys(queue).enqueue
-        self._remember(queue)
-        result = scripts.call(self.direct, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
-        return JobHandle(self, job[0], queue, result[0] == 1)
+    def _submit(self, queue: str, job: JobValues) -> JobHandle[Any]:
+        return JobHandle(self, job[0], queue, self.store.enqueue(queue, job))
 
     @connect.aguard
-    async def _asubmit(self, queue: str, job: _JobValues) -> JobHandle[Any]:
-        keys = self.keys(queue).enqueue
-        await self._aremember(queue)
-        result = await scripts.acall(self.adirect, "enqueue", keys, [self.settings.events_maxlen, 1, *job])
-        return JobHandle(self, job[0], queue, result[0] == 1)
-
-    def _remember(self, queue: str) -> None:
-        """Add ``queue`` (checked first) to the prefix's set of queues (once per client)."""
-        if queue not in self._known_queues:
-            self.keys(queue)
-            self.redis.sadd(queues_key(self.settings.prefix), queue)
-            self._known_queues.add(queue)
-
-    async def _aremember(self, queue: str) -> None:
-        if queue not in self._known_queues:
-            self.keys(queue)
-            await self.aredis.sadd(queues_key(self.settings.prefix), queue)
-            self._known_queues.add(queue)
+    async def _asubmit(self, queue: str, job: JobValues) -> JobHandle[Any]:
+        return JobHandle(self, job[0], queue, await self.astore.enqueue(queue, job))
 
     @connect.guard
     def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         """Queue many jobs in one round trip (one script call per queue). Nothing is written if one is invalid."""
         batches = self._prepare(calls)
-        commands, new_queues = self._enqueue_commands(batches)
-        results = scripts.run_pipeline(self.redis, commands)
-        self._known_queues |= new_queues
-        return self._handles(batches, results[-len(batches) :])
+        return self._handles(batches, self.store.enqueue_many({q: b.values for q, b in batches.items()}))
 
     @connect.aguard
     async def aenqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[Any]]:
         batches = self._prepare(calls)
-        commands, new_queues = self._enqueue_commands(batches)
-        results = await scripts.arun_pipeline(self.aredis, commands)
-        self._known_queues |= new_queues
-        return self._handles(batches, results[-len(batches) :])
+        return self._handles(batches, await self.astore.enqueue_many({q: b.values for q, b in batches.items()}))
 
     def _prepare(self, calls: Iterable[Call]) -> dict[str, _Batch]:
         """Validate and encode every call, grouped by queue; raises before anything is written."""
@@ -212,19 +169,7 @@ class Client:
             batch.values += self._call_job(call)
         return batches
 
-    def _enqueue_commands(self, batches: dict[str, _Batch]) -> tuple[list[tuple[Any, ...]], set[str]]:
-        """The SADD of queues not yet registered (the caller records them once it ran), then one EVALSHA per queue."""
-        commands: list[tuple[Any, ...]] = []
-        new = set(batches) - self._known_queues
-        if new:
-            commands.append(("SADD", queues_key(self.settings.prefix), *new))
-        for queue, batch in batches.items():
-            keys = self.keys(queue).enqueue
-            values = (self.settings.events_maxlen, len(batch.indexes), *batch.values)
-            commands.append(("EVALSHA", scripts.sha("enqueue"), len(keys), *keys, *values))
-        return commands, new
-
-    def _call_job(self, call: Call) -> _JobValues:
+    def _call_job(self, call: Call) -> JobValues:
         return self._job(call.task, call.args, call.kwargs, call.priority, call.job_id, call.delay, call.run_at)
 
     def _job(
@@ -236,7 +181,7 @@ class Client:
         job_id: str | None = None,
         delay: float | None = None,
         run_at: datetime | None = None,
-    ) -> _JobValues:
+    ) -> JobValues:
         """Validate and encode one job into its enqueue-script values; raises before anything is written."""
         if task not in self._task_names:
             check_name("task name", task)
@@ -255,12 +200,12 @@ class Client:
         payload = encode_payload(task, args, kwargs, self.settings.max_payload_bytes)
         return job_id, task, payload, check_priority(priority), delay_ms, run_at_ms
 
-    def _handles(self, batches: dict[str, _Batch], results: list[Any]) -> list[JobHandle[Any]]:
-        """Handles in call order, from each queue's script result."""
+    def _handles(self, batches: dict[str, _Batch], results: list[list[tuple[bool, str]]]) -> list[JobHandle[Any]]:
+        """Handles in call order, from each queue's (created, state) per job."""
         found: dict[int, JobHandle[Any]] = {}
         for (queue, batch), result in zip(batches.items(), results, strict=True):
-            ids = batch.values[::_JOB_VALUES]
-            for index, job_id, (created, _) in zip(batch.indexes, ids, scripts.parse_enqueue(result), strict=True):
+            ids = batch.values[::JOB_VALUES]
+            for index, job_id, (created, _) in zip(batch.indexes, ids, result, strict=True):
                 found[index] = JobHandle(self, job_id, queue, created)
         return [found[index] for index in range(len(found))]
 
@@ -268,41 +213,33 @@ class Client:
 
     @connect.guard
     def status(self, job_id: str, queue: str = "default") -> JobStatus | None:
-        raw = self.redis.hget(self.keys(queue).jobs, job_id)
+        raw = self.store.job_record(queue, job_id)
         return None if raw is None else JobStatus.from_record(job_id, queue, raw)
 
     @connect.aguard
     async def astatus(self, job_id: str, queue: str = "default") -> JobStatus | None:
-        raw = await self.aredis.hget(self.keys(queue).jobs, job_id)
+        raw = await self.astore.job_record(queue, job_id)
         return None if raw is None else JobStatus.from_record(job_id, queue, raw)
 
     @connect.guard
     def job(self, job_id: str, queue: str = "default") -> JobHandle[Any] | None:
         """A handle on an existing job, or None."""
-        exists = self.redis.hexists(self.keys(queue).jobs, job_id)
+        exists = self.store.has_job(queue, job_id)
         return JobHandle(self, job_id, queue, created=False) if exists else None
 
     @connect.aguard
     async def ajob(self, job_id: str, queue: str = "default") -> JobHandle[Any] | None:
-        exists = await self.aredis.hexists(self.keys(queue).jobs, job_id)
+        exists = await self.astore.has_job(queue, job_id)
         return JobHandle(self, job_id, queue, created=False) if exists else None
 
     @connect.guard
     def counts(self, queue: str = "default") -> dict[str, int]:
         """Number of jobs per state in ``queue``."""
-        keys = self.keys(queue)
-        with self.redis.pipeline(transaction=False) as pipe:
-            for state in STATES:
-                pipe.zcard(getattr(keys, state))
-            return dict(zip(STATES, pipe.execute(), strict=True))
+        return self.store.counts(queue)
 
     @connect.aguard
     async def acounts(self, queue: str = "default") -> dict[str, int]:
-        keys = self.keys(queue)
-        async with self.aredis.pipeline(transaction=False) as pipe:
-            for state in STATES:
-                pipe.zcard(getattr(keys, state))
-            return dict(zip(STATES, await pipe.execute(), strict=True))
+        return await self.astore.counts(queue)
 
     # -- control ---------------------------------------------------------------
 
@@ -311,35 +248,29 @@ class Client:
         """Cancel a job. Returns ``"cancelled"`` (it was waiting or delayed: done at once),
         ``"cancelling"`` (it is running: its worker stops it within ``renew_interval`` and it ends
         cancelled) or the final state it had already reached. Raises :class:`JobNotFound`."""
-        args = scripts.cancel_args(self.settings, check_job_id(job_id))
-        return _cancelled(job_id, queue, scripts.call(self.direct, "cancel", self.keys(queue).all, args))
+        return _cancelled(job_id, queue, self.store.cancel(queue, job_id))
 
     @connect.aguard
     async def acancel(self, job_id: str, queue: str = "default") -> str:
-        args = scripts.cancel_args(self.settings, check_job_id(job_id))
-        return _cancelled(job_id, queue, await scripts.acall(self.adirect, "cancel", self.keys(queue).all, args))
+        return _cancelled(job_id, queue, await self.astore.cancel(queue, job_id))
 
     @connect.guard
     def pause(self, queue: str = "default") -> None:
         """Workers stop leasing from ``queue`` (running jobs go on; enqueue still works)."""
-        self._remember(queue)
-        scripts.call(self.direct, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
+        self.store.pause(queue)
 
     @connect.aguard
     async def apause(self, queue: str = "default") -> None:
-        await self._aremember(queue)
-        await scripts.acall(self.adirect, "control", self.keys(queue).all, [self.settings.events_maxlen, "pause"])
+        await self.astore.pause(queue)
 
     @connect.guard
     def resume(self, queue: str = "default") -> None:
         """Undo :meth:`pause`; idle workers are woken at once."""
-        self._remember(queue)
-        scripts.call(self.direct, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
+        self.store.resume(queue)
 
     @connect.aguard
     async def aresume(self, queue: str = "default") -> None:
-        await self._aremember(queue)
-        await scripts.acall(self.adirect, "control", self.keys(queue).all, [self.settings.events_maxlen, "resume"])
+        await self.astore.resume(queue)
 
     @connect.guard
     def set_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
@@ -347,17 +278,15 @@ class Client:
 
         A task's ``@task(rate_limit=..., max_active=...)`` is set this way by each worker that starts.
         """
-        args = self._limit_args(limit, task)  # checked before anything is written
-        self._remember(queue)
-        scripts.call(self.direct, "control", self.keys(queue).all, args)
+        name, value = self._limit_args(limit, task)  # checked before anything is written
+        self.store.set_limit(queue, name, value)
 
     @connect.aguard
     async def aset_limit(self, queue: str, limit: Limit | None, *, task: str | None = None) -> None:
-        args = self._limit_args(limit, task)
-        await self._aremember(queue)
-        await scripts.acall(self.adirect, "control", self.keys(queue).all, args)
+        name, value = self._limit_args(limit, task)
+        await self.astore.set_limit(queue, name, value)
 
-    def _limit_args(self, limit: Limit | None, task: str | None) -> list[Any]:
+    def _limit_args(self, limit: Limit | None, task: str | None) -> tuple[str | bytes, str]:
         if limit is not None and not isinstance(limit, Limit):
             raise TypeError(f"limit must be a taskmesh.Limit (e.g. Limit.parse('100/m')) or None, not {limit!r}")
         name: str | bytes
@@ -369,30 +298,26 @@ class Client:
             name = task.encode("utf-8", "surrogateescape")
         else:
             name = check_name("task name", task)
-        return [self.settings.events_maxlen, "limit", name, "" if limit is None else limit.to_json()]
+        return name, "" if limit is None else limit.to_json()
 
     @connect.guard
     def queue_settings(self, queue: str = "default") -> QueueSettings:
         """Whether ``queue`` is paused, and its limits; stored limits that cannot be read are in ``invalid``."""
-        # As bytes: a value that is not UTF-8 is reported like any other unreadable limit.
-        meta = self.redis.execute_command("HGETALL", self.keys(queue).meta, NEVER_DECODE=True)  # type: ignore[no-untyped-call]
-        return parse_settings(meta)
+        return self.store.queue_settings(queue)
 
     @connect.aguard
     async def aqueue_settings(self, queue: str = "default") -> QueueSettings:
-        meta = await self.aredis.execute_command("HGETALL", self.keys(queue).meta, NEVER_DECODE=True)  # type: ignore[no-untyped-call]
-        return parse_settings(meta)
+        return await self.astore.queue_settings(queue)
 
     @connect.guard
     def queues(self) -> list[str]:
         """Queue names used under this prefix (by producers or workers)."""
-        return sorted(str(q) for q in self.redis.smembers(queues_key(self.settings.prefix)))
+        return self.store.queues()
 
     @connect.guard
     def workers(self) -> list[str]:
         """Ids of workers whose heartbeat is current."""
-        key = workers_key(self.settings.prefix)
-        return [str(w) for w in self.redis.zrangebyscore(key, time.time() * 1000, "+inf")]
+        return self.store.workers()
 
     # -- schedules -----------------------------------------------------------------
 
@@ -415,17 +340,15 @@ class Client:
         A call that fails part way (Redis unreachable) may be repeated: no tick of the old schedule fires
         under the new one, whichever part took effect."""
         entry = _entry(name, task, schedule, queue, priority, when, self.settings.max_payload_bytes)
-        key = schedules_key(self.settings.prefix)
-        old = self.redis.hget(key, name)
-        stored = None if old is None else str(old)
+        stored = self.store.stored_schedule(name)
         entry = revised(entry, stored)
-        self._remember(entry.queue)
+        self.store.register_queue(entry.queue)
         before, after = store_calls(entry, stored)
         for queue_name, args in before:
-            scripts.call(self.direct, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
-        self.redis.hset(key, name, entry.to_json())
+            self.store.cron(queue_name, *args)
+        self.store.store_schedule(name, entry.to_json())
         for queue_name, args in after:
-            scripts.call(self.direct, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
+            self.store.cron(queue_name, *args)
         return entry
 
     @connect.aguard
@@ -441,17 +364,16 @@ class Client:
         **when: Any,
     ) -> ScheduleEntry:
         entry = _entry(name, task, schedule, queue, priority, when, self.settings.max_payload_bytes)
-        conn, key = self.aredis, schedules_key(self.settings.prefix)
-        old = await conn.hget(key, name)
-        stored = None if old is None else str(old)
+        store = self.astore
+        stored = await store.stored_schedule(name)
         entry = revised(entry, stored)
-        await self._aremember(entry.queue)
+        await store.register_queue(entry.queue)
         before, after = store_calls(entry, stored)
         for queue_name, args in before:
-            await scripts.acall(conn, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
-        await conn.hset(key, name, entry.to_json())
+            await store.cron(queue_name, *args)
+        await store.store_schedule(name, entry.to_json())
         for queue_name, args in after:
-            await scripts.acall(conn, "cron", self.keys(queue_name).all, [self.settings.events_maxlen, *args])
+            await store.cron(queue_name, *args)
         return entry
 
     @connect.guard
@@ -459,14 +381,15 @@ class Client:
         """Every schedule, by name, with its state and next tick. One whose entry cannot be read is left
         out and logged (a warning): :meth:`remove_schedule` removes it. One the schedulers skip (its state
         cannot be read, its arguments are over ``max_payload_bytes``) says why in ``skipped``."""
-        entries = _readable(read_stored(self.redis, schedules_key(self.settings.prefix)))
-        looks = scripts.run_pipeline_each(self.redis, look_commands(self.settings, entries)) if entries else []
+        entries = _readable(self.store.stored_schedules())
+        looks = self.store.look_schedules(entries)
         return [schedule_info(self.settings, e, look) for e, look in zip(entries, looks, strict=True)]
 
     @connect.aguard
     async def aschedules(self) -> list[ScheduleInfo]:
-        entries = _readable(await aread_stored(self.aredis, schedules_key(self.settings.prefix)))
-        looks = await scripts.arun_pipeline_each(self.aredis, look_commands(self.settings, entries)) if entries else []
+        store = self.astore
+        entries = _readable(await store.stored_schedules())
+        looks = await store.look_schedules(entries)
         return [schedule_info(self.settings, e, look) for e, look in zip(entries, looks, strict=True)]
 
     @connect.guard
@@ -498,29 +421,27 @@ class Client:
         return await self._aschedule_op(name, "resume")
 
     def _schedule_op(self, name: str, op: str) -> bool:
-        key, field_ = schedules_key(self.settings.prefix), _field(name, op)
-        command: Any = self.redis.execute_command  # untyped in redis-py
-        raw = command("HGET", key, field_, **UNDECODED)
+        field_ = _field(name, op)
+        raw = self.store.stored_schedule_bytes(field_)
         if raw is None:
             return False
         queue = _queue_for(name, raw, op)
         if queue is not None:
-            scripts.call(self.direct, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
+            self.store.cron(queue, op, name)
         if op == "remove":
-            self.redis.hdel(key, field_)
+            self.store.delete_schedule(field_)
         return True
 
     async def _aschedule_op(self, name: str, op: str) -> bool:
-        key, field_ = schedules_key(self.settings.prefix), _field(name, op)
-        command: Any = self.aredis.execute_command
-        raw = await command("HGET", key, field_, **UNDECODED)
+        field_, store = _field(name, op), self.astore
+        raw = await store.stored_schedule_bytes(field_)
         if raw is None:
             return False
         queue = _queue_for(name, raw, op)
         if queue is not None:
-            await scripts.acall(self.adirect, "cron", self.keys(queue).all, [self.settings.events_maxlen, op, name])
+            await store.cron(queue, op, name)
         if op == "remove":
-            await self.aredis.hdel(key, field_)
+            await store.delete_schedule(field_)
         return True
 
     # -- waiting and events ----------------------------------------------------
@@ -532,9 +453,8 @@ class Client:
         Follows the event stream, and re-reads the status at least once a second: the job's final event may
         have been trimmed from the stream (``events_maxlen``) before this reader saw it.
         """
-        stream = self.keys(queue).events
         deadline = _deadline(timeout)
-        cursor = _last_id(self.redis.xrevrange(stream, count=1))
+        cursor = self.store.last_event_ids([queue])[queue]
         while True:
             status = self.status(job_id, queue)
             if status is None or status.state.finished:
@@ -544,17 +464,16 @@ class Client:
                 block = _block_ms(deadline)
                 if block is None:
                     return None
-                entries = _entries(self.redis.xread({stream: cursor}, count=1000, block=block))
-                cursor = entries[-1][1] if entries else cursor
+                entries = self.store.read_events({queue: cursor}, count=1000, block=block)
+                cursor = entries[-1].id if entries else cursor
                 if _recheck(job_id, entries, read_at):
                     break
 
     @connect.aguard
     async def await_(self, job_id: str, queue: str = "default", timeout: float | None = None) -> JobStatus | None:
         """Async twin of :meth:`wait`."""
-        stream = self.keys(queue).events
         deadline = _deadline(timeout)
-        cursor = _last_id(await self.aredis.xrevrange(stream, count=1))
+        cursor = (await self.astore.last_event_ids([queue]))[queue]
         while True:
             status = await self.astatus(job_id, queue)
             if status is None or status.state.finished:
@@ -564,8 +483,8 @@ class Client:
                 block = _block_ms(deadline)
                 if block is None:
                     return None
-                entries = _entries(await self.aredis.xread({stream: cursor}, count=1000, block=block))
-                cursor = entries[-1][1] if entries else cursor
+                entries = await self.astore.read_events({queue: cursor}, count=1000, block=block)
+                cursor = entries[-1].id if entries else cursor
                 if _recheck(job_id, entries, read_at):
                     break
 
@@ -579,27 +498,24 @@ class Client:
         Ends after ``timeout`` seconds without a new event (None: never; 0: return what is there).
         """
         queues = (queues,) if isinstance(queues, str) else queues
-        streams: dict[Any, Any] = {self.keys(q).events: since for q in queues}
+        cursors = {self.keys(q).queue: since for q in queues}
         if since == "$":
-            with self.redis.pipeline(transaction=False) as pipe:
-                for stream in streams:
-                    pipe.xrevrange(stream, count=1)
-                streams = {s: _last_id(last) for s, last in zip(streams, pipe.execute(), strict=True)}
-        return self._follow(streams, timeout)
+            cursors = self.store.last_event_ids(list(cursors))
+        return self._follow(cursors, timeout)
 
     @connect.guard_iter
-    def _follow(self, streams: dict[Any, Any], timeout: float | None) -> Iterator[Event]:
+    def _follow(self, cursors: dict[str, str], timeout: float | None) -> Iterator[Event]:
         deadline = _deadline(timeout)
         while True:
             block = _block_ms(deadline)  # None once the deadline passed: one last look without blocking
-            entries = _entries(connect.xread(self.redis, streams, count=500, block=block))
+            entries = self.store.read_events(cursors, count=500, block=block)
             if entries:
                 deadline = _deadline(timeout)
             elif block is None:
                 return
-            for stream, entry_id, fields in entries:
-                streams[stream] = entry_id
-                event = self._event(stream, entry_id, fields)
+            for queue, entry_id, fields in entries:
+                cursors[queue] = entry_id
+                event = self._event(queue, entry_id, fields)
                 if event is not None:
                     yield event
 
@@ -609,29 +525,26 @@ class Client:
     ) -> AsyncIterator[Event]:
         """Async twin of :meth:`events`; here ``"$"`` is resolved when iteration starts."""
         queues = (queues,) if isinstance(queues, str) else queues
-        streams: dict[Any, Any] = {self.keys(q).events: since for q in queues}
+        cursors = {self.keys(q).queue: since for q in queues}
+        store = self.astore
         if since == "$":
-            async with self.aredis.pipeline(transaction=False) as pipe:
-                for stream in streams:
-                    pipe.xrevrange(stream, count=1)
-                streams = {s: _last_id(last) for s, last in zip(streams, await pipe.execute(), strict=True)}
+            cursors = await store.last_event_ids(list(cursors))
         deadline = _deadline(timeout)
         while True:
             block = _block_ms(deadline)
-            entries = _entries(await connect.axread(self.aredis, streams, count=500, block=block))
+            entries = await store.read_events(cursors, count=500, block=block)
             if entries:
                 deadline = _deadline(timeout)
             elif block is None:
                 return
-            for stream, entry_id, fields in entries:
-                streams[stream] = entry_id
-                event = self._event(stream, entry_id, fields)
+            for queue, entry_id, fields in entries:
+                cursors[queue] = entry_id
+                event = self._event(queue, entry_id, fields)
                 if event is not None:
                     yield event
 
-    def _event(self, stream: str, entry_id: str, fields: object) -> Event | None:
+    def _event(self, queue: str, entry_id: str, fields: object) -> Event | None:
         """The event in a stream entry, or None for an entry taskmesh could not have written (logged)."""
-        queue = self._queue_of(stream)
         try:
             return Event.parse(queue, entry_id, fields)
         except MalformedEvent as exc:
@@ -639,9 +552,6 @@ class Client:
             level = logging.WARNING if self._skipped == 1 or self._skipped % 1000 == 0 else logging.DEBUG
             log.log(level, "queue %s: skipped stream entry %s (%s); %d skipped", queue, entry_id, exc, self._skipped)
             return None
-
-    def _queue_of(self, stream: str) -> str:
-        return next(q for q, keys in self._keys.items() if keys.events == stream)
 
 
 def _entry(
@@ -701,16 +611,7 @@ def _cancelled(job_id: str, queue: str, state: str) -> str:
     return state
 
 
-def _last_id(entries: Any) -> str:
-    return str(entries[0][0]) if entries else "0-0"
-
-
-def _entries(found: Any) -> list[tuple[str, str, dict[str, str]]]:
-    """Flatten an XREAD reply into (stream, entry id, fields)."""
-    return [(stream, entry_id, fields) for stream, entries in found or [] for entry_id, fields in entries]
-
-
-def _recheck(job_id: str, entries: list[tuple[str, str, dict[str, str]]], read_at: float) -> bool:
+def _recheck(job_id: str, entries: list[EventEntry], read_at: float) -> bool:
     """Read the status again: a final event for the job arrived, nothing arrived, or a second passed."""
     if not entries or time.monotonic() - read_at >= _RECHECK_SECONDS:
         return True
@@ -728,32 +629,6 @@ def _block_ms(deadline: float | None) -> int | None:
     return None if left <= 0 else max(1, min(_BLOCK_MS, int(left * 1000)))
 
 
-_default: Client | None = None
+use_factory(Client)  # Task.enqueue's default client (see taskmesh.default)
 
-
-#: Set in the environment of a task's process by the subprocess runner, which passes on only what the task
-#: asks for: without the Redis URL, ``default_client()`` there would quietly reach another Redis.
-CHILD_MARKER = "TASKMESH_SUBPROCESS"
-
-
-def default_client() -> Client:
-    """The process-wide client used by ``Task.enqueue``: settings from ``TASKMESH_*`` (URL: ``TASKMESH_REDIS_URL``)."""
-    global _default
-    if _default is None:
-        if os.environ.get(CHILD_MARKER) and "TASKMESH_REDIS_URL" not in os.environ:
-            raise ConfigurationError(
-                "this task runs in the subprocess runner, whose processes get a minimal environment without the "
-                "worker's Redis URL; to enqueue from it, ask for the settings: @task(runner_options={'env': "
-                "['TASKMESH_*']})"
-            )
-        _default = Client()
-    return _default
-
-
-def set_default_client(client: Client | None) -> None:
-    """Make ``client`` the one ``Task.enqueue`` uses (None: build it from the environment again)."""
-    global _default
-    _default = client
-
-
-__all__ = ["Client", "default_client", "set_default_client"]
+__all__ = ["CHILD_MARKER", "Client", "default_client", "set_default_client"]

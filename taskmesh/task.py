@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
+from . import default
 from .errors import MAX_DELAY_SECONDS
 from .job import Call, Job
 from .limits import Limit
@@ -223,11 +224,11 @@ class Task(Generic[P, R]):
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Queue a job on the default client; returns its handle at once."""
-        return _client_module.default_client().enqueue(self, *args, **kwargs)
+        return default.default_client().enqueue(self, *args, **kwargs)
 
     async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Async twin of :meth:`enqueue`."""
-        return await _client_module.default_client().aenqueue(self, *args, **kwargs)
+        return await default.default_client().aenqueue(self, *args, **kwargs)
 
 
 def check_delay(delay: float | None) -> float | None:
@@ -304,7 +305,7 @@ class TaskCall(Generic[P, R]):
         )
 
     def _client(self) -> Client:
-        return self.client or _client_module.default_client()
+        return self.client or default.default_client()
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         return self._client().submit(self.call(*args, **kwargs))
@@ -401,6 +402,3 @@ class _Decorator:
     def __call__(self, fn: Callable[..., Any], /) -> Any:
         return Task(fn, **self.options)
 
-
-# client.py imports this module, so it comes last: either module can then be imported first.
-from . import client as _client_module  # noqa: E402

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.connection
 
-import taskmesh.client
+import taskmesh.default
 from taskmesh import (
     Call,
     Client,
@@ -220,7 +220,7 @@ def test_delay_of_nearly_ten_years_is_kept_and_readable(taskmesh_client: Client)
 
 
 def test_default_client_is_built_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(taskmesh.client, "_default", None)
+    monkeypatch.setattr(taskmesh.default, "_default", None)
     monkeypatch.setenv("TASKMESH_REDIS_URL", "redis://example.invalid:6390/2")
     monkeypatch.setenv("TASKMESH_PREFIX", "fromenv")
     client = default_client()
