@@ -14,12 +14,32 @@ import pluggy
 
 if TYPE_CHECKING:
     from .runners.base import RunnerRegistry
-    from .settings import Settings
+    from .settings import PluginSettingsRegistry, Settings
     from .sinks.base import SinkRegistry
 
 hookspec = pluggy.HookspecMarker("taskmesh")
 
 # -- start-up: configuration -------------------------------------------------
+
+
+@hookspec
+def taskmesh_declare_settings(register: PluginSettingsRegistry) -> None:
+    """Declare a plugin's own settings: ``register.add("name", SettingsClass)``.
+
+    ``SettingsClass`` is a dataclass whose fields each have a default and a type among ``str``, ``int``,
+    ``float``, ``bool`` and ``tuple[str, ...]`` (or one of them ``| None``). Field ``field`` of plugin
+    ``name`` is read, highest first, from the environment variable ``TASKMESH_<NAME>_<FIELD>`` (an empty
+    one counts as unset), from ``field`` in ``[tool.taskmesh.<name>]`` of the pyproject.toml the core
+    settings were read from, else it is the default. The plugin reads them with
+    :func:`taskmesh.plugins.plugin_settings` (``plugin_settings("name", SettingsClass, settings)``).
+
+    A key of ``[tool.taskmesh.<name>]`` that is no field, or a value that is not of its field's type, is a
+    :class:`taskmesh.ConfigurationError` when the settings are read, and when a worker starts (every
+    declared plugin's settings are checked then, used or not). ``taskmesh config`` shows each value and
+    where it came from; mark a field ``metadata={"secret": True}`` to show it as ``***``, or
+    ``metadata={"mask": function}`` to show ``function(value)``. A name, or a variable, that is a core
+    setting's or another plugin's is refused.
+    """
 
 
 @hookspec

@@ -1,4 +1,7 @@
-"""The hookimpl marker and plugin manager construction (no global manager)."""
+"""The hookimpl marker and plugin manager construction (no global manager).
+
+A plugin declares its own settings with :class:`PluginSettingsRegistry` (the ``taskmesh_declare_settings``
+hook) and reads them with :func:`plugin_settings`, both from here."""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigurationError
+from .settings import PluginSettingsRegistry as PluginSettingsRegistry
+from .settings import Settings, resolve_plugin_settings
+from .settings import plugin_settings as plugin_settings
 
 PLUGIN_GROUP = "taskmesh"
 
@@ -17,6 +23,8 @@ hookimpl = pluggy.HookimplMarker("taskmesh")
 
 #: Built-in plugins, registered exactly as third-party ones are.
 BUILTIN_PLUGINS = ("taskmesh.runners.inline", "taskmesh.runners.subprocess", "taskmesh.sinks.jsonlog")
+#: The name under which every plugin manager holds the check of the plugins' declared settings.
+SETTINGS_CHECK = "taskmesh.plugin_settings"
 
 
 def plugin_manager(
@@ -30,6 +38,7 @@ def plugin_manager(
     ones), then ``extra`` plugin objects. A plugin that cannot be loaded is a start-up error."""
     pm = pluggy.PluginManager("taskmesh")
     pm.add_hookspecs(hookspecs)
+    pm.register(_PluginSettingsCheck(pm), name=SETTINGS_CHECK)
     try:
         for name in BUILTIN_PLUGINS:
             pm.register(importlib.import_module(name), name=name)
@@ -42,6 +51,27 @@ def plugin_manager(
     except pluggy.PluginValidationError as exc:
         raise ConfigurationError(f"plugin {exc.plugin!r} is not valid: {exc}") from None
     return pm
+
+
+def declared_settings(pm: pluggy.PluginManager) -> PluginSettingsRegistry:
+    """The settings classes the plugins of ``pm`` declare (the ``taskmesh_declare_settings`` hook)."""
+    register = PluginSettingsRegistry()
+    pm.hook.taskmesh_declare_settings(register=register)
+    return register
+
+
+class _PluginSettingsCheck:
+    """Reads every declared plugin's settings when a worker starts, before any plugin's own
+    ``taskmesh_configure``: a mistake in ``[tool.taskmesh.<plugin>]`` or ``TASKMESH_<PLUGIN>_*`` stops the
+    worker there, whether or not the plugin is used."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+
+    @hookimpl(tryfirst=True)
+    def taskmesh_configure(self, settings: Settings) -> None:
+        for name, schema in declared_settings(self.pm).schemas.items():
+            resolve_plugin_settings(name, schema, pyproject=settings.pyproject)
 
 
 def installed_entry_points() -> list[EntryPoint]:

@@ -655,3 +655,146 @@ def test_a_producer_and_a_worker_started_in_one_project_use_its_redis_and_prefix
         assert handle.result(timeout=5) == "SAME "
     finally:
         producer.close()
+
+
+# -- config ------------------------------------------------------------------------
+
+PROJECT = """\
+[tool.taskmesh]
+concurrency = 4
+queues = ["from-file"]
+
+[tool.taskmesh.webhook]
+url = "https://al1ce:pw0rd@hooks.example.com/T0KEN?sig=qu3ry"
+retries = 7
+
+[tool.taskmesh.nobody]
+anything = 1
+"""
+
+
+@pytest.fixture
+def config(workdir: Path, cli_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``taskmesh config ARGS...`` in a sub-directory of a project whose pyproject.toml is ``PROJECT``."""
+    (workdir / "pyproject.toml").write_text(PROJECT)
+    below = workdir / "src" / "app"
+    below.mkdir(parents=True)
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "taskmesh", "config", *args],
+            cwd=below,
+            env={**cli_env, **env},
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
+
+    return run
+
+
+SECRETS = ("s3cr3t", "al1ce", "pw0rd", "T0KEN", "qu3ry", "hm4c")
+
+
+def test_config_shows_every_value_and_where_it_came_from_with_secrets_masked(
+    config: Any, workdir: Path, taskmesh_prefix: str
+) -> None:
+    result = config("--redis-url", "redis://app:s3cr3t@127.0.0.1:1/0", TASKMESH_WEBHOOK_SECRET="hm4ckey")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    path = str(workdir / "pyproject.toml")
+    assert lines[0] == f"pyproject: {path}"
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert set(rows) >= {"redis_url", "prefix", "concurrency", "lease_seconds", "webhook.url", "webhook.secret"}
+    assert rows["redis_url"] == ["redis://app:***@127.0.0.1:1/0", "--redis-url"]
+    assert rows["prefix"] == [taskmesh_prefix, "TASKMESH_PREFIX"]
+    assert rows["concurrency"] == ["4", path]
+    assert rows["queues"] == ["from-file", path]
+    assert rows["lease_seconds"] == ["6.0", "default"]
+    assert rows["webhook.url"] == ["https://***@hooks.example.com/***?***", path]
+    assert rows["webhook.secret"] == ["***", "TASKMESH_WEBHOOK_SECRET"]
+    assert rows["webhook.retries"] == ["7", path]
+    assert rows["webhook.timeout"] == ["5.0", "default"]
+    assert not [secret for secret in SECRETS if secret in result.stdout + result.stderr]
+    assert result.stderr == (
+        f"taskmesh: ignoring [tool.taskmesh.nobody] of {path}: no plugin loaded here declares settings named nobody\n"
+    )
+
+
+def test_config_json_has_each_value_its_source_and_its_variable(config: Any, workdir: Path) -> None:
+    result = config("--json", "--prefix", "cli", TASKMESH_QUEUES="a,b", TASKMESH_WEBHOOK_SECRET="hm4ckey")
+
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    path = str(workdir / "pyproject.toml")
+    assert shown["pyproject"] == path
+    core, webhook = shown["settings"], shown["plugins"]["webhook"]
+    assert core["prefix"] == {"value": "cli", "source": "flag", "origin": "--prefix", "env": "TASKMESH_PREFIX"}
+    assert core["queues"] == {
+        "value": ["a", "b"],
+        "source": "env",
+        "origin": "TASKMESH_QUEUES",
+        "env": "TASKMESH_QUEUES",
+    }
+    assert core["concurrency"] == {"value": 4, "source": "pyproject", "origin": path, "env": "TASKMESH_CONCURRENCY"}
+    assert core["scheduler"] == {"value": True, "source": "default", "origin": "default", "env": "TASKMESH_SCHEDULER"}
+    assert webhook["secret"] == {
+        "value": "***",
+        "source": "env",
+        "origin": "TASKMESH_WEBHOOK_SECRET",
+        "env": "TASKMESH_WEBHOOK_SECRET",
+    }
+    assert webhook["url"]["value"] == "https://***@hooks.example.com/***?***"
+    assert shown["plugins"]["prometheus"]["port"]["value"] == 9808
+    assert not [secret for secret in SECRETS if secret in result.stdout]
+
+
+def test_config_masks_the_password_of_a_redis_url_from_the_environment_and_of_any_url_valued_setting(
+    config: Any,
+) -> None:
+    url = "redis+sentinel://:s3cr3t@h1:26379,h2/mymaster?sentinel_password=hm4c"
+    result = config("--json", TASKMESH_REDIS_URL=url, TASKMESH_PROMETHEUS_ADDR="http://al1ce:pw0rd@x")
+
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["settings"]["redis_url"]["value"] == "redis+sentinel://:***@h1:26379,h2/mymaster?sentinel_password=***"
+    assert shown["plugins"]["prometheus"]["addr"]["value"] == "http://al1ce:***@x"
+    assert not [secret for secret in ("s3cr3t", "hm4c", "pw0rd") if secret in result.stdout]
+
+
+def test_config_refuses_an_unknown_key_in_a_plugin_table_in_one_line_naming_it(config: Any, workdir: Path) -> None:
+    (workdir / "pyproject.toml").write_text("[tool.taskmesh.webhook]\nretires = 2\n")
+
+    line = _one_error_line(config())
+
+    assert line == (
+        f"taskmesh: {workdir / 'pyproject.toml'}: unknown setting(s) in [tool.taskmesh.webhook]: retires; "
+        "the webhook plugin's settings are: url, secret, retries, timeout"
+    )
+
+
+def test_config_without_a_pyproject_says_where_it_looked(cli: Any, workdir: Path) -> None:
+    (workdir / ".git").mkdir()  # the search ends at the repository's root
+
+    result = cli("config")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == (
+        f"pyproject: none (no pyproject.toml with [tool.taskmesh] in {workdir} or above it)"
+    )
+
+
+def test_run_leases_only_the_queues_the_nearest_pyproject_names(
+    cli: Any, workdir: Path, taskmesh_client: Client
+) -> None:
+    (workdir / "pyproject.toml").write_text('[tool.taskmesh]\nqueues = ["math"]\n')
+    added = taskmesh_client.submit(Call("cli.add", (2, 3), queue="math"))
+    shouted = taskmesh_client.enqueue("cli.shout", "no")
+
+    result = cli("run", "clitasks", "--burst")
+
+    assert result.returncode == 0, result.stderr
+    assert added.result(timeout=5) == 5
+    assert shouted.status().state == JobState.WAITING
+    assert "queues math;" in next(line for line in result.stderr.splitlines() if "starting" in line)

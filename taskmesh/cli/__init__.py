@@ -15,17 +15,17 @@ from collections.abc import Sequence
 import redis
 
 from ..errors import RedisUnavailable, TaskmeshError
-from . import control, enqueue, events, plugins, queues, run, schedules, status, tasks
+from . import config, control, enqueue, events, plugins, queues, run, schedules, status, tasks
 from .common import EXIT_ERROR, EXIT_UNREACHABLE, CliError, EscapingFormatter, escape, load_settings, unreachable
 
-COMMANDS = (run, enqueue, status, control, queues, schedules, tasks, plugins, events)
+COMMANDS = (run, enqueue, status, control, queues, schedules, tasks, plugins, config, events)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskmesh",
         description="A job queue on Redis. Settings come from flags, then TASKMESH_* environment variables, "
-        "then [tool.taskmesh] in ./pyproject.toml.",
+        "then [tool.taskmesh] in the nearest pyproject.toml (`taskmesh config` shows the result).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..client import Client
-from ..settings import Settings
+from ..names import INVISIBLE_RE, NAME_RE
+from ..settings import ResolvedSettings, Settings, resolve_settings
 from ..store import connect as connections
-from ..store.keys import INVISIBLE_RE, NAME_RE
 
 #: Exit codes: 1 for a usage or library error, 2 when Redis cannot be reached.
 EXIT_ERROR = 1
@@ -50,12 +50,23 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prefix", help="key prefix: one taskmesh installation per prefix (env TASKMESH_PREFIX)")
 
 
+#: The command-line flag a setting comes from, where it is not ``--<setting with dashes>``.
+FLAGS = {"modules": "MODULE", "queues": "--queue", "scheduler": "--no-scheduler"}
+
+
 def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """Settings from flags > ``TASKMESH_*`` env > ``[tool.taskmesh]`` in ./pyproject.toml > defaults.
+    """Settings from flags > ``TASKMESH_*`` env > ``[tool.taskmesh]`` in the nearest pyproject.toml > defaults.
 
     A flag left unset is None and falls through to the next source.
     """
-    return Settings.load({"redis_url": args.redis_url, "prefix": args.prefix, **overrides})
+    return resolve(args, **overrides).settings
+
+
+def resolve(args: argparse.Namespace, **overrides: Any) -> ResolvedSettings:
+    """:func:`load_settings`, with where each value came from."""
+    values = {"redis_url": args.redis_url, "prefix": args.prefix, **overrides}
+    flags = {name: FLAGS.get(name, "--" + name.replace("_", "-")) for name in values}
+    return resolve_settings(values, flags=flags)
 
 
 def display_url(url: str) -> str:

@@ -10,13 +10,11 @@ import signal
 import sys
 import threading
 import time
-import tomllib
-from pathlib import Path
 
 from ..dispatch import Worker, WorkerStats
 from ..registry import Registry
-from ..settings import ENV_PREFIX, Settings
-from .common import CliError, add_common_options, check_redis, load_settings
+from ..settings import Settings
+from .common import CliError, add_common_options, check_redis, resolve
 
 log = logging.getLogger("taskmesh.cli")
 
@@ -24,8 +22,8 @@ HELP = """\
 Start a worker. Tasks come from the named modules (imported with the current directory on sys.path) or,
 when none is named, from the `modules` setting, else from every `taskmesh.tasks` entry point.
 
-Queues: --queue, else TASKMESH_QUEUES, else `queues` in [tool.taskmesh] of ./pyproject.toml, else the
-queues of the discovered tasks.
+Queues: --queue, else TASKMESH_QUEUES, else `queues` in [tool.taskmesh] of the nearest pyproject.toml,
+else the queues of the discovered tasks.
 
 SIGTERM or SIGINT stops leasing and lets running jobs finish within the grace period (TASKMESH_GRACE_PERIOD);
 jobs still running then are handed back to the queue without spending an attempt, and the worker exits 0.
@@ -70,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def command(args: argparse.Namespace) -> int:
     logging.getLogger("taskmesh").setLevel(args.log_level)
-    settings = load_settings(
+    resolved = resolve(
         args,
         modules=tuple(args.modules) or None,
         queues=tuple(args.queues) if args.queues else None,
@@ -78,11 +76,12 @@ def command(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         prune_schedules=args.prune_schedules,
     )
+    settings = resolved.settings
     registry = Registry.discover(settings.modules)
     if not len(registry):
         where = ", ".join(settings.modules) if settings.modules else "the taskmesh.tasks entry points"
         raise CliError(f"no tasks found in {where}; name the modules that define them: taskmesh run myapp.tasks")
-    if not args.queues and not _queues_configured():
+    if resolved.origins["queues"].kind == "default":
         settings = settings.replace(queues=tuple(registry.queues))
     worker = Worker.create(registry, settings, burst=args.burst)  # plugin and runner mistakes before Redis ones
     check_redis(settings.redis_url)
@@ -106,17 +105,6 @@ def command(args: argparse.Namespace) -> int:
     )
     _exit_if_threads_linger(0)
     return 0
-
-
-def _queues_configured() -> bool:
-    """Whether TASKMESH_QUEUES or ``queues`` in [tool.taskmesh] of ./pyproject.toml names the queues."""
-    if os.environ.get(ENV_PREFIX + "QUEUES"):
-        return True
-    pyproject = Path("pyproject.toml")
-    if not pyproject.is_file():
-        return False
-    with pyproject.open("rb") as fh:
-        return "queues" in tomllib.load(fh).get("tool", {}).get("taskmesh", {})
 
 
 async def _serve(worker: Worker, settings: Settings) -> WorkerStats:

@@ -2,6 +2,10 @@
 
 - ``taskmesh_redis_url`` (session): ``$TASKMESH_TEST_REDIS_URL``, or a private embedded server.
 - ``taskmesh_prefix``: a unique key prefix per test, its keys deleted afterwards.
+- ``taskmesh_settings``: the settings of the client (and so of the workers) apart from the URL and prefix:
+  the defaults, read from no pyproject.toml and no ``TASKMESH_*`` variable, so neither the project's
+  configuration nor a developer's shell changes what a test sees. Override the fixture to test with the
+  project's own: ``return Settings.load()``.
 - ``taskmesh_client``: a :class:`taskmesh.Client` on that URL and prefix, also the default client.
 - ``taskmesh_worker``: start a worker in a background thread: ``taskmesh_worker([tasks], **settings)``.
 - ``taskmesh_drain``: run everything due in-process: ``taskmesh_drain([tasks])``; re-raises task errors.
@@ -21,6 +25,7 @@ from ..client import Client, set_default_client
 from ..dispatch import WorkerStats
 from ..embedded import EmbeddedRedis
 from ..registry import Registry
+from ..settings import Settings
 from ..store import connect
 from ..task import Task
 from . import RunningWorker, drain, running_worker
@@ -53,8 +58,13 @@ def taskmesh_prefix(taskmesh_redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def taskmesh_client(taskmesh_redis_url: str, taskmesh_prefix: str) -> Iterator[Client]:
-    client = Client(taskmesh_redis_url, prefix=taskmesh_prefix)
+def taskmesh_settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture
+def taskmesh_client(taskmesh_redis_url: str, taskmesh_prefix: str, taskmesh_settings: Settings) -> Iterator[Client]:
+    client = Client(taskmesh_redis_url, prefix=taskmesh_prefix, settings=taskmesh_settings)
     set_default_client(client)
     yield client
     set_default_client(None)

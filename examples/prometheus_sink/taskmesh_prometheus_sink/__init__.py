@@ -1,7 +1,9 @@
 """A taskmesh event sink that serves Prometheus metrics on ``/metrics``.
 
-Enable it with ``sinks = ["prometheus"]`` (or ``TASKMESH_SINKS=prometheus``); it listens on
-``TASKMESH_PROMETHEUS_ADDR`` (``127.0.0.1``) port ``TASKMESH_PROMETHEUS_PORT`` (9808; 0 picks a free one).
+Enable it with ``sinks = ["prometheus"]`` (or ``TASKMESH_SINKS=prometheus``); it listens on ``addr``
+(``127.0.0.1``) port ``port`` (9808; 0 picks a free one): its :class:`PrometheusSettings`, declared through
+the ``taskmesh_declare_settings`` hook, read from ``TASKMESH_PROMETHEUS_ADDR`` and ``TASKMESH_PROMETHEUS_PORT``,
+else from ``[tool.taskmesh.prometheus]`` of pyproject.toml.
 
 - ``taskmesh_events_total{queue,task,event}``: lifecycle events seen (``completed``, ``failed``, ...).
 - ``taskmesh_job_duration_seconds{queue,task,state}``: the last attempt's run time of finished jobs.
@@ -14,8 +16,8 @@ sum over instances, as usual for counters.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -23,10 +25,23 @@ from prometheus_client.registry import Collector
 
 from taskmesh import Client, ConfigurationError, Event, Settings, hookimpl
 from taskmesh.events import FINAL_EVENTS
+from taskmesh.plugins import PluginSettingsRegistry, plugin_settings
 from taskmesh.sinks import SinkRegistry
 
 log = logging.getLogger("taskmesh.prometheus")
+#: The sink's name, and its settings' (``[tool.taskmesh.prometheus]``, ``TASKMESH_PROMETHEUS_*``).
+NAME = "prometheus"
 DEFAULT_PORT = 9808
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusSettings:
+    """The Prometheus sink's settings: ``[tool.taskmesh.prometheus]``, ``TASKMESH_PROMETHEUS_<NAME>``."""
+
+    #: The address ``/metrics`` is served on.
+    addr: str = "127.0.0.1"
+    #: Its port (0: a free one).
+    port: int = DEFAULT_PORT
 
 
 class QueueDepth(Collector):
@@ -50,11 +65,8 @@ class QueueDepth(Collector):
 
 class PrometheusSink:
     def __init__(self, settings: Settings) -> None:
-        address = os.environ.get("TASKMESH_PROMETHEUS_ADDR", "127.0.0.1")
-        try:
-            port = int(os.environ.get("TASKMESH_PROMETHEUS_PORT", str(DEFAULT_PORT)))
-        except ValueError as exc:
-            raise ConfigurationError(f"prometheus sink: TASKMESH_PROMETHEUS_PORT: {exc}") from None
+        config = plugin_settings(NAME, PrometheusSettings, settings)
+        address, port = config.addr, config.port
         self.registry = CollectorRegistry()
         self.events = Counter(
             "taskmesh_events", "Lifecycle events", ["queue", "task", "event"], registry=self.registry
@@ -87,5 +99,10 @@ class PrometheusSink:
 
 
 @hookimpl
+def taskmesh_declare_settings(register: PluginSettingsRegistry) -> None:
+    register.add(NAME, PrometheusSettings)
+
+
+@hookimpl
 def taskmesh_register_sinks(register: SinkRegistry) -> None:
-    register.add("prometheus", PrometheusSink)
+    register.add(NAME, PrometheusSink)

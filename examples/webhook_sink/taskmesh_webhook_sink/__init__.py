@@ -1,14 +1,16 @@
 """A taskmesh event sink: POSTs every lifecycle event as JSON to a URL, signed with HMAC-SHA256.
 
-Enable it with ``sinks = ["webhook"]`` (or ``TASKMESH_SINKS=webhook``) and configure it with:
+Enable it with ``sinks = ["webhook"]`` (or ``TASKMESH_SINKS=webhook``) and configure it (its
+:class:`WebhookSettings`, declared through the ``taskmesh_declare_settings`` hook) in ``[tool.taskmesh.webhook]``
+of pyproject.toml or with environment variables, which win:
 
-- ``TASKMESH_WEBHOOK_URL``: where to POST (``http://`` or ``https://``); a ``user:password@`` in it is
+- ``url``, ``TASKMESH_WEBHOOK_URL``: where to POST (``http://`` or ``https://``); a ``user:password@`` in it is
   sent as HTTP Basic authentication, and must have ``/``, ``?`` and ``#`` percent-encoded (``%2F``,
   ``%3F``, ``%23``): a URL parser ends the host at the first of them, so an unencoded one would make part
   of the password the host and port. A URL with an ``@`` after any of them is refused at start-up (an
   ``@`` in the path is written ``%40``);
-- ``TASKMESH_WEBHOOK_SECRET``: the HMAC key;
-- ``TASKMESH_WEBHOOK_RETRIES`` (3) and ``TASKMESH_WEBHOOK_TIMEOUT`` (5 seconds).
+- ``secret``, ``TASKMESH_WEBHOOK_SECRET``: the HMAC key (keep it out of pyproject.toml: use the variable);
+- ``retries``, ``TASKMESH_WEBHOOK_RETRIES`` (3) and ``timeout``, ``TASKMESH_WEBHOOK_TIMEOUT`` (5 seconds).
 
 The body is the event (``{"id", "queue", "event", "job", "task", ...}``); a receiver drops the duplicates
 at-least-once delivery may bring by its ``"id"``. ``X-Taskmesh-Event-Id`` repeats the id for logs and
@@ -40,16 +42,19 @@ import hashlib
 import hmac
 import http.client
 import json
-import os
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit, urlunsplit
 
 from taskmesh import ConfigurationError, Event, Settings, hookimpl
+from taskmesh.plugins import PluginSettingsRegistry, plugin_settings
 from taskmesh.sinks import SinkRegistry
 
+#: The sink's name, and its settings' (``[tool.taskmesh.webhook]``, ``TASKMESH_WEBHOOK_*``).
+NAME = "webhook"
 SIGNATURE_HEADER = "X-Taskmesh-Signature"
 EVENT_HEADER = "X-Taskmesh-Event-Id"
 BACKOFF = 0.2
@@ -143,6 +148,20 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme[:10], netloc, path, "***" if parts.query else "", ""))
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """The webhook sink's settings: ``[tool.taskmesh.webhook]``, ``TASKMESH_WEBHOOK_<NAME>``."""
+
+    #: Where to POST; ``taskmesh config`` shows its scheme, host and port only.
+    url: str = field(default="", metadata={"mask": mask_url})
+    #: The HMAC key requests are signed with.
+    secret: str = field(default="", metadata={"secret": True})
+    #: Retries of a connection error, 429 or 5xx, with exponential backoff.
+    retries: int = 3
+    #: Seconds each request may take.
+    timeout: float = 5.0
+
+
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     """A 3xx comes back as an HTTPError, like any other answer that is not a 2xx."""
 
@@ -152,8 +171,8 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 class WebhookSink:
     def __init__(self, settings: Settings) -> None:
-        self.url = os.environ.get("TASKMESH_WEBHOOK_URL", "")
-        secret = os.environ.get("TASKMESH_WEBHOOK_SECRET", "")
+        config = plugin_settings(NAME, WebhookSettings, settings)
+        self.url, secret = config.url, config.secret
         self.shown_url = mask_url(self.url)
         if _host_unclear(self.url):
             raise ConfigurationError(
@@ -163,15 +182,17 @@ class WebhookSink:
             )
         parts = _split(self.url)
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError("the webhook sink needs TASKMESH_WEBHOOK_URL, an http:// or https:// URL")
+            raise ConfigurationError(
+                "the webhook sink needs TASKMESH_WEBHOOK_URL (or url in [tool.taskmesh.webhook]), an http:// or "
+                "https:// URL"
+            )
         if not secret:
-            raise ConfigurationError("the webhook sink needs TASKMESH_WEBHOOK_SECRET, the key requests are signed with")
+            raise ConfigurationError(
+                "the webhook sink needs TASKMESH_WEBHOOK_SECRET (or secret in [tool.taskmesh.webhook]), the key "
+                "requests are signed with"
+            )
         self.secret = secret.encode()
-        try:
-            self.retries = int(os.environ.get("TASKMESH_WEBHOOK_RETRIES", "3"))
-            self.timeout = float(os.environ.get("TASKMESH_WEBHOOK_TIMEOUT", "5"))
-        except ValueError as exc:
-            raise ConfigurationError(f"webhook sink: {exc}") from None
+        self.retries, self.timeout = config.retries, config.timeout
         # urllib would take user:password@ for part of the host name: sent as a header instead.
         self._target = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], fragment=""))
         self._auth: dict[str, str] = {}
@@ -237,5 +258,10 @@ class WebhookSink:
 
 
 @hookimpl
+def taskmesh_declare_settings(register: PluginSettingsRegistry) -> None:
+    register.add(NAME, WebhookSettings)
+
+
+@hookimpl
 def taskmesh_register_sinks(register: SinkRegistry) -> None:
-    register.add("webhook", WebhookSink)
+    register.add(NAME, WebhookSink)

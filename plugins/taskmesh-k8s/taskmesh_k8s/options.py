@@ -7,19 +7,20 @@ worker starts, so a typo fails there and not at the first job.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskmesh import Backoff, ConfigurationError
-from taskmesh.settings import coerce
+from taskmesh import Backoff, ConfigurationError, Settings, hookimpl
+from taskmesh.plugins import PluginSettingsRegistry, plugin_settings
 from taskmesh.store.connect import redact
 
 from .names import CONTAINER, is_dns_label, is_label_key, is_label_value
 
 #: The command that runs the task inside the pod (see ``taskmesh_k8s.entry``).
 DEFAULT_COMMAND = ("python", "-m", "taskmesh_k8s.entry")
+#: The name of the runner's settings: ``[tool.taskmesh.k8s]``, ``TASKMESH_K8S_<FIELD>``.
+SETTINGS_NAME = "k8s"
 ENV_PREFIX = "TASKMESH_K8S_"
 
 
@@ -27,9 +28,10 @@ ENV_PREFIX = "TASKMESH_K8S_"
 class K8sConfig:
     """How one worker reaches Kubernetes, and its defaults for every task.
 
-    From the environment (:meth:`from_env`): ``TASKMESH_K8S_KUBECONFIG`` (else ``KUBECONFIG``, else
-    ``~/.kube/config``; inside a pod with neither, the in-cluster service account),
-    and ``TASKMESH_K8S_<FIELD>`` for every other field below (``TASKMESH_K8S_NAMESPACE``, ...).
+    The plugin's settings (declared through the ``taskmesh_declare_settings`` hook; :meth:`load`): each
+    field from ``TASKMESH_K8S_<FIELD>`` (``TASKMESH_K8S_NAMESPACE``, ...), else from ``[tool.taskmesh.k8s]``
+    of pyproject.toml, else its default. Without ``kubeconfig``: ``KUBECONFIG``, else ``~/.kube/config``;
+    inside a pod with neither, the in-cluster service account.
     """
 
     kubeconfig: str | None = None
@@ -71,15 +73,23 @@ class K8sConfig:
             raise ConfigurationError(str(exc)) from None
 
     @classmethod
+    def load(cls, settings: Settings | None = None, env: Mapping[str, str] | None = None) -> K8sConfig:
+        """Every field from ``TASKMESH_K8S_<FIELD>`` where it is set and not empty, else from
+        ``[tool.taskmesh.k8s]`` of the pyproject.toml ``settings`` were read from (the nearest one when
+        ``settings`` is None), else its default."""
+        return plugin_settings(SETTINGS_NAME, cls, settings, env=env)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> K8sConfig:
-        """Every field from ``TASKMESH_K8S_<FIELD>`` where it is set and not empty."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            name = ENV_PREFIX + f.name.upper()
-            if env.get(name):
-                values[f.name] = coerce(name, f.type, env[name])
-        return cls(**values)
+        """:meth:`load` without a worker's settings: ``TASKMESH_K8S_<FIELD>``, else ``[tool.taskmesh.k8s]`` of
+        the nearest pyproject.toml, else the default."""
+        return cls.load(None, env)
+
+
+@hookimpl
+def taskmesh_declare_settings(register: PluginSettingsRegistry) -> None:
+    """The runner's settings are :class:`K8sConfig`'s fields."""
+    register.add(SETTINGS_NAME, K8sConfig)
 
 
 @dataclass(frozen=True, slots=True)
