@@ -63,3 +63,9 @@ def test_the_runner_declares_its_configuration_as_its_settings() -> None:
     register = PluginSettingsRegistry()
     options.taskmesh_declare_settings(register=register)
     assert register.schemas == {"k8s": K8sConfig}
+
+
+def test_the_installed_runner_plugin_declares_its_settings() -> None:
+    from taskmesh.plugins import declared_settings, plugin_manager
+
+    assert declared_settings(plugin_manager()).schemas["k8s"] is K8sConfig

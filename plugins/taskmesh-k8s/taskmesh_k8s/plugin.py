@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from taskmesh import Settings, hookimpl
 
+from .options import taskmesh_declare_settings as taskmesh_declare_settings  # the plugin's settings
+
 if TYPE_CHECKING:
     from taskmesh.runners import RunnerRegistry
 
