@@ -36,6 +36,7 @@ from .store import AsyncQueueStore, EventEntry, QueueStore, connect
 from .store.base import JOB_VALUES, AsyncRedis, JobValues, SyncRedis
 from .store.keys import QueueKeys, check_name, check_new_job_id
 from .task import Task, check_delay, check_priority, check_run_at
+from .urls import redact
 
 log = logging.getLogger("taskmesh.client")
 STATES = tuple(state.value for state in JobState)
@@ -73,7 +74,7 @@ class Client:
         self._skipped = 0  # malformed stream entries events() and aevents() left out
 
     def __repr__(self) -> str:
-        return f"<Client {connect.redact(self.settings.redis_url)} prefix={self.settings.prefix}>"
+        return f"<Client {redact(self.settings.redis_url)} prefix={self.settings.prefix}>"
 
     # -- connections -------------------------------------------------------
 

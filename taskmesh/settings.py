@@ -21,6 +21,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from .errors import ConfigurationError
 from .names import check_name
+from .urls import redact
 
 ENV_PREFIX = "TASKMESH_"
 PYPROJECT = "pyproject.toml"
@@ -110,7 +111,6 @@ class Settings:
 
     def __repr__(self) -> str:
         """The dataclass repr, with the password in ``redis_url`` masked."""
-        from .store.connect import redact  # not at the top: connect imports this module
 
         values = {name: getattr(self, name) for name in SETTING_NAMES}
         values["redis_url"] = redact(self.redis_url)

@@ -16,6 +16,7 @@ from ..client import Client
 from ..names import INVISIBLE_RE, NAME_RE
 from ..settings import ResolvedSettings, Settings, resolve_settings
 from ..store import connect as connections
+from ..urls import redact
 
 #: Exit codes: 1 for a usage or library error, 2 when Redis cannot be reached.
 EXIT_ERROR = 1
@@ -71,7 +72,7 @@ def resolve(args: argparse.Namespace, **overrides: Any) -> ResolvedSettings:
 
 def display_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, fit for an error message."""
-    return connections.redact(url)
+    return redact(url)
 
 
 def unreachable(url: str, reason: object) -> CliError:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..plugins import declared_settings, plugin_manager
 from ..settings import ENV_PREFIX, SETTING_NAMES, Origin, PluginSetting, plugin_tables, resolve_plugin_settings
-from ..store.connect import redact
+from ..urls import redact
 from .common import add_common_options, escape, print_json, resolve, table
 
 HELP = """\

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -45,6 +44,7 @@ from redis.backoff import NoBackoff
 
 from ..errors import RedisFull, RedisUnavailable
 from ..settings import Settings
+from ..urls import check_userinfo, redact
 
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
@@ -60,7 +60,6 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 _SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
-_QUERY_PASSWORD = re.compile(r"([?&][a-z_]*password=)[^&]*", re.IGNORECASE)
 # redis-py leaves these untyped; typed here once.
 _parse_url: Callable[[str], Mapping[str, Any]] = connection.parse_url
 _aparse_url: Callable[[str], Mapping[str, Any]] = aconnection.parse_url
@@ -88,7 +87,7 @@ class Target:
 
 def parse(url: str) -> Target:
     """Read a taskmesh Redis URL; raises ValueError for an unknown form."""
-    _check_userinfo(url)
+    check_userinfo(url)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("redis", "rediss", "unix"):
@@ -507,44 +506,6 @@ async def axread(conn: aredis.Redis, streams: dict[Any, Any], count: int, block:
 
 
 # -- errors ----------------------------------------------------------------------
-
-
-def redact(url: str) -> str:
-    """``url`` with its passwords (user info, ``*password=`` query values) replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    userinfo, tail = _userinfo(rest)
-    if ":" in userinfo:
-        userinfo = userinfo.partition(":")[0] + ":***"
-    return scheme + sep + userinfo + _QUERY_PASSWORD.sub(r"\1***", tail)
-
-
-def _userinfo(rest: str) -> tuple[str, str]:
-    """``rest`` (a URL after ``scheme://``) as its user info and the rest, from the ``@`` on.
-
-    The user info ends at the last ``@`` outside query values, not at the first ``/``, ``?`` or ``#`` as
-    for a URL parser: a password holding those unencoded is found whole, to be masked or refused.
-    """
-    query = rest.find("?")
-    values = rest.find("=", query) if query >= 0 else -1
-    at = rest.rfind("@", 0, values if values >= 0 else len(rest))
-    return (rest[:at], rest[at:]) if at >= 0 else ("", rest)
-
-
-def _check_userinfo(url: str) -> None:
-    """Refuse user info holding ``/``, ``?`` or ``#``: a URL parser ends the host there, and its error
-    would quote part of the password as the port (for ``unix://``, as the socket path). A ``unix:///path``
-    has no user info (its socket path may hold an ``@``); a ``unix://user:password@/path`` has."""
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() == "unix" and rest.startswith("/"):
-        return
-    userinfo, _ = _userinfo(rest)
-    if any(char in userinfo for char in "/?#"):
-        raise ValueError(
-            "the user name or password in the Redis URL holds '/', '?' or '#': "
-            "percent-encode them (%2F, %3F, %23; '%' itself as %25)"
-        )
 
 
 def unavailable(url: str, exc: BaseException) -> RedisUnavailable:

@@ -13,7 +13,7 @@ from typing import Any
 
 from taskmesh import Backoff, ConfigurationError, Settings, hookimpl
 from taskmesh.plugins import PluginSettingsRegistry, plugin_settings
-from taskmesh.store.connect import redact
+from taskmesh.urls import redact
 
 from .names import CONTAINER, is_dns_label, is_label_key, is_label_value
 
