@@ -19,14 +19,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import redis
-import redis.asyncio as aredis
 from croniter import croniter
-from redis.client import NEVER_DECODE
 
 from .errors import MAX_DELAY_SECONDS
 from .job import encode_payload, json_too_deep
-from .store import scripts
+from .store import CONNECTION_LOST, ScheduleLook
 from .store.keys import QueueKeys, check_name
 
 if TYPE_CHECKING:
@@ -40,9 +37,6 @@ CATCH_UP_MAX = 100
 MISFIRE_GRACE = 60.0
 #: The most a schedule may ask for (each missed tick is a job created in one script call).
 CATCH_UP_LIMIT = 1000
-#: Options for a read of the schedules hash whose reply stays bytes: an entry that is not UTF-8 is then
-#: one unreadable entry, not an error of the whole read.
-UNDECODED: dict[str, Any] = {NEVER_DECODE: []}
 #: A ``cron`` script call: the queue whose state it works on, and its arguments after the stream's MAXLEN.
 CronCall = tuple[str, list[Any]]
 #: The highest revision of an entry (the scripts keep it in JSON with 14 significant digits).
@@ -335,14 +329,14 @@ def _check_cron(expr: str, zone: ZoneInfo) -> None:
         raise ValueError(f"cron expression {expr!r} never fires") from None
 
 
-def schedule_info(settings: Settings, entry: ScheduleEntry, look: Any) -> ScheduleInfo:
-    """An entry with what its ``cron look`` returned: (its state or None if not made yet, now), or the
-    error the look raised (a schedule the schedulers skip, as one whose arguments are over the limit)."""
-    if isinstance(look, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+def schedule_info(settings: Settings, entry: ScheduleEntry, look: ScheduleLook | Exception) -> ScheduleInfo:
+    """An entry with what its ``cron look`` returned (its state, None if not made yet; its queue's clock), or
+    the error the look met (a schedule the schedulers skip, as one whose arguments are over the limit)."""
+    if isinstance(look, CONNECTION_LOST):
         raise look
     if isinstance(look, Exception):
         return ScheduleInfo(entry, False, None, None, None, state_error(settings.prefix, entry, look), False)
-    raw_state, now_ms = look[0], int(look[1])
+    raw_state, now_ms = look.state, look.now_ms
     state = json.loads(raw_state) if raw_state else {}
     last, job = state.get("last"), state.get("job")
     try:
@@ -389,34 +383,9 @@ def _rev_ok(rev: Any) -> bool:
     return isinstance(rev, int) and not isinstance(rev, bool) and 0 <= rev <= MAX_REV
 
 
-def read_stored(conn: redis.Redis, key: str) -> dict[str, str | None]:
-    """The schedules hash ``key``, as :func:`decode_stored` gives it."""
-    command: Any = conn.execute_command  # untyped in redis-py
-    return decode_stored(command("HGETALL", key, **UNDECODED))
-
-
-async def aread_stored(conn: aredis.Redis, key: str) -> dict[str, str | None]:
-    command: Any = conn.execute_command
-    return decode_stored(await command("HGETALL", key, **UNDECODED))
-
-
-def decode_stored(raw: Mapping[Any, Any]) -> dict[str, str | None]:
-    """The schedules hash read with :data:`UNDECODED`: name -> stored JSON, None where it is not UTF-8
-    (one bad entry, not an error of the whole read). A name that is not UTF-8 keeps its bytes as
-    surrogates (``surrogateescape``), as a shell passes it to ``taskmesh schedules remove``."""
-    stored: dict[str, str | None] = {}
-    for name, value in raw.items():
-        key = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
-        try:
-            stored[key] = value.decode() if isinstance(value, bytes) else str(value)
-        except UnicodeDecodeError:
-            stored[key] = None
-    return stored
-
-
 def read_entries(stored: Mapping[str, str | None]) -> tuple[list[ScheduleEntry], dict[str, str]]:
-    """The entries of :func:`decode_stored`'s result that can be read, in name order, and why each other
-    cannot (name -> reason)."""
+    """The entries of the stored schedules (``QueueStore.stored_schedules``) that can be read, in name order,
+    and why each other cannot (name -> reason)."""
     entries: list[ScheduleEntry] = []
     unreadable: dict[str, str] = {}
     for name, raw in sorted(stored.items()):
@@ -428,14 +397,14 @@ def read_entries(stored: Mapping[str, str | None]) -> tuple[list[ScheduleEntry],
 
 
 def read_entry(name: str, raw: str | None) -> ScheduleEntry:
-    """One entry of :func:`decode_stored`'s result; a ValueError says why it cannot be read."""
+    """One stored entry (None: it is not UTF-8); a ValueError says why it cannot be read."""
     if raw is None:
         raise ValueError("the stored entry is not UTF-8 text")
     return ScheduleEntry.from_json(name, raw)
 
 
 def key_of(name: str) -> bytes:
-    """The hash field of schedule ``name`` (see :func:`decode_stored`)."""
+    """The hash field of schedule ``name`` (a name that is not UTF-8 holds its bytes as surrogates)."""
     return name.encode("utf-8", "surrogateescape")
 
 
@@ -465,22 +434,6 @@ def store_calls(entry: ScheduleEntry, old: str | None) -> tuple[list[CronCall], 
     old_queue = queue_of(old)
     after = [(old_queue, ["remove", name])] if old_queue is not None and old_queue != entry.queue else []
     return [(entry.queue, ["change", name, entry.version, entry.rev])], after
-
-
-def look_commands(
-    settings: Settings, entries: Sequence[ScheduleEntry], keep: bool = False, over: Mapping[str, str] | None = None
-) -> list[tuple[Any, ...]]:
-    """One ``cron look`` per schedule (its state for its version, and its queue's clock), to send in one
-    pipeline; ``keep`` (a scheduler) stores the state's restart when it finds a new version. ``over``: per
-    schedule name, a newer version the state may be found kept for, which the entry read replaced (see
-    ``cron.lua``)."""
-    sha = scripts.sha("cron")
-    commands: list[tuple[Any, ...]] = []
-    for entry in entries:
-        keys = QueueKeys.of(settings.prefix, entry.queue).all
-        look = ("look", entry.name, entry.version, "1" if keep else "0", (over or {}).get(entry.name, ""), entry.rev)
-        commands.append(("EVALSHA", sha, len(keys), *keys, settings.events_maxlen, *look))
-    return commands
 
 
 def state_error(prefix: str, entry: ScheduleEntry, error: Exception) -> str:

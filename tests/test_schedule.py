@@ -15,7 +15,7 @@ import pytest
 from taskmesh import Client, Job, JobState, Schedule, task
 from taskmesh.dispatch.scheduler import Scheduler
 from taskmesh.schedule import ScheduleEntry, version_of
-from taskmesh.store import connect, scripts
+from taskmesh.store import AsyncQueueStore, scripts
 from taskmesh.store.keys import schedules_key
 from taskmesh.testing import RunningWorker, wait_until
 
@@ -230,10 +230,10 @@ async def scheduler_pass(
 ) -> tuple[int, float]:
     """One scheduler pass, after setting the schedule's last tick ``backdate_ms`` before now
     (rounded down to a multiple of ``align_ms``: a whole number of ticks ago)."""
-    conn = connect.async_client(client.settings.redis_url)
+    conn = AsyncQueueStore(client.settings)
     try:
         if backdate_ms is not None:
-            seconds, micros = await conn.time()
+            seconds, micros = await conn.redis.time()
             now = seconds * 1000 + micros // 1000
             set_last(client, name, now - now % align_ms - backdate_ms)
         scheduler = Scheduler(client.settings, conn)
@@ -450,7 +450,7 @@ def test_a_removed_schedule_raced_by_a_pass_and_added_again_fires_no_old_ticks(t
     taskmesh_client.remove_schedule("r")
 
     async def late_pass() -> int:
-        conn = connect.async_client(taskmesh_client.settings.redis_url)
+        conn = AsyncQueueStore(taskmesh_client.settings)
         try:
             scheduler = Scheduler(taskmesh_client.settings, conn)
             # A pass that read the entry and its state (none yet: a race) before the removal.

@@ -18,8 +18,8 @@ from taskmesh.cli import main as cli_main
 from taskmesh.dispatch.scheduler import Scheduler
 from taskmesh.errors import PayloadError, RedisUnavailable
 from taskmesh.registry import Registry
-from taskmesh.schedule import ScheduleEntry, look_commands
-from taskmesh.store import connect, scripts
+from taskmesh.schedule import ScheduleEntry
+from taskmesh.store import AsyncQueueStore, connect, scripts
 from taskmesh.store.keys import schedules_key
 from taskmesh.testing import wait_until
 
@@ -48,7 +48,7 @@ def passes(client: Client, count: int = 1) -> int:
     """``count`` passes of one scheduler (on a connection like a worker's); the jobs it enqueued."""
 
     async def main() -> int:
-        conn = connect.async_client(client.settings.redis_url, encoding_errors="replace")
+        conn = AsyncQueueStore(client.settings)
         try:
             scheduler = Scheduler(client.settings, conn)
             for _ in range(count):
@@ -152,12 +152,12 @@ def test_a_pass_that_read_the_old_entry_fires_no_tick_of_it_after_the_change(tas
     taskmesh_client.schedule("c", "sched.job", every=1, misfire="catch_up", args=[2])
 
     async def late_fire() -> list[str]:
-        conn = connect.async_client(taskmesh_client.settings.redis_url)
+        conn = AsyncQueueStore(taskmesh_client.settings)
         try:
             # A pass that read the old entry before the change fires its ticks after it.
             ticks = json.dumps(old.schedule.due(changed - 8000, changed, 100))
             args = [old.version, "sched.job", '{"t":"sched.job","a":[],"k":{}}', 0, "allow", ticks, 0]
-            return cast(list[str], await Scheduler(taskmesh_client.settings, conn)._cron("default", "fire", "c", *args))
+            return await conn.fire_schedule("default", "c", *args)
         finally:
             await conn.aclose()
 
@@ -168,7 +168,8 @@ def test_a_pass_that_read_the_old_entry_fires_no_tick_of_it_after_the_change(tas
 
 def look_by_hand(client: Client, entry: ScheduleEntry) -> None:
     """A scheduler's ``cron look`` at the schedule ``entry`` (it keeps what it adjusts)."""
-    scripts.run_pipeline(client.redis, look_commands(client.settings, [entry], keep=True))
+    [look] = client.store.look_schedules([entry], keep=True)
+    assert not isinstance(look, Exception), look
 
 
 def test_a_look_at_the_entry_read_before_a_change_does_not_restart_the_new_version(taskmesh_client: Client) -> None:
@@ -199,7 +200,7 @@ def test_an_older_entry_stored_after_a_newer_one_is_taken_back_at_the_next_pass(
         return cast(str, json.loads(cast(str, raw))["v"])
 
     async def two_passes() -> list[str]:
-        conn = connect.async_client(taskmesh_client.settings.redis_url)
+        conn = AsyncQueueStore(taskmesh_client.settings)
         try:
             scheduler, seen = Scheduler(taskmesh_client.settings, conn), []
             for _ in range(2):
@@ -235,7 +236,7 @@ def test_a_schedule_with_arguments_a_job_may_not_have_is_refused_when_added(task
     code = task(name="sched.big", schedule=Schedule(every=60, args=BIG))(lambda blob: None)
 
     async def sync() -> None:
-        conn = connect.async_client(taskmesh_client.settings.redis_url)
+        conn = AsyncQueueStore(taskmesh_client.settings)
         try:
             await Scheduler(taskmesh_client.settings, conn).sync(Registry([code]))
         finally:

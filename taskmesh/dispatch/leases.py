@@ -6,16 +6,13 @@ import logging
 import threading
 from collections.abc import Callable
 
-import redis
-
 from ..settings import Settings
-from ..store import connect, scripts
-from ..store.keys import QueueKeys
+from ..store import QueueStore, RedisError
 from .retry import REDIS_ERRORS, Streak
 
 log = logging.getLogger("taskmesh.worker")
-#: One held lease: the queue's keys, the job id and the fencing token.
-Held = tuple[QueueKeys, str, int]
+#: One held lease: the queue, the job id and the fencing token.
+Held = tuple[str, str, int]
 
 
 class LeaseKeeper:
@@ -55,22 +52,21 @@ class LeaseKeeper:
 
     def _main(self) -> None:
         interval = self.settings.renew_interval
-        conn = connect.sync_client(
-            self.settings.redis_url, socket_timeout=self.settings.lease_seconds, socket_connect_timeout=interval
-        )
+        options = {"socket_timeout": self.settings.lease_seconds, "socket_connect_timeout": interval}
+        store = QueueStore(self.settings, options=options, direct=False)
         delay, failures = interval, 0
         refused = Streak("lease renewal refused")
         try:
             while not self._stopped.wait(delay):
                 try:
-                    self.renew(conn)
+                    self.renew(store)
                 except REDIS_ERRORS as exc:
                     if failures == 0:
                         log.warning("lease renewal: redis unreachable (%s); retrying", exc)
                     failures += 1
                     delay = min(interval, 0.05 * 2**failures)
                     continue
-                except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY, a key of the wrong type
+                except RedisError as exc:  # e.g. BUSY, READONLY, a key of the wrong type
                     refused.failed(exc)  # logged once a streak; try again next beat
                 except Exception:  # never let one bad beat end the renewals: every lease would expire
                     log.exception("lease renewal failed")
@@ -78,18 +74,17 @@ class LeaseKeeper:
                     refused.ok()
                 delay, failures = interval, 0
         finally:
-            conn.close()
+            store.close()
 
-    def renew(self, conn: redis.Redis) -> None:
+    def renew(self, store: QueueStore) -> None:
         """One renewal of every held lease, one script call per queue."""
-        by_queue: dict[QueueKeys, list[tuple[str, int]]] = {}
-        for keys, job_id, token in self._held():
-            by_queue.setdefault(keys, []).append((job_id, token))
-        for keys, held in by_queue.items():
+        by_queue: dict[str, list[tuple[str, int]]] = {}
+        for queue, job_id, token in self._held():
+            by_queue.setdefault(queue, []).append((job_id, token))
+        for queue, held in by_queue.items():
             tokens = dict(held)
-            result = scripts.call(conn, "renew", keys.all, scripts.renew_args(self.settings, held))
-            lost, cancel = scripts.parse_renew(result)
+            lost, cancel = store.renew(queue, held)
             for job_id in lost:
                 self._lost(job_id, tokens[job_id])
             for job_id in cancel:
-                self._cancel(keys.queue, job_id, tokens[job_id])
+                self._cancel(queue, job_id, tokens[job_id])

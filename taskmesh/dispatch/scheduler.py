@@ -14,23 +14,10 @@ import json
 import logging
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
-
 from ..registry import Registry
-from ..schedule import (
-    ScheduleEntry,
-    aread_stored,
-    look_commands,
-    read_entries,
-    read_entry,
-    revised,
-    state_error,
-    store_calls,
-)
+from ..schedule import ScheduleEntry, read_entries, read_entry, revised, state_error, store_calls
 from ..settings import Settings
-from ..store import scripts
-from ..store.keys import QueueKeys, queues_key, schedules_key
+from ..store import CONNECTION_LOST, AsyncQueueStore
 
 log = logging.getLogger("taskmesh.scheduler")
 #: The longest a scheduler sleeps before it looks at the schedules again (to see changes).
@@ -42,9 +29,11 @@ Ready = tuple[ScheduleEntry, str]
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, conn: aredis.Redis) -> None:
+    """Fires the stored schedules through ``store`` (a worker's: see the module docstring)."""
+
+    def __init__(self, settings: Settings, store: AsyncQueueStore) -> None:
         self.settings = settings
-        self.conn = conn
+        self.store = store
         self.fired = 0  # jobs this scheduler enqueued
         # name -> (entry read, the entry ready to fire or None): each stored version is checked once.
         self._read: dict[str, tuple[str | None, Ready | None]] = {}
@@ -59,8 +48,7 @@ class Scheduler:
         """Upsert the schedules tasks declare (origin "code"); report code schedules no task declares
         any more, and remove them only when ``prune`` is set. A declared schedule whose arguments this
         worker would refuse to enqueue (over ``max_payload_bytes``, say) is a ValueError."""
-        key = schedules_key(self.settings.prefix)
-        stored = await aread_stored(self.conn, key)
+        stored = await self.store.stored_schedules()
         declared: dict[str, ScheduleEntry] = {}
         for task in registry:
             if task.schedule is not None:
@@ -68,14 +56,14 @@ class Scheduler:
                 task.schedule.payload(f"task {task.name}'s schedule", self.settings.max_payload_bytes)
                 declared[entry.name] = entry
         for name, declared_entry in declared.items():
-            await self.conn.sadd(queues_key(self.settings.prefix), declared_entry.queue)
+            await self.store.register_queue(declared_entry.queue)
             old = stored.get(name)
             entry = revised(declared_entry, old)
             before, after = store_calls(entry, old)
             for queue, args in before:
                 await self._cron(queue, *args)
             if old != entry.to_json():
-                await self.conn.hset(key, name, entry.to_json())
+                await self.store.store_schedule(name, entry.to_json())
                 log.info("schedule %s: %s -> %s (queue %s)", name, entry.schedule.describe, entry.task, entry.queue)
             for queue, args in after:
                 await self._cron(queue, *args)
@@ -85,7 +73,7 @@ class Scheduler:
                 continue
             if prune:
                 await self._cron(entry.queue, "remove", entry.name)
-                await self.conn.hdel(key, entry.name)
+                await self.store.delete_schedule(entry.name)
                 log.warning("schedule %s: no task declares it any more; removed (prune_schedules)", entry.name)
             else:
                 log.warning(
@@ -114,22 +102,20 @@ class Scheduler:
         """
         loop = asyncio.get_running_loop()
         began = loop.time()
-        ready = self._ready(await aread_stored(self.conn, schedules_key(self.settings.prefix)))
+        ready = self._ready(await self.store.stored_schedules())
         # Every schedule's state (restarted if its entry changed) and its queue's clock in one round trip.
         # A look that fails (a state key of the wrong type, say) is that schedule's error, not the pass's.
         over = {e.name: stale[1] for e, _ in ready if (stale := self._stale.get(e.name)) and stale[0] == e.version}
-        commands = look_commands(self.settings, [entry for entry, _ in ready], keep=True, over=over)
-        looks = await scripts.arun_pipeline_each(self.conn, commands) if ready else []
+        looks = await self.store.look_schedules([entry for entry, _ in ready], keep=True, over=over)
         wait = MAX_SLEEP
         for (entry, payload), look in zip(ready, looks, strict=True):
             try:
-                if isinstance(look, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+                if isinstance(look, CONNECTION_LOST):
                     raise look
                 if isinstance(look, Exception):
                     raise RuntimeError(state_error(self.settings.prefix, entry, look))
-                state, now_ms = look
-                wait = min(wait, await self._fire_due(entry, payload, state, int(now_ms)))
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                wait = min(wait, await self._fire_due(entry, payload, look.state, look.now_ms))
+            except CONNECTION_LOST:
                 raise
             except Exception as exc:
                 failing = self._failing.get(entry.name) == entry.version
@@ -172,7 +158,7 @@ class Scheduler:
         return the seconds until its next tick."""
         if state_raw is None:
             # No state: being added, moved or removed. Make it only if the entry is still stored.
-            if await self.conn.hexists(schedules_key(self.settings.prefix), entry.name):
+            if await self.store.has_schedule(entry.name):
                 await self._cron(entry.queue, "init", entry.name, entry.version, entry.rev)
             return MAX_SLEEP
         state: dict[str, Any] = json.loads(state_raw)
@@ -207,9 +193,8 @@ class Scheduler:
                 log.warning("schedule %s: tick %d missed by more than misfire_grace; skipped", entry.name, passed)
         if not fire and not passed:
             return last
-        fired = await self._cron(
+        fired = await self.store.fire_schedule(
             entry.queue,
-            "fire",
             entry.name,
             entry.version,
             entry.task,
@@ -223,6 +208,5 @@ class Scheduler:
         self.fired += len(fired)
         return max([*fire, passed, last])
 
-    async def _cron(self, queue: str, op: str, name: str, *args: Any) -> Any:
-        keys = QueueKeys.of(self.settings.prefix, queue)
-        return await scripts.acall(self.conn, "cron", keys.all, [self.settings.events_maxlen, op, name, *args])
+    async def _cron(self, queue: str, op: str, name: str, *args: Any) -> None:
+        await self.store.cron(queue, op, name, *args)

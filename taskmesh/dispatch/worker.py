@@ -26,9 +26,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import redis
-import redis.asyncio as aredis
-
 from ..errors import Cancelled, PayloadError, Retry, SlowDown, UnknownTaskError, Unrecoverable
 from ..job import Job, decode_payload
 from ..plugins import plugin_manager
@@ -37,14 +34,14 @@ from ..runners.base import Runner, RunnerRegistry
 from ..settings import Settings
 from ..sinks.base import Sink, SinkRegistry
 from ..sinks.bus import EventBus
-from ..store import connect, scripts
-from ..store.keys import QueueKeys, claim_key, queues_key, workers_key
+from ..store import RedisError, ResponseError, Stepped, Wakeup, WorkerStore
+from ..store.keys import QueueKeys
 from ..store.scripts import Leased, Update
 from ..task import Task
 from .checks import check_access, check_server
 from .leases import Held, LeaseKeeper
 from .outcome import JobTimeoutError, error_json, result_json
-from .retry import REDIS_ERRORS, REDIS_RETRY, RedisRetry, Streak
+from .retry import REDIS_ERRORS, RedisRetry, Streak
 from .scheduler import Scheduler
 
 log = logging.getLogger("taskmesh.worker")
@@ -141,7 +138,6 @@ class Worker:
         self._turn = 0  # the queue whose results are sent first in the next step
         self._step_error: BaseException | None = None
         self._listening = False  # the wake-up listener has a one-job lease queued behind its wait
-        self._blocking_id: int | None = None
         self._unblocking: asyncio.Future[None] | None = None
         # Running average of job durations (seconds); starts high so nothing is leased ahead at first.
         self._job_seconds = 1.0
@@ -158,8 +154,7 @@ class Worker:
         self._joining = Streak("event bus: cannot join the queues' event streams")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._redis: aredis.Redis | None = None
-        self._blocking: aredis.Redis | None = None
+        self._store: WorkerStore | None = None
         self._scheduler: Scheduler | None = None
         self._leases = LeaseKeeper(settings, self._held, self._lease_lost, self._cancel_requested)
         self.started = asyncio.Event()
@@ -226,41 +221,25 @@ class Worker:
 
     async def _unblock_listener(self) -> None:
         """``CLIENT UNBLOCK`` the listener's connection; repeated briefly in case it lands before the wait does."""
-        assert self._redis is not None
+        assert self._store is not None
         for _ in range(100):
-            if not self._listening or self._blocking_id is None:
+            if not self._listening or self._store.waiter_id is None:
                 return
             try:
-                if await self._redis.client_unblock(self._blocking_id):
+                if await self._store.unblock_waiter():
                     return
             except REDIS_ERRORS:
                 pass
-            except redis.exceptions.ResponseError as exc:  # e.g. an ACL user without CLIENT UNBLOCK
+            except ResponseError as exc:  # e.g. an ACL user without CLIENT UNBLOCK
                 log.warning("cannot end the wake-up wait early (%s); stopping waits for it to time out", exc)
                 return
             await asyncio.sleep(0.01)
-
-    async def _on_blocking_connect(self, conn: Any) -> None:
-        """Every (re)connection of the listener records its client id, for ``CLIENT UNBLOCK``
-        (None where an ACL forbids ``CLIENT ID``: a stopping worker then lets the wait time out)."""
-        await conn.on_connect()
-        await conn.send_command("CLIENT", "ID")
-        try:
-            self._blocking_id = int(await conn.read_response())
-        except redis.exceptions.ResponseError:
-            self._blocking_id = None
 
     async def run(self) -> WorkerStats:
         await self._start_runners()
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        url = self.settings.redis_url
-        self._redis = connect.async_client(url, retry=REDIS_RETRY, encoding_errors="replace")
-        # Its socket timeout exceeds the longest wait, so a dead connection ends the wait.
-        on_connect = self._on_blocking_connect
-        self._blocking = connect.blocking_client(
-            url, self.settings.idle_timeout, on_connect, retry=REDIS_RETRY, encoding_errors="replace"
-        )
+        store = self._store = WorkerStore(self.settings)
         persistence, upkeep = await self._start_up()
         self.started.set()
         log.info(
@@ -291,8 +270,7 @@ class Worker:
             if self._bus is not None:
                 await self._bus.stop()
             await self._unregister()
-            await self._redis.aclose()
-            await self._blocking.aclose()
+            await store.aclose()
             for runner in self.runners.values():
                 await runner.close()
         return self.stats
@@ -301,8 +279,8 @@ class Worker:
     def scheduler(self) -> Scheduler:
         """This worker's scheduler loop (made when the worker connects)."""
         if self._scheduler is None:
-            assert self._redis is not None, "the worker is not running"
-            self._scheduler = Scheduler(self.settings, self._redis)
+            assert self._store is not None, "the worker is not running"
+            self._scheduler = Scheduler(self.settings, self._store)
         return self._scheduler
 
     async def _start_up(self) -> tuple[str, list[asyncio.Task[None]]]:
@@ -310,8 +288,8 @@ class Worker:
         lease renewals, the upkeep loops, the event bus and the scheduler. Returns the persistence mode and
         the upkeep tasks. A step Redis refuses for now (out of memory, say) is tried again in the background:
         meanwhile the worker still records results and recovers stalled jobs."""
-        assert self._redis is not None
-        conn = self._redis
+        assert self._store is not None
+        conn = self._store.redis  # the start-up checks read the server's configuration (checks.py)
         persistence = await self._retrying(lambda: check_server(conn))
         queues = [queue.keys for queue in self._queues]
         await self._retrying(lambda: check_access(conn, queues, self.settings.events_maxlen))
@@ -338,7 +316,7 @@ class Worker:
         """Run a start-up step; False if Redis refused it (out of memory, say: the worker goes on without it)."""
         try:
             await self._retrying(step)
-        except redis.exceptions.ResponseError as exc:
+        except ResponseError as exc:
             streak.failed(exc)
             return False
         streak.ok()
@@ -457,43 +435,40 @@ class Worker:
     async def _step(self, queue: _Queue, want: int) -> None:
         updates, queue.updates = queue.updates, []
         try:
-            result = await self._call_step(queue, want, updates)
-        except redis.exceptions.ResponseError as exc:
+            stepped = await self._call_step(queue, want, updates)
+        except ResponseError as exc:
             # Redis refused the step before it changed anything (a key of the wrong type, a permission
             # taken away): keep the outcomes, whose leases are renewed meanwhile, and try again later.
             queue.updates[:0] = updates
             self._wake_after(queue.refused.failed(exc))
             return
         queue.refused.ok()
-        self._apply_step(queue, want, updates, result)
+        self._apply_step(queue, want, updates, stepped)
 
-    async def _call_step(self, queue: _Queue, want: int, updates: list[Update]) -> Any:
-        args = scripts.step_args(self.settings, self.id, want, updates)
-        assert self._redis is not None
-        conn = self._redis
-        return await self._retrying(lambda: scripts.acall(conn, "step", queue.keys.all, args))
+    async def _call_step(self, queue: _Queue, want: int, updates: list[Update]) -> Stepped:
+        assert self._store is not None
+        store, name = self._store, queue.keys.queue
+        return await self._retrying(lambda: store.step(name, self.id, want, updates))
 
     def _wake_after(self, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, self._wake.set)
 
-    def _apply_step(self, queue: _Queue, want: int, updates: list[Update], result: Any) -> None:
-        """Account for a step's reply: refused updates, the queue's state, and the jobs it leased."""
-        accepted, leased, next_due = scripts.parse_step(result)
-        for update, ok in zip(updates, accepted, strict=True):
+    def _apply_step(self, queue: _Queue, want: int, updates: list[Update], stepped: Stepped) -> None:
+        """Account for a step's result: refused updates, the queue's state, and the jobs it leased."""
+        leased, next_due = stepped.leased, stepped.next_due
+        for update, ok in zip(updates, stepped.accepted, strict=True):
             self._account(queue, update, ok)
-        refused_events = scripts.step_events_refused(result)
-        if refused_events:
-            queue.events.failed(refused_events)
+        if stepped.events_refused:
+            queue.events.failed(stepped.events_refused)
         elif updates or leased:  # events were sent
             queue.events.ok()
-        unleasable = scripts.step_lease_refused(result)
-        if unleasable:
-            self._wake_after(queue.leasing.failed(unleasable, logging.WARNING))
+        if stepped.lease_refused:
+            self._wake_after(queue.leasing.failed(stepped.lease_refused, logging.WARNING))
             return
         if want > 0:
             queue.leasing.ok()
             queue.ready = len(leased) == want
-            queue.held = scripts.step_held(result)
+            queue.held = stepped.held
             queue.next_due = next_due
         elif next_due is not None:
             # A step that only flushed updates learned nothing about what is waiting (nor about rate
@@ -670,7 +645,7 @@ class Worker:
             await asyncio.sleep(self.settings.renew_interval)
             try:
                 await self._retrying(self._register)
-            except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY, OOM: try again next beat
+            except RedisError as exc:  # e.g. BUSY, READONLY, OOM: try again next beat
                 self._heartbeat.failed(exc)
             else:
                 self._heartbeat.ok()
@@ -691,11 +666,11 @@ class Worker:
         (Redis refused it for now). Called on the LeaseKeeper's thread, so it copies first."""
         while True:
             try:
-                held = [(r.queue.keys, r.job.id, r.job.token) for r in list(self._running.values())]
+                held = [(r.queue.keys.queue, r.job.id, r.job.token) for r in list(self._running.values())]
             except RuntimeError:  # the loop changed the dict while it was being copied
                 continue
             for queue in self._queues:
-                held += [(queue.keys, u.id, u.token) for u in list(queue.updates) if u.kind not in "pl"]
+                held += [(queue.keys.queue, u.id, u.token) for u in list(queue.updates) if u.kind not in "pl"]
             return held
 
     def _lease_lost(self, job_id: str, token: int) -> None:
@@ -733,43 +708,32 @@ class Worker:
 
     async def _publish_limits(self) -> None:
         """Store the limits tasks declare (``@task(rate_limit=..., max_active=...)``) on every queue served."""
-        assert self._redis is not None
+        assert self._store is not None
         for task in self.registry:
             if task.limit is None:
                 continue
             for queue in self._queues:
-                args = [self.settings.events_maxlen, "limit", task.name, task.limit.to_json()]
-                await scripts.acall(self._redis, "control", queue.keys.all, args)
+                await self._store.set_limit(queue.keys.queue, task.name, task.limit.to_json())
 
     async def _register(self) -> None:
-        assert self._redis is not None
-        expires = (await self._redis_time()) + self.settings.renew_interval * 3000
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(workers_key(self.settings.prefix), {self.id: expires})
-            pipe.sadd(queues_key(self.settings.prefix), *self.settings.queues)
-            await pipe.execute()
+        """The heartbeat: this worker is live for three renew intervals (by the Redis clock)."""
+        assert self._store is not None
+        await self._store.register_worker(self.id, self.settings.queues, self.settings.renew_interval * 3000)
 
     async def _unregister(self) -> None:
-        assert self._redis is not None
+        assert self._store is not None
         with contextlib.suppress(*REDIS_ERRORS):
-            await self._redis.zrem(workers_key(self.settings.prefix), self.id)
-
-    async def _redis_time(self) -> float:
-        assert self._redis is not None
-        seconds, micros = await self._redis.time()
-        return seconds * 1000 + micros / 1000
+            await self._store.unregister_worker(self.id)
 
     async def _sweep_loop(self) -> None:
-        assert self._redis is not None
-        conn = self._redis
+        assert self._store is not None
+        store = self._store
         while True:
             await asyncio.sleep(self.settings.sweep_interval * random.uniform(0.8, 1.2))
             for queue in self._queues:
                 try:
-                    recovered, lost = await self._retrying(
-                        lambda q=queue: scripts.acall(conn, "sweep", q.keys.all, scripts.sweep_args(self.settings))  # type: ignore[misc]
-                    )
-                except redis.exceptions.RedisError as exc:  # e.g. BUSY, READONLY: sweep again later
+                    recovered, lost = await self._retrying(lambda q=queue: store.sweep(q.keys.queue))  # type: ignore[misc]
+                except RedisError as exc:  # e.g. BUSY, READONLY: sweep again later
                     queue.swept.failed(exc)
                     continue
                 queue.swept.ok()
@@ -784,47 +748,35 @@ class Worker:
                     queue.ready = True
                     self._wake.set()
 
-    async def _listen(self, keys: list[str], timeout: float) -> Any:
+    async def _listen(self, queues: list[str], timeout: float) -> Wakeup | None:
         """Wait for a wake-up. Returns the token popped, or None (timed out, or taken by the queued lease).
 
         With one queue and a free slot, a one-job ``step`` is queued behind the wait on the same
-        connection: the wake-up is moved to this worker's claim list and the step, run by Redis at
-        once, leases a job only if it finds the claim. An idle worker's next job then costs no
-        extra round trip, and :meth:`stop` ends the wait with ``CLIENT UNBLOCK`` so nothing is leased.
+        connection (``WorkerStore.wait_and_lease``): an idle worker's next job then costs no extra
+        round trip, and :meth:`stop` ends the wait with ``CLIENT UNBLOCK`` so nothing is leased.
         Not on a cluster, whose client cannot pin a wait and a step to one connection: there it is a
-        plain BLPOP per queue (see ``connect.blpop``).
+        plain wait per queue (``WorkerStore.wait_for_wakeup``).
         """
-        assert self._blocking is not None
-        if self.burst or len(self._queues) != 1 or self._room() <= 0 or connect.is_cluster(self._blocking):
-            return await connect.blpop(self._blocking, keys, timeout)
+        assert self._store is not None
+        store = self._store
+        if self.burst or len(self._queues) != 1 or self._room() <= 0 or store.on_cluster:
+            return await store.wait_for_wakeup(queues, timeout)
         queue = self._queues[0]
-        claim = claim_key(queue.keys, self.id)
-        step_keys = (*queue.keys.all, claim)
-        pipe = self._blocking.pipeline(transaction=False)
-        pipe.execute_command("BLMOVE", queue.keys.wakeup, claim, "LEFT", "RIGHT", timeout)
-        pipe.evalsha(scripts.sha("step"), len(step_keys), *step_keys, *scripts.step_args(self.settings, self.id, 1, []))
         self._listening = True
         try:
-            moved, result = await pipe.execute(raise_on_error=False)
+            stepped = await store.wait_and_lease(queue.keys.queue, self.id, timeout)
         finally:
             self._listening = False
             self._wake.set()
-        if isinstance(moved, Exception):
-            raise moved
-        if isinstance(result, Exception):
-            if moved is not None:  # the step did not run: give the wake-up back, never leave a stale claim
-                await self._blocking.lmove(claim, queue.keys.wakeup, "LEFT", "LEFT")
-            if not isinstance(result, redis.exceptions.NoScriptError):
-                raise result
-            await scripts.aload_all(self._blocking)
-        else:
-            self._apply_step(queue, 1, [], result)
+        if stepped is not None:  # None: the step did not run (its script was missing, and is loaded now)
+            self._apply_step(queue, 1, [], stepped)
         return None
 
     async def _waker_loop(self) -> None:
         """Block on the queues' wake-up lists while the dispatcher is idle, instead of polling."""
-        assert self._blocking is not None
-        keys = [q.keys.wakeup for q in self._queues]
+        assert self._store is not None
+        store = self._store
+        queues = [q.keys.queue for q in self._queues]
         while not self._closing:
             await self._need_wakeup.wait()
             self._need_wakeup.clear()
@@ -834,8 +786,8 @@ class Worker:
             timeout = min([self.settings.idle_timeout, *dues])
             popped = None
             try:
-                popped = await self._listen(keys, max(timeout, 0.001))
-            except (redis.exceptions.RedisError, OSError) as exc:
+                popped = await self._listen(queues, max(timeout, 0.001))
+            except (RedisError, OSError) as exc:
                 if self._closing:
                     return
                 await asyncio.sleep(self._listener.failed(exc, logging.WARNING))
@@ -845,7 +797,7 @@ class Worker:
                 # This worker cannot take a job now (stopping, or filled up while it waited):
                 # pass the wake-up on to another idle worker.
                 with contextlib.suppress(*REDIS_ERRORS):
-                    await self._blocking.lpush(popped[0], popped[1])
+                    await store.pass_on(popped)
             if self._stopping:
                 return
             # Wait again only when the dispatcher, having looked, is idle again: a request made

@@ -177,16 +177,12 @@ class StoreBase:
 
     @staticmethod
     def _looks(results: list[Any]) -> list[ScheduleLook | Exception]:
-        """Each ``cron look``'s reply, or the error it met (a state key of another type, say); a lost
-        connection is raised."""
+        """Each ``cron look``'s reply, or the error it met in its place (a state key of another type, say; on a
+        cluster, one node out of reach: ``CONNECTION_LOST``, which a caller raises)."""
         looks: list[ScheduleLook | Exception] = []
         for result in results:
-            if isinstance(result, CONNECTION_LOST):
-                raise result
-            if isinstance(result, Exception):
-                looks.append(result)
-            else:
-                looks.append(ScheduleLook(str(result[0]) if result[0] else None, int(result[1])))
+            state = None if isinstance(result, Exception) or not result[0] else str(result[0])
+            looks.append(result if isinstance(result, Exception) else ScheduleLook(state, int(result[1])))
         return looks
 
     @staticmethod

@@ -229,8 +229,8 @@ class QueueStore(StoreBase):
     def look_schedules(
         self, entries: Sequence[Versioned], *, keep: bool = False, over: Mapping[str, str] | None = None
     ) -> list[ScheduleLook | Exception]:
-        """One ``cron look`` per entry in one round trip: its state and its queue's clock, or the error
-        that schedule's look met (a lost connection is raised)."""
+        """One ``cron look`` per entry in one round trip: its state and its queue's clock, or the error that
+        schedule's look met (see ``StoreBase._looks``)."""
         if not entries:
             return []
         results = scripts.run_pipeline_each(self.redis, self._look_commands(entries, keep, over))
