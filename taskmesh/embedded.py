@@ -7,13 +7,11 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 
-import redis
-
 from .errors import ConfigurationError
+from .store.connect import wait_ready_on
 
 SERVER_ENV = "TASKMESH_REDIS_SERVER"
 
@@ -45,23 +43,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_ready(conn: redis.Redis, process: subprocess.Popen[bytes], timeout: float) -> str:
-    """PING a starting server until it answers: ``"ready"``, ``"exited"`` (its process ended) or ``"timeout"``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn.ping()
-            return "ready"
-        except redis.exceptions.BusyLoadingError:
-            pass
-        except redis.exceptions.ConnectionError:
-            if process.poll() is not None:
-                return "exited"
-        if time.monotonic() > deadline:
-            return "timeout"
-        time.sleep(0.02)
 
 
 class EmbeddedRedis:
@@ -108,11 +89,7 @@ class EmbeddedRedis:
             *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        conn = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        try:
-            outcome = wait_ready(conn, self.process, timeout)
-        finally:
-            conn.close()
+        outcome = wait_ready_on(self.port, self.process, timeout)
         if outcome == "exited":
             err = self.process.stderr.read().decode() if self.process.stderr else ""
             raise ConfigurationError(f"{args[0]} exited at start: {err.strip()}")

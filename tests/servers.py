@@ -15,7 +15,8 @@ from typing import Any
 
 import redis
 
-from taskmesh.embedded import find_server, free_port, wait_ready
+from taskmesh.embedded import find_server, free_port
+from taskmesh.store.connect import wait_ready
 from taskmesh.testing import wait_until
 
 START_TIMEOUT = 10.0

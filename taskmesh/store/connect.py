@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -163,6 +165,32 @@ def _sentinel_options(target: Target, options: Mapping[str, Any]) -> dict[str, A
 
 
 # -- sync ------------------------------------------------------------------------
+
+
+def wait_ready(conn: redis.Redis, process: subprocess.Popen[bytes], timeout: float) -> str:
+    """PING a starting server until it answers: ``"ready"``, ``"exited"`` (its process ended) or ``"timeout"``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.ping()
+            return "ready"
+        except redis.exceptions.BusyLoadingError:
+            pass
+        except redis.exceptions.ConnectionError:
+            if process.poll() is not None:
+                return "exited"
+        if time.monotonic() > deadline:
+            return "timeout"
+        time.sleep(0.02)
+
+
+def wait_ready_on(port: int, process: subprocess.Popen[bytes], timeout: float) -> str:
+    """:func:`wait_ready` for a server starting on ``port`` of 127.0.0.1, on a connection of its own."""
+    conn = redis.Redis(port=port, socket_connect_timeout=0.5)
+    try:
+        return wait_ready(conn, process, timeout)
+    finally:
+        conn.close()
 
 
 def sync_client(url: str, **overrides: Any) -> redis.Redis:
