@@ -12,9 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-import redis
-
 from ..errors import RedisUnavailable, TaskmeshError
+from ..store.connect import CONNECTION_ERRORS, REDIS_ERROR
 from . import config, control, enqueue, events, plugins, queues, run, schedules, status, tasks
 from .common import EXIT_ERROR, EXIT_UNREACHABLE, CliError, EscapingFormatter, escape, load_settings, unreachable
 
@@ -45,13 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), exc.code)
     except RedisUnavailable as exc:
         return _fail(str(exc), EXIT_UNREACHABLE)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+    except CONNECTION_ERRORS as exc:
         return _fail(str(unreachable(_redis_url(args), exc)), EXIT_UNREACHABLE)
     except BrokenPipeError:
         # The reader went away (``taskmesh events | head``): not an error worth a line.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
-    except (TaskmeshError, ValueError, TypeError, OSError, redis.exceptions.RedisError) as exc:
+    except (TaskmeshError, ValueError, TypeError, OSError, REDIS_ERROR) as exc:
         return _fail(str(exc) or type(exc).__name__)
     except KeyboardInterrupt:
         return 130
