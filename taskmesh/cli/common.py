@@ -15,6 +15,7 @@ from typing import Any
 from ..client import Client
 from ..names import INVISIBLE_RE, NAME_RE
 from ..settings import ResolvedSettings, Settings, resolve_settings
+from ..store import QueueStore
 from ..store import connect as connections
 from ..urls import redact
 
@@ -85,16 +86,13 @@ def check_redis(url: str) -> None:
         connections.parse(url)
     except ValueError as exc:
         raise CliError(f"invalid Redis URL {display_url(url)}: {exc}", EXIT_UNREACHABLE) from None
+    store = QueueStore(Settings(redis_url=url))
     try:
-        conn = connections.sync_client(url)
-    except CONNECTION_ERRORS as exc:  # a cluster client looks for the cluster at once
-        raise unreachable(url, exc) from None
-    try:
-        conn.ping()
+        store.ping()  # a cluster client looks for the cluster as it is made, here
     except CONNECTION_ERRORS as exc:
         raise unreachable(url, exc) from None
     finally:
-        conn.close()
+        store.close()
 
 
 def connect(settings: Settings) -> Client:

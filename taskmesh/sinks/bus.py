@@ -45,14 +45,12 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeGuard
-
-import redis
-import redis.asyncio as aredis
+from typing import TYPE_CHECKING, TypeGuard
 
 from ..events import FINAL_EVENTS, Event, MalformedEvent
-from ..store import connect
-from ..store.keys import NAME_RE, QueueKeys
+from ..store import EventGroup, GroupMissing, RedisError, ResponseError, connect
+from ..store.groups import GroupEntry
+from ..store.keys import NAME_RE
 from ..task import Backoff
 
 if TYPE_CHECKING:
@@ -86,9 +84,9 @@ def group_name(sinks: Mapping[str, object]) -> str:
 
 @dataclass(slots=True)
 class _Pending:
-    """One event handed to the sinks; acknowledged when ``left`` reaches 0."""
+    """One event of ``queue`` handed to the sinks; acknowledged when ``left`` reaches 0."""
 
-    stream: str
+    queue: str
     id: str
     left: int
 
@@ -112,39 +110,37 @@ class EventBus:
 
     def __init__(self, settings: Settings, sinks: Mapping[str, Sink], stats: WorkerStats, consumer: str) -> None:
         self._settings = settings
-        self._keys = [QueueKeys.of(settings.prefix, queue) for queue in settings.queues]
+        self._queues = list(settings.queues)
         self._outlets = [_Outlet(name, sink, settings.sink_buffer) for name, sink in sinks.items()]
         self._stats = stats
         self.group = group_name(sinks)
         self.consumer = consumer
-        self._acks: dict[str, list[str]] = defaultdict(list)
-        self._inflight: dict[str, set[str]] = defaultdict(set)  # stream -> ids some sink still has
+        self._acks: dict[str, list[str]] = defaultdict(list)  # queue -> ids to acknowledge
+        self._inflight: dict[str, set[str]] = defaultdict(set)  # queue -> ids some sink still has
         self._tasks: OrderedDict[str, str] = OrderedDict()  # job id -> task name, most recent last
-        self._redis: aredis.Redis | None = None
+        self._group: EventGroup | None = None
         self._feeders: list[asyncio.Task[None]] = []
         self.skipped = 0  # malformed entries (or entries whose handling failed) acknowledged unseen
         self._skips = _Skips()
 
     async def start(self) -> None:
         """Join the group on every queue's stream (creating it at the stream's end), then start reading."""
-        if self._redis is None:
+        if self._group is None:
             # Invalid UTF-8 in an entry comes through as lone surrogates, which Event.parse refuses.
-            self._redis = connect.blocking_client(
-                self._settings.redis_url, READ_BLOCK_MS / 1000, encoding_errors="surrogateescape"
-            )
-        for keys in self._keys:
-            await self._join(keys.events)
+            self._group = EventGroup(self._settings, self.group, self.consumer, READ_BLOCK_MS / 1000)
+        for queue in self._queues:
+            await self._group.join(queue)
         for outlet in self._outlets:
             outlet.task = asyncio.create_task(self._drain(outlet), name=f"taskmesh-sink-{outlet.name}")
-        self._feeders = [asyncio.create_task(self._feed(k), name=f"taskmesh-events-{k.queue}") for k in self._keys]
+        self._feeders = [asyncio.create_task(self._feed(q), name=f"taskmesh-events-{q}") for q in self._queues]
 
     async def stop(self) -> None:
         """Read what is left in the streams, give the sinks ``STOP_WAIT`` to catch up, acknowledge, close the sinks."""
         await _cancel(self._feeders)
         try:
-            for keys in self._keys:
-                await self._recover(keys)
-                await self._read(keys, block=None)  # the last events, this worker's final results among them
+            for queue in self._queues:
+                await self._recover(queue)
+                await self._read(queue, block=None)  # the last events, this worker's final results among them
         except Exception as exc:  # Redis gone: what is unread stays for the group's other workers
             log.warning("event bus: cannot read the last events (%s)", exc)
         buffers = [asyncio.ensure_future(outlet.buffer.join()) for outlet in self._outlets]
@@ -159,144 +155,128 @@ class EventBus:
                 await asyncio.wait_for(outlet.sink.close(), STOP_WAIT)
             except Exception:
                 log.exception("event sink %s: close failed", outlet.name)
-        if self._redis is not None:
+        if self._group is not None:
             with contextlib.suppress(Exception):
-                for keys in self._keys:
-                    await self._flush(keys.events)
-                    await self._leave(keys.events)
-            await self._redis.aclose()
+                for queue in self._queues:
+                    await self._flush(queue)
+                    await self._leave(queue)
+            await self._group.aclose()
 
     # -- reading -----------------------------------------------------------------
 
-    async def _join(self, stream: str) -> None:
-        assert self._redis is not None
-        try:
-            await self._redis.xgroup_create(stream, self.group, id="$", mkstream=True)
-        except redis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def _feed(self, keys: QueueKeys) -> None:
+    async def _feed(self, queue: str) -> None:
         """Read the queue's events until cancelled: no error ends it (see "Hostile entries" above)."""
-        loop = asyncio.get_running_loop()
+        assert self._group is not None
+        group, loop = self._group, asyncio.get_running_loop()
         next_claim = loop.time() + CLAIM_EVERY * random.uniform(0.5, 1.5)
         failures, rejoin = 0, False
         while True:
             try:
                 if rejoin:  # here, not in the handler below, where an error would end the reader
-                    await self._join(keys.events)
+                    await group.join(queue)
                     rejoin = False
-                await self._flush(keys.events)
+                await self._flush(queue)
                 if loop.time() >= next_claim:
                     next_claim = loop.time() + CLAIM_EVERY * random.uniform(0.5, 1.5)
-                    await self._claim(keys)
-                await self._read(keys, block=READ_BLOCK_MS)
+                    await self._claim(queue)
+                await self._read(queue, block=READ_BLOCK_MS)
                 failures = 0
-            except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" in str(exc):  # the stream was deleted (and the group with it)
-                    rejoin = True
-                    continue
-                log.error("event bus: reading queue %s failed: %s", keys.queue, exc)
+            except GroupMissing:  # the stream was deleted (and the group with it)
+                rejoin = True
+                continue
+            except ResponseError as exc:
+                log.error("event bus: reading queue %s failed: %s", queue, exc)
                 await asyncio.sleep(1.0)
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:
                 log.warning("event bus: redis unreachable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
             except Exception:
                 failures += 1
                 pause = REREAD.delay(failures)
-                log.exception("event bus: reading queue %s failed; reading again in %.1f s", keys.queue, pause)
+                log.exception("event bus: reading queue %s failed; reading again in %.1f s", queue, pause)
                 await asyncio.sleep(pause)
 
-    async def _read(self, keys: QueueKeys, block: int | None) -> None:
+    async def _read(self, queue: str, block: int | None) -> None:
         """New events of the queue for this consumer; without ``block``, until none are left (bounded)."""
-        assert self._redis is not None
+        assert self._group is not None
         for _ in range(1 if block is not None else 100):
-            reply: Any = await self._redis.xreadgroup(
-                self.group, self.consumer, {keys.events: ">"}, count=READ_COUNT, block=block
-            )
-            entries = [entry for _, found in reply or [] for entry in found]
-            await self._publish(keys, entries)
+            entries = await self._group.read_new(queue, READ_COUNT, block)
+            await self._publish(queue, entries)
             if len(entries) < READ_COUNT:
                 return
 
-    async def _recover(self, keys: QueueKeys) -> None:
+    async def _recover(self, queue: str) -> None:
         """Deliver what this consumer read but never handed to its sinks (a read cut short by the stop)."""
-        assert self._redis is not None
-        stream, start = keys.events, "0"
+        assert self._group is not None
+        start = "0"
         for _ in range(100):
-            reply: Any = await self._redis.xreadgroup(self.group, self.consumer, {stream: start}, count=READ_COUNT)
-            entries = [entry for _, found in reply or [] for entry in found]
+            entries = await self._group.read_own(queue, start, READ_COUNT)
             if not entries:
                 return
             start = entries[-1][0]
-            await self._redeliver(keys, entries)
+            await self._redeliver(queue, entries)
 
-    async def _claim(self, keys: QueueKeys) -> None:
+    async def _claim(self, queue: str) -> None:
         """Take over events other consumers read and never acknowledged (their worker died), while there is room."""
-        assert self._redis is not None
-        stream, start = keys.events, "0-0"
+        assert self._group is not None
+        start = "0-0"
         room = min(outlet.buffer.maxsize - outlet.buffer.qsize() for outlet in self._outlets)
         while room >= READ_COUNT:
-            reply: Any = await self._redis.xautoclaim(
-                stream, self.group, self.consumer, int(CLAIM_IDLE * 1000), start, count=READ_COUNT
-            )
-            start, entries = reply[0], reply[1]
-            await self._redeliver(keys, entries)
+            start, entries = await self._group.claim(queue, int(CLAIM_IDLE * 1000), start, READ_COUNT)
+            await self._redeliver(queue, entries)
             room -= len(entries)
-            if start in ("0-0", b"0-0"):
+            if start == "0-0":
                 break
-        await self._forget(stream)
+        await self._forget(queue)
 
-    async def _redeliver(self, keys: QueueKeys, entries: list[Any]) -> None:
+    async def _redeliver(self, queue: str, entries: list[GroupEntry]) -> None:
         """Publish events read again (pending ones) that this worker's sinks do not have yet; acknowledge
         those trimmed from the stream before anyone delivered them (they come back without fields)."""
-        mine = self._handled(keys.events)
-        self._acks[keys.events] += [entry_id for entry_id, fields in entries if entry_id is not None and not fields]
-        await self._publish(keys, [(i, f) for i, f in entries if i is not None and f and i not in mine])
+        mine = self._handled(queue)
+        self._acks[queue] += [entry_id for entry_id, fields in entries if entry_id is not None and not fields]
+        await self._publish(queue, [(i, f) for i, f in entries if i is not None and f and i not in mine])
 
-    def _handled(self, stream: str) -> set[str]:
+    def _handled(self, queue: str) -> set[str]:
         """Ids this worker's sinks have, or have done with and not acknowledged yet: never delivered again."""
-        return self._inflight[stream] | set(self._acks.get(stream, ()))
+        return self._inflight[queue] | set(self._acks.get(queue, ()))
 
-    async def _forget(self, stream: str) -> None:
+    async def _forget(self, queue: str) -> None:
         """Remove consumers of workers long gone that have nothing pending."""
-        assert self._redis is not None
-        for consumer in await self._redis.xinfo_consumers(stream, self.group):
-            idle, name = consumer.get("idle", 0) / 1000, str(consumer.get("name"))
-            if name != self.consumer and not consumer.get("pending") and idle > FORGET_IDLE:
-                await self._redis.xgroup_delconsumer(stream, self.group, name)
+        assert self._group is not None
+        for consumer in await self._group.consumers(queue):
+            if consumer.name != self.consumer and not consumer.pending and consumer.idle_ms / 1000 > FORGET_IDLE:
+                await self._group.remove_consumer(queue, consumer.name)
 
-    async def _leave(self, stream: str) -> None:
+    async def _leave(self, queue: str) -> None:
         """A stopping worker leaves the group when it has nothing pending (else its events wait to be claimed)."""
-        assert self._redis is not None
-        pending = await self._redis.xpending_range(stream, self.group, "-", "+", 1, consumername=self.consumer)
-        if not pending:
-            await self._redis.xgroup_delconsumer(stream, self.group, self.consumer)
+        assert self._group is not None
+        if not await self._group.has_pending(queue):
+            await self._group.remove_consumer(queue, self.consumer)
 
-    async def _flush(self, stream: str) -> None:
-        ids = self._acks.pop(stream, None)
+    async def _flush(self, queue: str) -> None:
+        ids = self._acks.pop(queue, None)
         if ids:
-            assert self._redis is not None
-            await self._redis.xack(stream, self.group, *ids)
+            assert self._group is not None
+            await self._group.ack(queue, ids)
 
     # -- delivering --------------------------------------------------------------
 
-    async def _publish(self, keys: QueueKeys, entries: list[tuple[str, Any]]) -> None:
+    async def _publish(self, queue: str, entries: list[GroupEntry]) -> None:
         """Hand the entries to the sinks in stream order, skipping those that are not events (``_skip``)."""
         if not entries:
             return
         events: list[Event] = []
         for entry_id, fields in entries:
             try:
-                events.append(Event.parse(keys.queue, entry_id, fields))
+                events.append(Event.parse(queue, entry_id, fields))
             except Exception as exc:  # MalformedEvent, or a bug: either way this entry only
-                self._skip(keys, entry_id, exc)
-        for event in await self._enrich(keys, events):
-            await self._offer(keys.events, event)
+                self._skip(queue, entry_id, exc)
+        for event in await self._enrich(queue, events):
+            await self._offer(queue, event)
 
-    async def _offer(self, stream: str, event: Event) -> None:
-        pending = _Pending(stream, event.id, len(self._outlets))
-        self._inflight[stream].add(event.id)
+    async def _offer(self, queue: str, event: Event) -> None:
+        pending = _Pending(queue, event.id, len(self._outlets))
+        self._inflight[queue].add(event.id)
         for outlet in self._outlets:
             if outlet.buffer.full():
                 await asyncio.sleep(0)  # a sink that keeps up empties its buffer meanwhile
@@ -309,13 +289,13 @@ class EventBus:
                 self._report(outlet)
                 self._done(pending)
 
-    def _skip(self, keys: QueueKeys, entry_id: str, error: Exception) -> None:
+    def _skip(self, queue: str, entry_id: str, error: Exception) -> None:
         """Acknowledge an entry no sink will see, so that it never stays pending; count and report it."""
-        self._acks[keys.events].append(entry_id)
+        self._acks[queue].append(entry_id)
         self.skipped += 1
         self._stats.events_skipped += 1
         self._skips.unreported += 1
-        self._skips.last = (keys.queue, entry_id, error)
+        self._skips.last = (queue, entry_id, error)
         self._report_skips()
 
     def _report_skips(self, force: bool = False) -> None:
@@ -356,8 +336,8 @@ class EventBus:
     def _done(self, pending: _Pending) -> None:
         pending.left -= 1
         if pending.left == 0:
-            self._inflight[pending.stream].discard(pending.id)
-            self._acks[pending.stream].append(pending.id)
+            self._inflight[pending.queue].discard(pending.id)
+            self._acks[pending.queue].append(pending.id)
 
     def _report(self, outlet: _Outlet, error: Exception | None = None, force: bool = False) -> None:
         """Warn about a sink's drops and errors: the first at once, then at most every ``WARN_EVERY`` seconds."""
@@ -374,16 +354,16 @@ class EventBus:
             f"; last: {error!r}" if error is not None else "",
         )
 
-    async def _enrich(self, keys: QueueKeys, events: list[Event]) -> list[Event]:
+    async def _enrich(self, queue: str, events: list[Event]) -> list[Event]:
         """Add ``task`` to job events and ``duration_ms`` to final ones, from the job records; returns the
         events that are left (one whose enrichment fails is skipped, the others go on)."""
-        assert self._redis is not None
+        assert self._group is not None
         wanted = sorted(
             {e.job_id for e in events if e.job_id and (e.name in FINAL_EVENTS or e.job_id not in self._tasks)}
         )
         durations: dict[str, int | None] = {}
         if wanted:
-            for job_id, raw in zip(wanted, await self._redis.hmget(keys.jobs, wanted), strict=True):
+            for job_id, raw in zip(wanted, await self._group.job_records(queue, wanted), strict=True):
                 task, durations[job_id] = _job_facts(raw)
                 if task is not None:
                     self._remember(job_id, task)
@@ -392,7 +372,7 @@ class EventBus:
             try:
                 self._annotate(event, durations.get(event.job_id))
             except Exception as exc:
-                self._skip(keys, event.id, exc)
+                self._skip(queue, event.id, exc)
                 continue
             enriched.append(event)
         return enriched

@@ -78,6 +78,10 @@ class AsyncQueueStore(StoreBase):
             await self._redis.aclose()
             self._redis = None
 
+    async def ping(self) -> None:
+        """One PING (bounded by the connection timeouts): raises if Redis cannot be reached."""
+        await self.redis.ping()
+
     # -- queues ------------------------------------------------------------------
 
     async def register_queue(self, queue: str) -> None:

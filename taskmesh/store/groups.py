@@ -82,7 +82,8 @@ class EventGroup(StoreBase):
             reply: Any = await self.redis.xautoclaim(
                 self.keys(queue).events, self.group, self.consumer, idle_ms, start, count=count
             )
-        return str(reply[0]), list(reply[1])
+        start = reply[0]
+        return start.decode() if isinstance(start, bytes) else str(start), list(reply[1])
 
     async def consumers(self, queue: str) -> list[Consumer]:
         with _group_errors():

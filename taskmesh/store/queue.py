@@ -78,6 +78,10 @@ class QueueStore(StoreBase):
             self._redis.close()
             self._redis = None
 
+    def ping(self) -> None:
+        """One PING (bounded by the connection timeouts): raises if Redis cannot be reached."""
+        self.redis.ping()
+
     # -- queues ------------------------------------------------------------------
 
     def register_queue(self, queue: str) -> None:

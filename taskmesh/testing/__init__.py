@@ -52,7 +52,7 @@ def drain(
 
 
 def _failed_ids(client: Client, queue: str) -> set[str]:
-    return {str(job_id) for job_id in client.redis.zrange(client.keys(queue).failed, 0, -1)}
+    return set(client.store.job_ids(queue, "failed"))
 
 
 class RunningWorker:

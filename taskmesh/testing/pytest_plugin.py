@@ -26,7 +26,7 @@ from ..dispatch import WorkerStats
 from ..embedded import EmbeddedRedis
 from ..registry import Registry
 from ..settings import Settings
-from ..store import connect
+from ..store import QueueStore
 from ..task import Task
 from . import RunningWorker, drain, running_worker
 
@@ -48,13 +48,7 @@ def taskmesh_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 def taskmesh_prefix(taskmesh_redis_url: str) -> Iterator[str]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     yield prefix
-    conn = connect.sync_client(taskmesh_redis_url, decode_responses=False)
-    try:
-        keys = list(conn.scan_iter(match=f"{{{prefix}*", count=1000))
-        if keys:
-            conn.delete(*keys)
-    finally:
-        conn.close()
+    QueueStore(Settings(redis_url=taskmesh_redis_url, prefix=prefix)).purge()
 
 
 @pytest.fixture
