@@ -22,14 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from taskmesh import Cancelled, Job, Registry, Retry, Settings, SlowDown, Task, Unrecoverable
 from taskmesh.dispatch.outcome import error_json, result_json
 from taskmesh.errors import PayloadError, TaskmeshError
 from taskmesh.job import decode_payload
-from taskmesh.store import connect, scripts
-from taskmesh.store.keys import QueueKeys
+from taskmesh.store import QueueStore, RedisError
 from taskmesh.store.scripts import Update
 
 log = logging.getLogger("taskmesh.k8s.entry")
@@ -65,26 +62,23 @@ class Context:
             result_ttl=int(env.get("TASKMESH_RESULT_TTL", "86400")),
         )
 
-    @property
-    def keys(self) -> QueueKeys:
-        return QueueKeys.of(self.settings.prefix, self.queue)
-
 
 class Reporter:
-    """``Job.progress``/``Job.log`` for the pod: each update is one fenced ``step`` call, sent at once.
-    A refused update (another holder has the job) marks the job's lease lost, so the next report raises."""
+    """``Job.progress``/``Job.log`` for the pod: each update is one fenced ``step`` call (leasing nothing),
+    sent at once. A refused update (another holder has the job) marks the job's lease lost, so the next
+    report raises."""
 
-    def __init__(self, conn: redis.Redis, ctx: Context) -> None:
-        self.conn = conn
+    def __init__(self, store: QueueStore, ctx: Context) -> None:
+        self.store = store
         self.ctx = ctx
         self.job: Job | None = None
 
     def __call__(self, kind: str, job_id: str, value: str) -> None:
         ctx = self.ctx
-        args = scripts.step_args(ctx.settings, f"k8s:{job_id}", 0, [Update(kind, job_id, ctx.token, value)])
+        update = Update(kind, job_id, ctx.token, value)
         try:
-            accepted, _, _ = scripts.parse_step(scripts.call(self.conn, "step", ctx.keys.all, args))
-        except redis.RedisError as exc:  # progress is best effort; the outcome is what counts
+            accepted = self.store.step(ctx.queue, f"k8s:{job_id}", 0, [update]).accepted
+        except RedisError as exc:  # progress is best effort; the outcome is what counts
             log.warning("could not report %s for job %s: %s", "progress" if kind == "p" else "a log line", job_id, exc)
             return
         if not accepted[0] and self.job is not None:
@@ -107,12 +101,15 @@ def outcome(exc: BaseException | None, result: Any = None, token: int = 0) -> di
     return {"ok": False, "kind": kind, "delay": delay, "error": json.loads(error_json(exc)), "token": token}
 
 
-def load(conn: redis.Redis, ctx: Context) -> tuple[Task[Any, Any], list[Any], dict[str, Any]]:
-    raw = conn.hget(ctx.keys.payloads, ctx.job_id)
+def load(store: QueueStore, ctx: Context) -> tuple[Task[Any, Any], list[Any], dict[str, Any]]:
+    try:
+        raw = store.payload(ctx.queue, ctx.job_id)
+    except ValueError as exc:  # a queue name no queue can have
+        raise TaskmeshError(str(exc)) from None
     if raw is None:
         raise TaskmeshError(f"job {ctx.job_id} has no payload in queue {ctx.queue!r} (removed meanwhile?)")
     try:
-        name, args, kwargs = decode_payload(str(raw), ctx.job_id)
+        name, args, kwargs = decode_payload(raw, ctx.job_id)
     except PayloadError as exc:
         raise TaskmeshError(str(exc)) from None
     if name != ctx.task:
@@ -123,14 +120,14 @@ def load(conn: redis.Redis, ctx: Context) -> tuple[Task[Any, Any], list[Any], di
     return task, args, kwargs
 
 
-def run(conn: redis.Redis, ctx: Context) -> int:
+def run(store: QueueStore, ctx: Context) -> int:
     try:
-        task, args, kwargs = load(conn, ctx)
-    except (TaskmeshError, redis.RedisError) as exc:
+        task, args, kwargs = load(store, ctx)
+    except (TaskmeshError, RedisError) as exc:
         print(f"taskmesh: {exc}", file=sys.stderr)
-        _leave(conn, ctx, outcome(exc, token=ctx.token))
+        _leave(store, ctx, outcome(exc, token=ctx.token))
         return EXIT_SETUP
-    reporter = Reporter(conn, ctx)
+    reporter = Reporter(store, ctx)
     job = reporter.job = Job(ctx.job_id, ctx.queue, task.name, ctx.attempt, ctx.token, reporter)
     call_args = [job, *args] if task.takes_job else args
     try:
@@ -138,17 +135,17 @@ def run(conn: redis.Redis, ctx: Context) -> int:
         left = outcome(None, result, ctx.token)
     except BaseException as exc:  # the task's error, whatever it is, is this attempt's outcome
         traceback.print_exc()
-        _leave(conn, ctx, outcome(exc, token=ctx.token))
+        _leave(store, ctx, outcome(exc, token=ctx.token))
         return EXIT_FAILED
-    if not _leave(conn, ctx, left):
+    if not _leave(store, ctx, left):
         return EXIT_FAILED
     return 0
 
 
-def _leave(conn: redis.Redis, ctx: Context, value: dict[str, Any]) -> bool:
+def _leave(store: QueueStore, ctx: Context, value: dict[str, Any]) -> bool:
     try:
-        conn.set(ctx.result_key, json.dumps(value), ex=ctx.result_ttl)
-    except redis.RedisError as exc:
+        store.leave_outcome(ctx.result_key, json.dumps(value), ctx.result_ttl)
+    except RedisError as exc:
         print(f"taskmesh: cannot leave the outcome of job {ctx.job_id} in Redis: {exc}", file=sys.stderr)
         return False
     return True
@@ -161,11 +158,11 @@ def main(env: Mapping[str, str] | None = None) -> int:
     except (KeyError, ValueError, TaskmeshError) as exc:
         print(f"taskmesh: this pod's environment does not describe a taskmesh job: {exc!r}", file=sys.stderr)
         return EXIT_SETUP
-    conn = connect.sync_client(ctx.settings.redis_url)
+    store = QueueStore(ctx.settings, direct=False)
     try:
-        return run(conn, ctx)
+        return run(store, ctx)
     finally:
-        conn.close()
+        store.close()
 
 
 if __name__ == "__main__":

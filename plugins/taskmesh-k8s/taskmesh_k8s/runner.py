@@ -16,12 +16,9 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import redis.asyncio as aredis
-
 from taskmesh import Cancelled, ConfigurationError, Job, Retry, Settings, SlowDown, Task, Unrecoverable
 from taskmesh.dispatch.retry import RedisRetry
-from taskmesh.store import connect
-from taskmesh.store.keys import QueueKeys
+from taskmesh.store import AsyncQueueStore
 
 from . import manifest, names
 from .api import Kube, KubeError, Obj, WatchStopper, api_client, check_job
@@ -71,7 +68,7 @@ class K8sRunner:
         self.kube = Kube(client, self.config)
         self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="taskmesh-k8s")
         self._options: dict[str, JobOptions] = {}
-        self._redis: aredis.Redis | None = None
+        self._store: AsyncQueueStore | None = None
         self._retrying = RedisRetry(settings)  # Redis calls wait out an outage, as the worker's own do
         self._sweeping: asyncio.Task[None] | None = None
         self._stoppers: set[WatchStopper] = set()
@@ -95,8 +92,8 @@ class K8sRunner:
             await asyncio.wait(self._background, timeout=self.config.request_timeout)
         self.kube.close()
         self._threads.shutdown(wait=False, cancel_futures=True)
-        if self._redis is not None:
-            await self._redis.aclose()
+        if self._store is not None:
+            await self._store.aclose()
 
     def _parse(self, task: Task[Any, Any]) -> JobOptions:
         """The task's options, checked down to the Job they make (through the client's model of a Job)."""
@@ -117,10 +114,11 @@ class K8sRunner:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
-    def _conn(self) -> aredis.Redis:
-        if self._redis is None:
-            self._redis = connect.async_client(self.settings.redis_url)
-        return self._redis
+    def _conn(self) -> AsyncQueueStore:
+        """The runner's store: job records and the outcomes the pods leave (made at first use)."""
+        if self._store is None:
+            self._store = AsyncQueueStore(self.settings, direct=False)
+        return self._store
 
     # -- one attempt ---------------------------------------------------------------
 
@@ -156,8 +154,8 @@ class K8sRunner:
         return await self._outcome(attempt, options, ended)
 
     async def _created(self, job: Job) -> int:
-        conn, key = self._conn(), QueueKeys.of(self.settings.prefix, job.queue).jobs
-        raw = await self._retrying(lambda: conn.hget(key, job.id))
+        store = self._conn()
+        raw = await self._retrying(lambda: store.job_record(job.queue, job.id))
         if raw is None:
             raise KubernetesJobFailed(f"job {job.id} has no record in queue {job.queue!r} (removed meanwhile?)")
         return int(json.loads(raw)["created"])
@@ -247,8 +245,8 @@ class K8sRunner:
 
     async def _outcome(self, attempt: Attempt, options: JobOptions, ended: Obj) -> Any:
         namespace, name = str(options.namespace), attempt.name
-        conn = self._conn()
-        raw = await self._retrying(lambda: conn.get(attempt.result_key))
+        store = self._conn()
+        raw = await self._retrying(lambda: store.outcome(attempt.result_key))
         left: dict[str, Any] | None = None if raw is None else json.loads(raw)
         if finished(ended) == "Complete":
             if left is not None and left.get("ok"):
@@ -260,7 +258,7 @@ class K8sRunner:
         details = await self._thread(self._failure_details, namespace, name, ended)
         if left is not None and left.get("kind") == "slowdown":
             # The job is deferred under the same attempt number, so the same Job name: clear the way.
-            await self._retrying(lambda: conn.delete(attempt.result_key))
+            await self._retrying(lambda: store.drop_outcome(attempt.result_key))
             await self._delete(namespace, name)
         raise _error(left, details)
 
@@ -315,8 +313,8 @@ class K8sRunner:
             return False  # another installation's, its prefix label only looked the same
         queue, job_id = annotations[names.QUEUE_ANNOTATION], annotations[names.JOB_ANNOTATION]
         attempt = int(labels[names.ATTEMPT_LABEL])
-        conn, key = self._conn(), QueueKeys.of(self.settings.prefix, queue).jobs
-        raw = await self._retrying(lambda: conn.hget(key, job_id))
+        store = self._conn()
+        raw = await self._retrying(lambda: store.job_record(queue, job_id))
         if raw is None:
             return True
         record = json.loads(raw)
