@@ -17,23 +17,30 @@ local PRIO_SPAN = 1099511627776
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
--- An event on the queue's stream. The first a script sends trims the stream as it is added (one command
--- for the common single-event script); a script that sends more trims once more in finalize().
+-- An event on the queue's stream. Adding it trims the stream (MAXLEN ~) when it is the script's first
+-- (one command for the common single-event script) or `trim` asks it: send_events() asks it of the last
+-- of each batch. A script whose last event did not trim trims once more in finalize().
 -- Events announce changes already written, so a refused one (a stream of the wrong type, or whose ids
 -- are used up) never turns a change into an error: it is lost, and `events_refused` says why.
-local emitted, events_refused = 0, false
-local function send(...)
+local emitted, untrimmed, events_refused = 0, false, false
+local function send(trim, ...)
   local reply
-  if emitted == 0 then
+  trim = trim or emitted == 0
+  if trim then
     reply = redis.pcall('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, '*', ...)
   else
     reply = redis.pcall('XADD', K_EVENTS, '*', ...)
   end
-  if type(reply) == 'table' and reply.err then events_refused = reply.err else emitted = emitted + 1 end
+  if type(reply) == 'table' and reply.err then
+    events_refused = reply.err
+  else
+    emitted, untrimmed = emitted + 1, not trim
+  end
 end
 
 -- Wake-ups only save idle workers a wait, so a broken wakeup list (not a list) never fails a script.
 local function wake(n)
+  if n <= 0 then return end
   -- A full list already wakes every idle worker: then add nothing (a read, not two writes).
   local queued = redis.pcall('LLEN', K_WAKEUP)
   if type(queued) ~= 'number' then return end
@@ -81,9 +88,9 @@ local function add_job(id, task, payload, prio, due, extra, ...)
     error({err = err})
   end
   if rec.due then
-    send('event', 'delayed', 'job', id, 'due', due, ...)
+    send(false, 'event', 'delayed', 'job', id, 'due', due, ...)
   else
-    send('event', 'enqueued', 'job', id, ...)
+    send(false, 'event', 'enqueued', 'job', id, ...)
   end
   return true, rec.state
 end
@@ -101,7 +108,8 @@ local function emit(event, id, ...)
 end
 
 local function send_events()
-  for _, fields in ipairs(unsent) do send(unpack(fields)) end
+  local n = #unsent
+  for i = 1, n do send(i == n, unpack(unsent[i])) end
   unsent = {}
 end
 
@@ -364,14 +372,14 @@ end
 local capped_exits = 0
 
 -- Call last: write what is pending, wake workers a freed capped slot may let lease, and trim
--- the event stream once.
+-- the event stream if its last event did not.
 local function finalize()
   flush()
   if capped_exits > 0 then
     local waiting = redis.pcall('ZCARD', K_WAITING)
     if type(waiting) == 'number' and waiting > 0 then wake(capped_exits) end
   end
-  if emitted > 1 then redis.call('XTRIM', K_EVENTS, 'MAXLEN', '~', MAXLEN) end
+  if untrimmed then redis.call('XTRIM', K_EVENTS, 'MAXLEN', '~', MAXLEN) end
 end
 
 -- Change a task's count of running jobs (see the task caps in step.lua). A count that is not a number
