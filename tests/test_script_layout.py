@@ -1,11 +1,11 @@
 """What the Lua scripts and Python share is written once, and every key a script touches comes in its KEYS.
 
-``scripts.source()`` declares the queue's keys (``K_JOBS = KEYS[1]``, ... in the order of QUEUE_KEY_NAMES),
-their number (``N_QUEUE_KEYS``) and an update's field positions (``U_KIND = 1``, ... from ``Update``); the
-scripts use only these names. Redis Cluster routes a script by its KEYS and ACL rules are checked against
-them, so a script that names a key itself reaches past both: only a task's rate log (one per task) is
-named by the scripts, from ``K_RATE``. Here every script runs with each command's key checked against its
-KEYS, on the paths that touch the most keys.
+``scripts.source()`` declares the queue's keys (``K_JOBS = KEYS[1]``, ... in the order of QUEUE_KEY_NAMES)
+and their number (``N_QUEUE_KEYS``), and writes the position of each field of ``Update`` that a script reads
+(``u[U_KIND]``, ...); the scripts use only these names. Redis Cluster routes a script by its KEYS and ACL
+rules are checked against them, so a script that names a key itself reaches past both: only a task's rate
+log (one per task) is named by the scripts, from ``K_RATE``. Here every script runs with each command's
+key checked against its KEYS, on the paths that touch the most keys.
 """
 
 from __future__ import annotations
@@ -60,9 +60,10 @@ def checked_source(name: str) -> str:
     return CHECKED % (QUEUE_KEY_NAMES.index("rate") + 1, body)
 
 
-def test_every_key_position_and_update_field_a_script_names_is_one_the_prelude_declares() -> None:
+def test_every_key_and_update_field_a_script_names_is_one_python_declares() -> None:
     """A key or an update field renamed on the Python side (QUEUE_KEY_NAMES, Update) leaves no script using
-    the old name, and no script reads KEYS or an update by a number of its own."""
+    the old name (an unknown update field stops ``source()``), and no script reads KEYS or an update by a
+    number of its own."""
     for name in scripts.SCRIPT_NAMES:
         code = code_of(scripts.source(name))
         declared = {local.strip() for group in re.findall(r"\blocal ([\w, ]+?) =", code) for local in group.split(",")}

@@ -2,8 +2,8 @@
 -- promote due delayed jobs and lease up to `want` waiting ones, within the queue's limits.
 -- ARGV: [2] lease_ms, [3] want, [4] worker id, [5] promote limit,
 --   [6] completed keep, [7] completed age ms, [8] failed keep, [9] failed age ms,
---   [10] JSON array of updates, each [kind, id, token, value, delay_ms, max_attempts] (scripts.Update: read
---   by the names U_KIND, U_ID, ... the prelude declares from its fields)
+--   [10] JSON array of updates, each [kind, id, token, value, delay_ms, max_attempts] (scripts.Update; read
+--   as u[U_KIND], u[U_ID], ...: scripts.py writes each field's position in)
 --   kind: p = progress (value: JSON), l = log line, c = complete (value: result JSON),
 --         f = fail (value: error JSON; delay_ms >= 0 retries while attempts remain, -1 never),
 --         r = release (hand back without spending an attempt),
@@ -26,124 +26,125 @@
 -- jobs' places in 'active': a command refused part-way (a key of the wrong type, a permission taken
 -- away) leases nothing and never leaves a job out of every set.
 local lease_ms, want, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
--- At maxmemory nothing is leased, but results and hand-backs are still recorded: a finished job never
--- runs again (see out_of_memory in lib.lua).
-local oom = want > 0 and out_of_memory()
-if want == 0 or oom then allow_oom() end
-if oom then want = 0 end
+local paused, queue_limit, task_limits  -- see read_settings
+-- The jobs this step leased ({id, token, attempt, task, payload} each), or why it leased none.
+local leased, lease_refused = {}, false
 
 -- The queue's settings: paused, and limits (see lib.lua).
-local paused, queue_limit, task_limits = false, nil, nil
-local meta = redis.call('HGETALL', K_META)
-for i = 1, #meta, 2 do
-  local field = meta[i]
-  if field == 'paused' then
-    paused = true
-  elseif field == 'limit:' then
-    queue_limit = read_limit(meta[i + 1])
-  elseif string.sub(field, 1, 6) == 'limit:' then
-    local limit = read_limit(meta[i + 1])
-    if limit then
-      task_limits = task_limits or {}
-      task_limits[string.sub(field, 7)] = limit
+local function read_settings()
+  local paused, queue_limit, task_limits = false, nil, nil
+  local meta = redis.call('HGETALL', K_META)
+  for i = 1, #meta, 2 do
+    local field = meta[i]
+    if field == 'paused' then
+      paused = true
+    elseif field == 'limit:' then
+      queue_limit = read_limit(meta[i + 1])
+    elseif string.sub(field, 1, 6) == 'limit:' then
+      local limit = read_limit(meta[i + 1])
+      if limit then
+        task_limits = task_limits or {}
+        task_limits[string.sub(field, 7)] = limit
+      end
     end
   end
+  return paused, queue_limit, task_limits
 end
-if paused then want = 0 end
-
-local updates = cjson.decode(ARGV[10])
-local K_CLAIM = KEYS[N_QUEUE_KEYS + 1]
-if K_CLAIM and not redis.call('LPOP', K_CLAIM) then want = 0 end
-local completed_keep, completed_age = tonumber(ARGV[6]), tonumber(ARGV[7])
-local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
-local accepted = {}
-local completed, failed, cancelled = 0, 0, 0
-local requeued, delayed_retry = 0, false
 
 local function to_delayed(id, rec, delay)
   rec.state = 'delayed'
   rec.due = now + delay
   zset_add(K_DELAYED, rec.due, id)
-  delayed_retry = true
 end
 
-local ids = {}
-for i, u in ipairs(updates) do ids[i] = u[U_ID] end
-preload(ids)
-for i, u in ipairs(updates) do
-  local kind, id, token, value = u[U_KIND], u[U_ID], u[U_TOKEN], u[U_VALUE]
-  local rec = load(id)
-  if not rec or rec.state ~= 'active' or rec.token ~= token then
-    accepted[i] = 0
-  else
-    accepted[i] = 1
-    if kind == 'p' then
-      rec.progress = value
-      emit('progress', id, 'progress', value)
-    elseif kind == 'l' then
-      local logs = rec.logs or {}
-      logs[#logs + 1] = value
-      if #logs > 100 then table.remove(logs, 1) end
-      rec.logs = logs
-      emit('log', id, 'message', value)
-    elseif rec.cancel or kind == 'x' then
-      if kind == 'c' then rec.result = value elseif kind == 'f' or kind == 'd' then rec.error = value end
-      finish(id, rec, 'cancelled', K_CANCELLED)
-      emit('cancelled', id)
-      cancelled = cancelled + 1
-    elseif kind == 'c' then
-      rec.result = value
-      finish(id, rec, 'completed', K_COMPLETED)
-      emit('completed', id)
-      completed = completed + 1
-    elseif kind == 'f' then
-      local delay, max_attempts = u[U_DELAY_MS], u[U_MAX_ATTEMPTS]
-      rec.error = value
-      if delay >= 0 and rec.attempt < max_attempts then
-        leave_active(id, rec)
-        if delay == 0 then
-          push_waiting(id, rec)
-          requeued = requeued + 1
+-- Returns the flag of each update (1: it came from the job's holder and was applied, else 0), and what
+-- the updates did: jobs finished (completed, failed, cancelled), put back to wait (requeued), and
+-- whether a retry was delayed.
+local function apply_updates(updates)
+  local accepted, ids = {}, {}
+  local completed, failed, cancelled, requeued, delayed_retry = 0, 0, 0, 0, false
+  for i, u in ipairs(updates) do ids[i] = u[U_ID] end
+  preload(ids)
+  for i, u in ipairs(updates) do
+    local kind, id, token, value = u[U_KIND], u[U_ID], u[U_TOKEN], u[U_VALUE]
+    local rec = load(id)
+    if not rec or rec.state ~= 'active' or rec.token ~= token then
+      accepted[i] = 0
+    else
+      accepted[i] = 1
+      if kind == 'p' then
+        rec.progress = value
+        emit('progress', id, 'progress', value)
+      elseif kind == 'l' then
+        local logs = rec.logs or {}
+        logs[#logs + 1] = value
+        if #logs > 100 then table.remove(logs, 1) end
+        rec.logs = logs
+        emit('log', id, 'message', value)
+      elseif rec.cancel or kind == 'x' then
+        if kind == 'c' then rec.result = value elseif kind == 'f' or kind == 'd' then rec.error = value end
+        finish(id, rec, 'cancelled', K_CANCELLED)
+        emit('cancelled', id)
+        cancelled = cancelled + 1
+      elseif kind == 'c' then
+        rec.result = value
+        finish(id, rec, 'completed', K_COMPLETED)
+        emit('completed', id)
+        completed = completed + 1
+      elseif kind == 'f' then
+        local delay, max_attempts = u[U_DELAY_MS], u[U_MAX_ATTEMPTS]
+        rec.error = value
+        if delay >= 0 and rec.attempt < max_attempts then
+          leave_active(id, rec)
+          if delay == 0 then
+            push_waiting(id, rec)
+            requeued = requeued + 1
+          else
+            to_delayed(id, rec, delay)
+            delayed_retry = true
+          end
+          emit('retrying', id, 'attempt', rec.attempt, 'delay', delay)
         else
-          to_delayed(id, rec, delay)
+          finish(id, rec, 'failed', K_FAILED)
+          emit('failed', id, 'attempt', rec.attempt)
+          failed = failed + 1
         end
-        emit('retrying', id, 'attempt', rec.attempt, 'delay', delay)
-      else
-        finish(id, rec, 'failed', K_FAILED)
-        emit('failed', id, 'attempt', rec.attempt)
-        failed = failed + 1
+      elseif kind == 'r' then
+        leave_active(id, rec)
+        rec.attempt = rec.attempt - 1
+        push_waiting(id, rec)
+        requeued = requeued + 1
+        emit('released', id)
+      elseif kind == 'd' then
+        leave_active(id, rec)
+        rec.attempt = rec.attempt - 1
+        rec.error = value
+        to_delayed(id, rec, u[U_DELAY_MS])
+        delayed_retry = true
+        emit('deferred', id, 'delay', u[U_DELAY_MS])
       end
-    elseif kind == 'r' then
-      leave_active(id, rec)
-      rec.attempt = rec.attempt - 1
-      push_waiting(id, rec)
-      requeued = requeued + 1
-      emit('released', id)
-    elseif kind == 'd' then
-      leave_active(id, rec)
-      rec.attempt = rec.attempt - 1
-      rec.error = value
-      to_delayed(id, rec, u[U_DELAY_MS])
-      emit('deferred', id, 'delay', u[U_DELAY_MS])
+      save(id, rec)
     end
-    save(id, rec)
   end
+  return accepted, completed, failed, cancelled, requeued, delayed_retry
 end
 
-local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
-preload(due)
-for _, id in ipairs(due) do
-  zset_remove(K_DELAYED, id)
-  local rec = load(id)
-  if rec and rec.state == 'delayed' then
-    push_waiting(id, rec)
-    save(id, rec)
-    emit('waiting', id)
-  elseif rec and not contained[id] then
-    misplaced(id, rec, K_DELAYED)
+-- Delayed jobs that are due go back to waiting (an entry whose record says otherwise leaves: see misplaced).
+local function promote_due()
+  local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+  preload(due)
+  for _, id in ipairs(due) do
+    zset_remove(K_DELAYED, id)
+    local rec = load(id)
+    if rec and rec.state == 'delayed' then
+      push_waiting(id, rec)
+      save(id, rec)
+      emit('waiting', id)
+    elseif rec and not contained[id] then
+      misplaced(id, rec, K_DELAYED)
+    end
   end
 end
-flush()
 
 -- Sliding-window log of lease times: at most limit.rate leases in any `per` ms (window ends
 -- included). Returns the free slots now and, when none, ms until one frees.
@@ -168,9 +169,7 @@ end
 -- when it frees a slot.
 local held_back = {}
 
--- The lease, on its own: a command refused there (a rate log or running count of the wrong type, a
--- permission taken away) leases nothing and is reported, but the updates above stay recorded.
-local asked, leased, lease_refused = want, {}, oom and 'OOM'
+-- Lease up to `want` waiting jobs, within the queue's limits and their tasks'.
 local function lease()
   -- Whether the entry `id` of 'waiting' can be leased: its record, or nil; `gone` when it already left
   -- 'waiting' (its record was contained). Any other entry without a waiting record leaves (see misplaced).
@@ -291,6 +290,54 @@ local function lease()
     if free == 0 then rate_blocked(wait) end
   end
 end
+
+-- More is runnable than this worker took (`asked` jobs): pass the wake-up on to another idle worker (not
+-- when the queue's limits held this worker back: they hold the others back too).
+local function pass_wakeups(asked, requeued, delayed_retry)
+  if asked > 0 and #leased == asked and redis.call('ZCARD', K_WAITING) > 0 then wake(1) end
+  -- A worker that leases nothing (stopping) leaves what it put back to others, and a
+  -- backed-off retry may be due before idle workers would look again (as in enqueue): wake them.
+  local others = 0
+  if tonumber(ARGV[3]) == 0 then others = requeued end
+  if delayed_retry then others = others + 1 end
+  wake(others)
+end
+
+local function trim_finished(completed, failed, cancelled)
+  local completed_keep, completed_age = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local failed_keep, failed_age = tonumber(ARGV[8]), tonumber(ARGV[9])
+  if completed > 0 then trim(K_COMPLETED, 'completed', completed_keep, completed_age, completed) end
+  if failed > 0 then trim(K_FAILED, 'failed', failed_keep, failed_age, failed) end
+  if cancelled > 0 then trim(K_CANCELLED, 'cancelled', failed_keep, failed_age, cancelled) end
+end
+
+-- ms until a delayed job is due or a rate limit lets a waiting job start (-1: neither).
+local function next_due()
+  local soonest = retry_in
+  local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  if #first > 0 then
+    local wait = math.max(0, tonumber(first[2]) - now)
+    if soonest < 0 or wait < soonest then soonest = wait end
+  end
+  return soonest
+end
+
+-- The step, phase by phase. At maxmemory nothing is leased, but results and hand-backs are still
+-- recorded: a finished job never runs again (see out_of_memory in lib.lua).
+local oom = want > 0 and out_of_memory()
+if want == 0 or oom then allow_oom() end
+if oom then want, lease_refused = 0, 'OOM' end
+paused, queue_limit, task_limits = read_settings()
+if paused then want = 0 end
+local updates = cjson.decode(ARGV[10])
+local K_CLAIM = KEYS[N_QUEUE_KEYS + 1]
+if K_CLAIM and not redis.call('LPOP', K_CLAIM) then want = 0 end
+local accepted, completed, failed, cancelled, requeued, delayed_retry = apply_updates(updates)
+promote_due()
+flush()
+local asked = want
+-- The lease, on its own: a command refused there (a rate log or running count of the wrong type, a
+-- permission taken away) leases nothing and is reported, but the updates above stay recorded.
 if want > 0 then
   local ok, err = pcall(lease)
   if not ok then
@@ -298,25 +345,7 @@ if want > 0 then
     leased, records, dirty, zadd, zrem, unsent = {}, {}, {}, {}, {}, {}
   end
 end
--- More is runnable than this worker took: pass the wake-up on to another idle worker (not
--- when the queue's limits held this worker back: they hold the others back too).
-if asked > 0 and #leased == asked and redis.call('ZCARD', K_WAITING) > 0 then wake(1) end
--- A worker that leases nothing (stopping) leaves what it put back to others, and a
--- backed-off retry may be due before idle workers would look again (as in enqueue): wake them.
-local others = 0
-if tonumber(ARGV[3]) == 0 then others = requeued end
-if delayed_retry then others = others + 1 end
-wake(others)
-
+pass_wakeups(asked, requeued, delayed_retry)
 finalize()
-if completed > 0 then trim(K_COMPLETED, 'completed', completed_keep, completed_age, completed) end
-if failed > 0 then trim(K_FAILED, 'failed', failed_keep, failed_age, failed) end
-if cancelled > 0 then trim(K_CANCELLED, 'cancelled', failed_keep, failed_age, cancelled) end
-
-local next_due = retry_in
-local first = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
-if #first > 0 then
-  local wait = math.max(0, tonumber(first[2]) - now)
-  if next_due < 0 or wait < next_due then next_due = wait end
-end
-return {accepted, leased, next_due, retry_in, lease_refused, events_refused}
+trim_finished(completed, failed, cancelled)
+return {accepted, leased, next_due(), retry_in, lease_refused, events_refused}
