@@ -1,8 +1,14 @@
-"""taskmesh: a Python job queue on Redis. Fast, fenced, at-least-once, pleasant to use."""
+"""taskmesh: a Python job queue on Redis. Fast, fenced, at-least-once, pleasant to use.
+
+A producer that only enqueues never loads the worker, pluggy or tenacity: ``Worker``, ``WorkerStats`` and
+``hookimpl`` are imported when first used (``from taskmesh import Worker`` works as usual).
+"""
+
+import importlib
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .client import Client, default_client, set_default_client
-from .dispatch import Worker, WorkerStats
 from .errors import (
     Cancelled,
     ConfigurationError,
@@ -24,11 +30,26 @@ from .errors import (
 from .events import Event
 from .job import Call, Job, JobHandle, JobState, JobStatus
 from .limits import Limit, QueueSettings
-from .plugins import hookimpl
 from .registry import Registry
 from .schedule import Schedule, ScheduleEntry, ScheduleInfo
 from .settings import Settings
 from .task import Backoff, Task, TaskCall, task
+
+if TYPE_CHECKING:
+    from .dispatch import Worker, WorkerStats
+    from .plugins import hookimpl
+
+#: The names imported on first use, and the module each comes from.
+_LAZY = {"Worker": ".dispatch", "WorkerStats": ".dispatch", "hookimpl": ".plugins"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taskmesh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "Backoff",

@@ -28,10 +28,32 @@ def test_the_core_install_brings_no_kubernetes_client_and_the_k8s_extra_brings_t
     assert any(req.startswith("kubernetes") for req in plugin["dependencies"])
 
 
-def test_a_producer_never_imports_the_kubernetes_client() -> None:
-    code = "import sys, taskmesh; taskmesh.Client('redis://127.0.0.1:1'); print('kubernetes' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert done.stdout.strip() == "False"
+PRODUCER = """
+import sys, taskmesh
+client = taskmesh.Client("redis://127.0.0.1:1")
+@taskmesh.task(name="packaging.add")
+def add(x: int, y: int) -> int:
+    return x + y
+add.options(delay=1)
+loaded = sorted({name.split(".")[0] if not name.startswith("taskmesh.") else ".".join(name.split(".")[:2])
+                 for name in sys.modules})
+print(" ".join(loaded))
+"""
+
+
+def test_a_producer_loads_no_worker_no_plugin_manager_and_no_kubernetes_client() -> None:
+    done = subprocess.run([sys.executable, "-c", PRODUCER], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(done.stdout.split())
+    assert "taskmesh.client" in loaded
+    assert not loaded & {"taskmesh.dispatch", "taskmesh.runners", "taskmesh.sinks", "pluggy", "tenacity", "kubernetes"}
+
+
+def test_the_worker_and_the_hook_marker_are_there_when_asked_for() -> None:
+    from taskmesh import Worker, hookimpl
+    from taskmesh.dispatch import Worker as Defined
+    from taskmesh.plugins import hookimpl as marker
+
+    assert (Worker, hookimpl) == (Defined, marker)
 
 
 def test_the_version_is_written_once() -> None:
