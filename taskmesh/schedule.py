@@ -23,7 +23,7 @@ from croniter import croniter
 
 from .errors import MAX_DELAY_SECONDS
 from .job import encode_payload, json_too_deep
-from .store import CONNECTION_LOST, ScheduleLook
+from .store import CONNECTION_ERRORS, ScheduleLook
 from .store.keys import QueueKeys, check_name
 
 if TYPE_CHECKING:
@@ -332,7 +332,7 @@ def _check_cron(expr: str, zone: ZoneInfo) -> None:
 def schedule_info(settings: Settings, entry: ScheduleEntry, look: ScheduleLook | Exception) -> ScheduleInfo:
     """An entry with what its ``cron look`` returned (its state, None if not made yet; its queue's clock), or
     the error the look met (a schedule the schedulers skip, as one whose arguments are over the limit)."""
-    if isinstance(look, CONNECTION_LOST):
+    if isinstance(look, CONNECTION_ERRORS):
         raise look
     if isinstance(look, Exception):
         return ScheduleInfo(entry, False, None, None, None, state_error(settings.prefix, entry, look), False)

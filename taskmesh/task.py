@@ -401,4 +401,3 @@ class _Decorator:
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
     def __call__(self, fn: Callable[..., Any], /) -> Any:
         return Task(fn, **self.options)
-

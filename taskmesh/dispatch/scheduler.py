@@ -17,7 +17,7 @@ from typing import Any
 from ..registry import Registry
 from ..schedule import ScheduleEntry, read_entries, read_entry, revised, state_error, store_calls
 from ..settings import Settings
-from ..store import CONNECTION_LOST, AsyncQueueStore
+from ..store import CONNECTION_ERRORS, AsyncQueueStore
 
 log = logging.getLogger("taskmesh.scheduler")
 #: The longest a scheduler sleeps before it looks at the schedules again (to see changes).
@@ -110,12 +110,12 @@ class Scheduler:
         wait = MAX_SLEEP
         for (entry, payload), look in zip(ready, looks, strict=True):
             try:
-                if isinstance(look, CONNECTION_LOST):
+                if isinstance(look, CONNECTION_ERRORS):
                     raise look
                 if isinstance(look, Exception):
                     raise RuntimeError(state_error(self.settings.prefix, entry, look))
                 wait = min(wait, await self._fire_due(entry, payload, look.state, look.now_ms))
-            except CONNECTION_LOST:
+            except CONNECTION_ERRORS:
                 raise
             except Exception as exc:
                 failing = self._failing.get(entry.name) == entry.version

@@ -4,7 +4,6 @@ stores, the one way taskmesh talks to Redis: :class:`QueueStore` (sync), :class:
 
 from .aqueue import AsyncQueueStore
 from .base import (
-    CONNECTION_LOST,
     EventEntry,
     JobValues,
     RedisError,
@@ -13,12 +12,13 @@ from .base import (
     Stepped,
     Wakeup,
 )
+from .connect import CONNECTION_ERRORS
 from .groups import Consumer, EventGroup, GroupMissing
 from .queue import QueueStore
 from .worker import WorkerStore
 
 __all__ = [
-    "CONNECTION_LOST",
+    "CONNECTION_ERRORS",
     "AsyncQueueStore",
     "Consumer",
     "EventEntry",

@@ -28,8 +28,6 @@ AsyncRedis: TypeAlias = aredis.Redis
 RedisError = redis.exceptions.RedisError
 #: Redis answered, with an error: it refused the command (a key of the wrong type, a permission, OOM, BUSY).
 ResponseError = redis.exceptions.ResponseError
-#: The connection failed or timed out: the command may or may not have run.
-CONNECTION_LOST: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 #: Options for a read whose reply stays bytes (a value that is not UTF-8 is then the caller's to judge).
 UNDECODED: dict[str, Any] = {NEVER_DECODE: []}
 #: The job states, each a sorted set of the queue (their order is the one ``counts`` reports).
@@ -178,7 +176,7 @@ class StoreBase:
     @staticmethod
     def _looks(results: list[Any]) -> list[ScheduleLook | Exception]:
         """Each ``cron look``'s reply, or the error it met in its place (a state key of another type, say; on a
-        cluster, one node out of reach: ``CONNECTION_LOST``, which a caller raises)."""
+        cluster, one node out of reach: ``connect.CONNECTION_ERRORS``, which a caller raises)."""
         looks: list[ScheduleLook | Exception] = []
         for result in results:
             state = None if isinstance(result, Exception) or not result[0] else str(result[0])
