@@ -37,8 +37,7 @@ def main() -> int:
 
 
 def produce(client: Client) -> int:
-    start = client.redis.xrevrange(client.keys("demo").events, count=1)
-    since = str(start[0][0]) if start else "0"
+    follower = client.events(["demo"], since="$", timeout=30)  # "$" is resolved now: no event is missed
     handles = [
         build_report.options(client=client).enqueue(customer, rows=1000 * (i + 1))
         for i, customer in enumerate(["acme", "globex", "initech"])
@@ -51,7 +50,7 @@ def produce(client: Client) -> int:
 
     pending = {handle.id for handle in handles}
     began = time.monotonic()
-    for event in client.events(["demo"], since=since, timeout=30):
+    for event in follower:
         if event.job_id not in pending:
             continue
         detail = " ".join(f"{k}={v}" for k, v in event.data.items())
