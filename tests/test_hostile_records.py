@@ -142,6 +142,17 @@ def test_enqueue_onto_an_id_whose_record_is_corrupt_creates_nothing(taskmesh_cli
     assert taskmesh_client.counts()["waiting"] == 1  # the one entry from the first enqueue
 
 
+@pytest.mark.parametrize("raw", CORRUPT, ids=range(len(CORRUPT)))
+def test_a_batch_holding_an_id_whose_record_is_corrupt_queues_the_others(taskmesh_client: Client, raw: str) -> None:
+    corrupt(taskmesh_client, "taken", raw)
+    taken, fresh = taskmesh_client.enqueue_many([work.options(job_id="taken").call(1), work.call(2)])
+    assert (taken.created, fresh.created) == (False, True)
+    assert taskmesh_client.redis.hget(taskmesh_client.keys("default").jobs, "taken") == raw.encode("latin-1").decode(
+        "utf-8", "replace"
+    ), "the unreadable record is left as it was"
+    assert taskmesh_client.counts()["waiting"] == 1
+
+
 def test_a_garbage_running_count_starts_again_instead_of_failing_every_finish(taskmesh_client: Client) -> None:
     taskmesh_client.set_limit("default", Limit(max_active=2), task="hostile.work")
     handles = [work.enqueue(i) for i in range(4)]

@@ -16,19 +16,21 @@ end
 -- The rest of the prelude follows here: a one-job call never builds its helpers.
 -- @lib
 
+-- An id already taken (by a record readable or not, or earlier in this batch) is left as it is, as in the
+-- one-job path: enqueue is given only the keys it writes, so it never contains an unreadable record.
 local ids = {}
 for i = 0, count - 1 do ids[i + 1] = ARGV[3 + i * 6] end
-preload(ids)
+local raws = hmget(K_JOBS, ids)
 local out, payloads = {}, {}
 local added = 0
 local seq = 0
 for i = 0, count - 1 do
   local b = 3 + i * 6
   local id = ARGV[b]
-  local existing = load(id)
-  if existing then
+  local existing = records[id]
+  if existing or raws[i + 1] then
     out[#out + 1] = 0
-    out[#out + 1] = existing.state
+    out[#out + 1] = existing and existing.state or state_of(raws[i + 1]) or 'failed'
   else
     local delay, run_at = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
     local due = 0
