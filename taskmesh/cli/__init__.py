@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import RedisUnavailable, TaskmeshError
-from ..store.connect import CONNECTION_ERRORS, REDIS_ERROR
+from ..store import CONNECTION_ERRORS, RedisError
 from . import config, control, enqueue, events, plugins, queues, run, schedules, status, tasks
 from .common import EXIT_ERROR, EXIT_UNREACHABLE, CliError, EscapingFormatter, escape, load_settings, unreachable
 
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (``taskmesh events | head``): not an error worth a line.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
-    except (TaskmeshError, ValueError, TypeError, OSError, REDIS_ERROR) as exc:
+    except (TaskmeshError, ValueError, TypeError, OSError, RedisError) as exc:
         return _fail(str(exc) or type(exc).__name__)
     except KeyboardInterrupt:
         return 130

@@ -3,52 +3,36 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from functools import partial
-from typing import Any, cast
-
-import redis
-import redis.asyncio as aredis
-import redis.asyncio.cluster as acluster
+from collections.abc import Iterable
 
 from ..errors import ConfigurationError
-from ..store import connect, scripts
-from ..store.keys import QueueKeys
+from ..store.worker import ServerConfig, WorkerStore
 
 log = logging.getLogger("taskmesh.worker")
 
 MIN_VERSION = (6, 2)
 
 
-async def check_server(conn: aredis.Redis) -> str:
+async def check_server(store: WorkerStore) -> str:
     """Refuse servers that could lose jobs or lack what the scripts use; return the persistence mode.
 
     Too old a version, or a ``maxmemory-policy`` that evicts keys (it would silently drop jobs),
     is a :class:`ConfigurationError`. Where ``CONFIG`` is forbidden (managed Redis, ACL users)
     the policy cannot be read: that is a warning, not an error. On a cluster every master is checked.
     """
-    if not connect.is_cluster(conn):
-        return await _check(conn.info, conn.config_get)
-    cluster = cast(acluster.RedisCluster, conn)
-    await cluster.initialize()
-    modes = [
-        await _check(partial(cluster.info, target_nodes=node), partial(cluster.config_get, target_nodes=node))
-        for node in cluster.get_primaries()
-    ]
-    return ", ".join(sorted(set(modes)))
+    return ", ".join(sorted({persistence(server) for server in await store.server_configs()}))
 
 
-async def _check(info_of: Callable[[str], Awaitable[Any]], config_get: Callable[[str], Awaitable[Any]]) -> str:
-    info = await info_of("server")
-    version = str(info.get("redis_version", "0"))
+def persistence(server: ServerConfig) -> str:
+    """The persistence mode of a server a worker may use; a :class:`ConfigurationError` for one it may not."""
+    version = server.version
     if tuple(int(part) for part in version.split(".")[:2]) < MIN_VERSION:
         raise ConfigurationError(f"Redis {version} is too old: taskmesh needs {'.'.join(map(str, MIN_VERSION))}+")
-    try:
-        config = dict(await config_get("maxmemory-policy"))
-        for name in ("appendonly", "appendfsync", "save"):
-            config.update(await config_get(name))
-    except redis.exceptions.ResponseError as exc:
-        log.warning("cannot read the server's configuration (%s); make sure maxmemory-policy is noeviction", exc)
+    config = server.config
+    if config is None:
+        log.warning(
+            "cannot read the server's configuration (%s); make sure maxmemory-policy is noeviction", server.refused
+        )
         return "unknown"
     policy = config.get("maxmemory-policy", "noeviction")
     if policy != "noeviction":
@@ -61,20 +45,16 @@ async def _check(info_of: Callable[[str], Awaitable[Any]], config_get: Callable[
     return "RDB snapshots" if config.get("save") else "none (a restart loses every job)"
 
 
-async def check_access(conn: aredis.Redis, queues: Iterable[QueueKeys], maxlen: int) -> None:
+async def check_access(store: WorkerStore, queues: Iterable[str]) -> None:
     """Refuse a Redis user that may not run a command taskmesh's scripts use on a queue's keys (an ACL that
     withholds one would fail scripts half-way). Redis before 7.0 cannot tell: then this only logs."""
-    for keys in queues:
-        try:
-            denied = await scripts.acall(conn, "access", keys.all, [maxlen])
-        except redis.exceptions.NoPermissionError as exc:
-            message = f"the Redis user may not run taskmesh's scripts on queue {keys.queue!r}: {exc}"
-            raise ConfigurationError(message) from None
+    for queue in queues:
+        denied = await store.access_denied(queue)
         if denied is None:
             log.info("cannot check the Redis user's permissions (Redis before 7.0); see the ACL in the docs")
             return
         if denied:
             raise ConfigurationError(
-                f"the Redis user may not run {', '.join(map(str, denied))} (queue {keys.queue!r}), which taskmesh's "
+                f"the Redis user may not run {', '.join(denied)} (queue {queue!r}), which taskmesh's "
                 "scripts use: grant them (see the ACL in the docs), or a script would fail half-way"
             )

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from ..settings import Settings
 from ..store import QueueStore, RedisError
-from .retry import REDIS_ERRORS, Streak
+from ..store.worker import UNREACHABLE_ERRORS
+from .retry import Streak
 
 log = logging.getLogger("taskmesh.worker")
 #: One held lease: the queue, the job id and the fencing token.
@@ -60,7 +61,7 @@ class LeaseKeeper:
             while not self._stopped.wait(delay):
                 try:
                     self.renew(store)
-                except REDIS_ERRORS as exc:
+                except UNREACHABLE_ERRORS as exc:
                     if failures == 0:
                         log.warning("lease renewal: redis unreachable (%s); retrying", exc)
                     failures += 1

@@ -7,30 +7,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import redis
-from redis.asyncio.retry import Retry as ConnectionRetry
-from redis.backoff import NoBackoff
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from ..settings import Settings
+from ..store.worker import UNREACHABLE_ERRORS
 from ..task import Backoff
 
 log = logging.getLogger("taskmesh.worker")
 T = TypeVar("T")
-REDIS_ERRORS = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-    # A cluster that is failing over, or whose nodes are all out of reach (redis-py raises it then).
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.RedisClusterException,
-)
 #: Backoff between attempts while Redis is unreachable (capped further by ``RedisRetry._backoff``).
 BACKOFF = wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05)
-#: redis-py's own retries: one immediate reconnect (a restarted server closed the pooled connections);
-#: the backoff is ``RedisRetry``'s, so a failed call returns at once and a stopping worker is not held up.
-#: Never after a timeout: a frozen server would cost a second full socket timeout.
-REDIS_RETRY = ConnectionRetry(NoBackoff(), 1, (redis.exceptions.ConnectionError,))
 
 
 class RedisRetry:
@@ -50,10 +36,10 @@ class RedisRetry:
         """
         try:  # the common case, without the retry machinery's cost on the hot path
             return await fn()
-        except REDIS_ERRORS as exc:
+        except UNREACHABLE_ERRORS as exc:
             log.warning("redis unreachable (%s); retrying with backoff", exc)
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(REDIS_ERRORS),
+            retry=retry_if_exception_type(UNREACHABLE_ERRORS),
             stop=self._giving_up,
             wait=self._backoff,
             before_sleep=lambda state: log.debug(

@@ -37,11 +37,12 @@ from ..sinks.bus import EventBus
 from ..store import RedisError, ResponseError, Stepped, Wakeup, WorkerStore
 from ..store.keys import QueueKeys
 from ..store.scripts import Leased, Update
+from ..store.worker import UNREACHABLE_ERRORS
 from ..task import Task
 from .checks import check_access, check_server
 from .leases import Held, LeaseKeeper
 from .outcome import JobTimeoutError, error_json, result_json
-from .retry import REDIS_ERRORS, RedisRetry, Streak
+from .retry import RedisRetry, Streak
 from .scheduler import Scheduler
 
 log = logging.getLogger("taskmesh.worker")
@@ -228,7 +229,7 @@ class Worker:
             try:
                 if await self._store.unblock_waiter():
                     return
-            except REDIS_ERRORS:
+            except UNREACHABLE_ERRORS:
                 pass
             except ResponseError as exc:  # e.g. an ACL user without CLIENT UNBLOCK
                 log.warning("cannot end the wake-up wait early (%s); stopping waits for it to time out", exc)
@@ -251,7 +252,7 @@ class Worker:
         )
         try:
             await self._dispatch()
-        except REDIS_ERRORS:
+        except UNREACHABLE_ERRORS:
             if self._retrying.give_up_at is None:  # only a stopping worker gives up on Redis (see retry.py)
                 raise
         finally:
@@ -265,7 +266,7 @@ class Worker:
             for task in done:
                 # An upkeep call may have given up on Redis while stopping (see retry.py); anything else is news.
                 error = None if task.cancelled() else task.exception()
-                if error is not None and not isinstance(error, REDIS_ERRORS):
+                if error is not None and not isinstance(error, UNREACHABLE_ERRORS):
                     log.error("worker %s: %s failed", self.id, task.get_name(), exc_info=error)
             if self._bus is not None:
                 await self._bus.stop()
@@ -289,10 +290,9 @@ class Worker:
         the upkeep tasks. A step Redis refuses for now (out of memory, say) is tried again in the background:
         meanwhile the worker still records results and recovers stalled jobs."""
         assert self._store is not None
-        conn = self._store.redis  # the start-up checks read the server's configuration (checks.py)
-        persistence = await self._retrying(lambda: check_server(conn))
-        queues = [queue.keys for queue in self._queues]
-        await self._retrying(lambda: check_access(conn, queues, self.settings.events_maxlen))
+        store = self._store
+        persistence = await self._retrying(lambda: check_server(store))
+        await self._retrying(lambda: check_access(store, self.settings.queues))
         await self._accepted(self._heartbeat, self._register)  # refused: the heartbeat tries again
         await self._retrying(self._publish_limits)
         scheduling = self.settings.scheduler and not self.burst
@@ -722,7 +722,7 @@ class Worker:
 
     async def _unregister(self) -> None:
         assert self._store is not None
-        with contextlib.suppress(*REDIS_ERRORS):
+        with contextlib.suppress(*UNREACHABLE_ERRORS):
             await self._store.unregister_worker(self.id)
 
     async def _sweep_loop(self) -> None:
@@ -796,7 +796,7 @@ class Worker:
             if popped and (self._stopping or self._room() <= 0):
                 # This worker cannot take a job now (stopping, or filled up while it waited):
                 # pass the wake-up on to another idle worker.
-                with contextlib.suppress(*REDIS_ERRORS):
+                with contextlib.suppress(*UNREACHABLE_ERRORS):
                     await store.pass_on(popped)
             if self._stopping:
                 return

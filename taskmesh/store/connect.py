@@ -54,8 +54,6 @@ SENTINEL_PORT = 26379
 REDIS_PORT = 6379
 #: A connection that failed or timed out (what the CLI reports as "cannot reach Redis").
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-#: Any error the Redis client raises (a refused command included).
-REDIS_ERROR: type[Exception] = redis.exceptions.RedisError
 #: Errors that mean "Redis cannot be reached or cannot serve now", as opposed to a refused command.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,  # includes authentication failures, loading, no master found

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, NamedTuple, cast
 
 import redis
+import redis.asyncio.cluster as acluster
 
+from ..errors import ConfigurationError
 from ..settings import Settings
 from . import connect, scripts
 from .aqueue import AsyncQueueStore
 from .base import AsyncRedis, ResponseError, Stepped, Wakeup
 from .keys import claim_key
+
+#: What a worker waits out, retrying with backoff (``taskmesh/dispatch/retry.py``): a connection lost or timed
+#: out, a socket error, a cluster failing over or out of reach. Not a refused command (``ResponseError``: a
+#: replica's READONLY included, unlike ``connect.UNAVAILABLE_ERRORS``), which the worker reports and tries later.
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *connect.CONNECTION_ERRORS,
+    OSError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,  # a cluster client reaches none of its nodes
+)
+
+
+class ServerConfig(NamedTuple):
+    """What a worker checks of one server (each master of a cluster) before it starts: its version, and its
+    ``maxmemory-policy``, ``appendonly``, ``appendfsync`` and ``save`` (None where ``CONFIG`` is refused: managed
+    Redis, an ACL user; ``refused`` then says why)."""
+
+    version: str
+    config: dict[str, str] | None
+    refused: str | None = None
 
 
 class WorkerStore(AsyncQueueStore):
@@ -51,6 +74,44 @@ class WorkerStore(AsyncQueueStore):
         if self._waiter is not None:
             await self._waiter.aclose()
             self._waiter = None
+
+    # -- start-up checks ------------------------------------------------------------
+
+    async def server_configs(self) -> list[ServerConfig]:
+        """What :class:`ServerConfig` says of the server, or of each master of a cluster."""
+        conn = self.redis
+        if not connect.is_cluster(conn):
+            return [await self._server_config(conn.info, conn.config_get)]
+        cluster = cast(acluster.RedisCluster, conn)
+        await cluster.initialize()
+        configs = []
+        for node in cluster.get_primaries():
+            info, config_get = partial(cluster.info, target_nodes=node), partial(cluster.config_get, target_nodes=node)
+            configs.append(await self._server_config(info, config_get))
+        return configs
+
+    @staticmethod
+    async def _server_config(
+        info_of: Callable[[str], Awaitable[Any]], config_get: Callable[[str], Awaitable[Any]]
+    ) -> ServerConfig:
+        info = await info_of("server")
+        version = str(info.get("redis_version", "0"))
+        try:
+            config: dict[str, str] = dict(await config_get("maxmemory-policy"))
+            for name in ("appendonly", "appendfsync", "save"):
+                config.update(await config_get(name))
+        except ResponseError as exc:
+            return ServerConfig(version, None, str(exc))
+        return ServerConfig(version, config)
+
+    async def access_denied(self, queue: str) -> list[str] | None:
+        """:meth:`check_access`, for a worker about to start: a Redis user who may not run taskmesh's scripts on
+        the queue's keys at all is a :class:`ConfigurationError` (say which, and what Redis answered)."""
+        try:
+            return await self.check_access(queue)
+        except redis.exceptions.NoPermissionError as exc:
+            message = f"the Redis user may not run taskmesh's scripts on queue {queue!r}: {exc}"
+            raise ConfigurationError(message) from None
 
     # -- heartbeat ---------------------------------------------------------------
 
