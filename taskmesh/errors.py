@@ -5,8 +5,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-#: The longest delay a job (``delay``, ``run_at``) or a retry may ask for: ten years, in seconds.
+#: The longest delay anything may ask for, in seconds: ten years. It is checked where a delay enters (a job's
+#: ``delay`` and ``run_at``, ``Retry(delay=...)``, ``SlowDown(delay)``, so a deferral too), and a longer one is
+#: refused there, never shortened later; the worker caps only what it computes itself (a task's backoff) to it.
+#: Ten years: past any schedule a queue is for, yet far inside what a due time in milliseconds can hold.
 MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600
+
+
+def check_delay_seconds(what: str, delay: object) -> None:
+    """Refuse a ``delay`` that is not a finite number of seconds from 0 to :data:`MAX_DELAY_SECONDS` (ValueError)."""
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
+        delay_ok = False
+    else:
+        delay_ok = 0 <= delay <= MAX_DELAY_SECONDS
+    if not delay_ok:
+        raise ValueError(f"{what} must be a number of seconds from 0 to {MAX_DELAY_SECONDS} (ten years), not {delay!r}")
 
 
 class TaskmeshError(Exception):
@@ -80,11 +93,7 @@ class Retry(Exception):
 
     def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
         if delay is not None:
-            number = isinstance(delay, (int, float)) and not isinstance(delay, bool)
-            if not (number and math.isfinite(delay) and 0 <= delay <= MAX_DELAY_SECONDS):
-                raise ValueError(
-                    f"Retry delay must be a number of seconds from 0 to {MAX_DELAY_SECONDS}, not {delay!r}"
-                )
+            check_delay_seconds("Retry delay", delay)
         self.delay = delay
         super().__init__(reason)
 
@@ -98,9 +107,7 @@ class SlowDown(Exception):
     ``delay`` seconds, and this attempt is not counted against its ``retries``."""
 
     def __init__(self, delay: float, reason: str = "the downstream asked to slow down") -> None:
-        number = isinstance(delay, (int, float)) and not isinstance(delay, bool)
-        if not (number and math.isfinite(delay) and 0 <= delay <= MAX_DELAY_SECONDS):
-            raise ValueError(f"SlowDown delay must be a number of seconds from 0 to {MAX_DELAY_SECONDS}, not {delay!r}")
+        check_delay_seconds("SlowDown delay", delay)
         self.delay = delay
         super().__init__(reason)
 

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import Cancelled, PayloadError, Retry, SlowDown, UnknownTaskError, Unrecoverable
+from ..errors import MAX_DELAY_SECONDS, Cancelled, PayloadError, Retry, SlowDown, UnknownTaskError, Unrecoverable
 from ..job import Job, decode_payload
 from ..plugins import plugin_manager
 from ..registry import Registry
@@ -51,7 +51,6 @@ T = TypeVar("T")
 PREFETCH_BELOW = 0.005
 #: A job leased ahead that has not started after this long is handed back for idle workers.
 PREFETCH_HOLD = 0.5
-MAX_RETRY_DELAY = 365 * 24 * 3600.0
 
 
 @dataclass(slots=True)
@@ -598,7 +597,8 @@ class Worker:
 
     def _failure(self, task: Task[Any, Any], job: Job, exc: BaseException, delay: float) -> Update:
         # The script makes the same decision; a final failure says so with delay -1 (counted apart in stats).
-        delay = min(max(delay, 0.0), MAX_RETRY_DELAY) if math.isfinite(delay) else MAX_RETRY_DELAY
+        # A delay asked for (Retry) is at most MAX_DELAY_SECONDS already; a backoff is capped to it here.
+        delay = min(max(delay, 0.0), MAX_DELAY_SECONDS) if math.isfinite(delay) else MAX_DELAY_SECONDS
         delay_ms = int(delay * 1000) if job.attempt <= task.retries else -1
         return Update("f", job.id, job.token, error_json(exc), delay_ms, task.retries + 1)
 
