@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .errors import Cancelled, CorruptRecord, JobFailed, JobNotFound, JobTimeout, LeaseLost, PayloadError
+from .errors import Cancelled, CorruptRecord, JobNotFound, LeaseLost, PayloadError
 
 if TYPE_CHECKING:
     from .client import Client
@@ -263,22 +263,19 @@ class JobHandle(Generic[R]):
         return f"<JobHandle {self.id} queue={self.queue} created={self.created}>"
 
     def status(self) -> JobStatus:
-        status = self.client.status(self.id, self.queue)
-        if status is None:
-            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
-        return status
+        """The job's status now; :class:`JobNotFound` if there is no such job."""
+        return _found(self.id, self.queue, self.client.status(self.id, self.queue))
 
     async def astatus(self) -> JobStatus:
-        status = await self.client.astatus(self.id, self.queue)
-        if status is None:
-            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
-        return status
+        """The job's status now; :class:`JobNotFound` if there is no such job."""
+        return _found(self.id, self.queue, await self.client.astatus(self.id, self.queue))
 
     def cancel(self) -> str:
         """Cancel the job; see :meth:`Client.cancel` for what the returned state means."""
         return self.client.cancel(self.id, self.queue)
 
     async def acancel(self) -> str:
+        """Cancel the job; see :meth:`Client.acancel` for what the returned state means."""
         return await self.client.acancel(self.id, self.queue)
 
     def result(self, timeout: float | None = None) -> R:
@@ -287,25 +284,21 @@ class JobHandle(Generic[R]):
         Raises :class:`JobFailed` if it failed or was cancelled, :class:`JobTimeout` if it did not
         finish within ``timeout`` seconds and :class:`JobNotFound` if there is no such job.
         """
-        status = self.client.wait(self.id, self.queue, timeout)
-        if status is None and self.client.status(self.id, self.queue) is None:
-            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
-        return _outcome(self.id, status, timeout)  # type: ignore[no-any-return]
+        return self.client._result(self.id, self.queue, timeout)  # type: ignore[no-any-return]
 
     async def aresult(self, timeout: float | None = None) -> R:
-        """Async twin of :meth:`result`."""
-        status = await self.client.await_(self.id, self.queue, timeout)
-        if status is None and await self.client.astatus(self.id, self.queue) is None:
-            raise JobNotFound(f"job {self.id} not found in queue {self.queue!r}")
-        return _outcome(self.id, status, timeout)  # type: ignore[no-any-return]
+        """Wait for the job to finish and return its result.
+
+        Raises :class:`JobFailed` if it failed or was cancelled, :class:`JobTimeout` if it did not
+        finish within ``timeout`` seconds and :class:`JobNotFound` if there is no such job.
+        """
+        return await self.client._aresult(self.id, self.queue, timeout)  # type: ignore[no-any-return]
 
 
-def _outcome(job_id: str, status: JobStatus | None, timeout: float | None) -> Any:
+def _found(job_id: str, queue: str, status: JobStatus | None) -> JobStatus:
     if status is None:
-        raise JobTimeout(f"job {job_id} did not finish within {timeout}s")
-    if status.state is JobState.COMPLETED:
-        return status.result
-    raise JobFailed(status.id, status.state.value, status.error)
+        raise JobNotFound(f"job {job_id} not found in queue {queue!r}")
+    return status
 
 
 class Job:
