@@ -7,7 +7,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+OP = ParamSpec("OP")
 
 PRIORITY_RANGE = range(-1000, 1001)
 
@@ -60,6 +62,96 @@ class Backoff:
         except OverflowError:  # a task with many retries: the growth passed the cap long ago
             raw = self.cap if self.base > 0 else 0.0
         return raw * (1 - self.jitter * random.random())
+
+
+def _doc(text: str) -> dict[str, str]:
+    """A :class:`TaskOptions` field's metadata: what the option means."""
+    return {"doc": text}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskOptions:
+    """A task's options, declared once: ``@task(...)`` and ``Task(fn, ...)`` take these keywords (their
+    static types too: a type checker reads them from this class), ``@task``'s reference lists these
+    defaults and docs, and an unknown keyword is refused against these names.
+
+    The values are kept as given; :class:`Task` checks them and holds what they mean (a :class:`Backoff`,
+    a :class:`Limit`, a :class:`Schedule`).
+    """
+
+    name: str | None = field(
+        default=None, metadata=_doc("the name producers enqueue it by (default ``module.function``)")
+    )
+    queue: str = field(default="default", metadata=_doc("the queue its jobs go to"))
+    retries: int = field(default=0, metadata=_doc("extra attempts after the first"))
+    backoff: float | Backoff | None = field(
+        default=None, metadata=_doc("the wait before a retry: seconds or a :class:`Backoff` (default ``Backoff()``)")
+    )
+    timeout: float | None = field(default=None, metadata=_doc("seconds an attempt may run (None: no limit)"))
+    priority: int = field(default=0, metadata=_doc("-1000..1000, higher first"))
+    runner: str = field(default="inline", metadata=_doc("the runner that runs its jobs"))
+    runner_options: Mapping[str, Any] | None = field(
+        default=None,
+        metadata=_doc("a mapping the runner reads (e.g. the ``k8s`` runner's image); checked when a worker starts"),
+    )
+    rate_limit: str | Limit | None = field(
+        default=None, metadata=_doc('``"100/m"`` or a :class:`Limit`: starts of this task across all workers')
+    )
+    max_active: int | None = field(default=None, metadata=_doc("jobs of this task active at once across all workers"))
+    schedule: Schedule | None = field(
+        default=None, metadata=_doc("a :class:`Schedule` that runs it by itself (start/end, arguments, policies)")
+    )
+    cron: str | None = field(default=None, metadata=_doc('runs it by itself on a cron expression (``"0 0 * * *"``)'))
+    every: float | timedelta | None = field(
+        default=None, metadata=_doc("runs it by itself at an interval (``timedelta(minutes=5)``, or seconds)")
+    )
+    tz: str | None = field(default=None, metadata=_doc('the time zone of ``cron`` and ``every`` (default ``"UTC"``)'))
+
+
+_OPTIONS = frozenset(f.name for f in fields(TaskOptions))
+
+
+def _declared(options: Mapping[str, Any], where: str) -> TaskOptions:
+    """``options`` as a :class:`TaskOptions`; an unknown one is a TypeError naming it and the known ones."""
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        names, known = ", ".join(sorted(unknown)), ", ".join(sorted(_OPTIONS))
+        raise TypeError(f"{where} got unknown option(s) {names}; known: {known}")
+    return TaskOptions(**options)
+
+
+def _show_options(fn: Callable[..., Any]) -> None:
+    """Show :class:`TaskOptions`' keywords in place of ``fn``'s ``**options``: to ``inspect.signature``
+    (hence on the API reference), and under its docstring, each with its default and meaning."""
+    signature = inspect.signature(fn)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    keywords = inspect.signature(TaskOptions).parameters.values()
+    fn.__signature__ = signature.replace(parameters=[*own, *keywords])  # type: ignore[attr-defined]
+    listed = "".join(f"    - ``{f.name}`` (``{f.default!r}``): {f.metadata['doc']}\n" for f in fields(TaskOptions))
+    fn.__doc__ = f"{(fn.__doc__ or '').rstrip()}\n\n{listed}"
+
+
+def _takes_options(
+    options: Callable[OP, object],
+) -> Callable[[Callable[..., None]], Callable[Concatenate[Any, Callable[..., Any], OP], None]]:
+    """``@_takes_options(TaskOptions)`` on ``__init__(self, fn, /, **options)``: a type checker sees the
+    keywords of ``options``, and so does ``inspect.signature``. The method itself is not wrapped."""
+
+    def apply(init: Callable[..., None]) -> Callable[Concatenate[Any, Callable[..., Any], OP], None]:
+        _show_options(init)
+        return init
+
+    return apply
+
+
+def _keywords_of(options: Callable[OP, object]) -> Callable[[Callable[..., T]], Callable[OP, T]]:
+    """``@_keywords_of(TaskOptions)`` on an ``@overload`` of ``f(**options)``: a type checker sees the
+    keywords of ``options`` (their names, types and defaults)."""
+
+    def apply(fn: Callable[..., T]) -> Callable[OP, T]:
+        return fn
+
+    return apply
 
 
 def _is_number(value: object) -> bool:
@@ -148,47 +240,35 @@ class Task(Generic[P, R]):
         "timeout",
     )
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        *,
-        name: str | None = None,
-        queue: str = "default",
-        retries: int = 0,
-        backoff: float | Backoff | None = None,
-        timeout: float | None = None,
-        priority: int = 0,
-        runner: str = "inline",
-        runner_options: Mapping[str, Any] | None = None,
-        rate_limit: str | Limit | None = None,
-        max_active: int | None = None,
-        schedule: Schedule | None = None,
-        cron: str | None = None,
-        every: float | timedelta | None = None,
-        tz: str | None = None,
-    ) -> None:
+    @_takes_options(TaskOptions)
+    def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
+        """Check the options and keep what they mean (``@task`` calls this). The options, each with its default:"""
+        declared = _declared(options, "Task")
         self.fn = fn
-        self.name = check_name("task name", name or _default_name(fn))
-        self.queue = check_name("queue name", queue)
+        self.name = check_name("task name", declared.name or _default_name(fn))
+        self.queue = check_name("queue name", declared.queue)
+        retries = declared.retries
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError(f"task {self.name}: retries must be an int >= 0, not {retries!r}")
         self.retries = retries
-        self.backoff = _as_backoff(backoff)
+        self.backoff = _as_backoff(declared.backoff)
+        timeout = declared.timeout
         if timeout is not None and not (_is_number(timeout) and 0 < timeout < math.inf):
             raise ValueError(f"task {self.name}: timeout must be > 0 seconds, not {timeout!r}")
         self.timeout = timeout
-        self.priority = check_priority(priority)
-        self.runner = check_name("runner name", runner)
+        self.priority = check_priority(declared.priority)
+        self.runner = check_name("runner name", declared.runner)
+        runner_options = declared.runner_options
         if runner_options is not None and not isinstance(runner_options, Mapping):
             raise TypeError(f"task {self.name}: runner_options must be a mapping, not {type(runner_options).__name__}")
         #: Options for the task's runner, read-only; the runner checks them when the worker starts.
         self.runner_options: Mapping[str, Any] = MappingProxyType(dict(runner_options or {}))
         try:
-            self.limit = _as_limit(rate_limit, max_active)
+            self.limit = _as_limit(declared.rate_limit, declared.max_active)
         except ValueError as exc:
             raise ValueError(f"task {self.name}: {exc}") from None
         try:
-            self.schedule = _as_schedule(schedule, cron, every, tz)
+            self.schedule = _as_schedule(declared.schedule, declared.cron, declared.every, declared.tz)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"task {self.name}: {exc}") from None
         self.takes_job = _takes_job(fn)
@@ -314,26 +394,6 @@ class TaskCall(Generic[P, R]):
         return await self._client().asubmit(self.call(*args, **kwargs))
 
 
-_OPTIONS = frozenset(
-    {
-        "name",
-        "queue",
-        "retries",
-        "backoff",
-        "timeout",
-        "priority",
-        "runner",
-        "runner_options",
-        "rate_limit",
-        "max_active",
-        "schedule",
-        "cron",
-        "every",
-        "tz",
-    }
-)
-
-
 @overload
 def task(fn: Callable[Concatenate[Job, P], Awaitable[R]], /) -> Task[P, R]: ...
 @overload
@@ -343,46 +403,21 @@ def task(fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
 @overload
 def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 @overload
-def task(
-    fn: None = None,
-    /,
-    *,
-    name: str | None = None,
-    queue: str = "default",
-    retries: int = 0,
-    backoff: float | Backoff | None = None,
-    timeout: float | None = None,
-    priority: int = 0,
-    runner: str = "inline",
-    runner_options: Mapping[str, Any] | None = None,
-    rate_limit: str | Limit | None = None,
-    max_active: int | None = None,
-    schedule: Schedule | None = None,
-    cron: str | None = None,
-    every: float | timedelta | None = None,
-    tz: str | None = None,
-) -> _Decorator: ...
+@_keywords_of(TaskOptions)
+def task(**options: Any) -> _Decorator: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Mark a function as a task: ``@task`` or ``@task(name=..., queue=..., retries=...)``.
 
-    Options: ``name`` (default ``module.function``), ``queue`` ("default"),
-    ``retries`` (extra attempts after the first), ``backoff`` (seconds or
-    :class:`Backoff`), ``timeout`` (seconds), ``priority`` (-1000..1000,
-    higher first), ``runner`` ("inline"), ``runner_options`` (a mapping the runner reads, e.g. the
-    ``k8s`` runner's image and resources; checked when a worker starts), ``rate_limit``
-    (``"100/m"`` or :class:`Limit`: starts of this task across all workers), ``max_active``
-    (jobs of this task active at once across all workers), and a schedule that runs it by itself:
-    ``cron="0 0 * * *"`` or ``every=timedelta(minutes=5)`` (seconds too), ``tz="Europe/Berlin"``, or
-    ``schedule=Schedule(...)`` for start/end, arguments and misfire/overlap policies. Unknown options
-    raise ``TypeError``.
+    An unknown option raises ``TypeError``. The options are the fields of :class:`TaskOptions`, each with
+    its default:
     """
-    unknown = set(options) - _OPTIONS
-    if unknown:
-        names, known = ", ".join(sorted(unknown)), ", ".join(sorted(_OPTIONS))
-        raise TypeError(f"@task got unknown option(s) {names}; known: {known}")
     if fn is not None:
         return Task(fn, **options)
+    _declared(options, "@task")
     return _Decorator(options)
+
+
+_show_options(task)
 
 
 class _Decorator:
