@@ -33,7 +33,12 @@ PRIORITY_RANGE = range(-1000, 1001)
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Delay before a retry: ``base * factor ** (attempt - 1)``, capped, minus up to ``jitter`` of it."""
+    """Delay before a retry: ``base * factor ** (attempt - 1)``, capped, minus up to ``jitter`` of it.
+
+    taskmesh's one backoff formula: a task's retries use it, and so should any wait that grows with repeated
+    failures (a worker's streak of refused calls, the event bus, a runner's API calls) rather than a formula
+    of its own.
+    """
 
     base: float = 1.0
     factor: float = 2.0
