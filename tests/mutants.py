@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STEP, LIB, SWEEP = "taskmesh/store/lua/step.lua", "taskmesh/store/lua/lib.lua", "taskmesh/store/lua/sweep.lua"
 ENQUEUE, CRON = "taskmesh/store/lua/enqueue.lua", "taskmesh/store/lua/cron.lua"
-WORKER = "taskmesh/dispatch/worker.py"
+INFLIGHT, OUTCOME = "taskmesh/dispatch/inflight.py", "taskmesh/runners/outcome.py"
 #: The longest one mutant's tests may run; a mutant that makes them hang past it counts as caught.
 TIMEOUT = 900
 
@@ -59,12 +59,12 @@ MUTANTS = (
     Mutant("stale-token-renew", "a stale holder renews a lease it lost", "taskmesh/store/lua/renew.lua",
            "rec.state == 'active' and rec.token == tokens[i]", "rec.state == 'active'",
            ("tests/test_leases.py", "tests/test_model.py")),
-    Mutant("no-token-check-on-progress", "a stale run's progress is recorded (worker and script unchecked)", WORKER,
-           "if running is not None and running.job.token == token:", "if running is not None:",
+    Mutant("no-token-check-on-progress", "a stale run's progress is recorded (worker and script unchecked)", INFLIGHT,
+           "if run is not None and run.job.token == token:", "if run is not None:",
            ("tests/test_leases.py",),
            more=((STEP, "or rec.token ~= token then", "then"),)),
-    Mutant("lease-lost-unnoticed", "a run whose lease was taken over is never told", WORKER,
-           "if running is not None and running.job.token == token and not running.job.lease_lost:", "if False:",
+    Mutant("lease-lost-unnoticed", "a run whose lease was taken over is never told", INFLIGHT,
+           "if run is not None and run.job.token == token and not run.job.lease_lost:", "if False:",
            ("tests/test_leases.py",)),
     Mutant("lease-lost-not-raised", "a stale run's progress does not raise LeaseLost", "taskmesh/job.py",
            "if self.lease_lost:", "if False:",
@@ -98,7 +98,7 @@ MUTANTS = (
            "local deadline = now + tonumber(ARGV[2])", "local deadline = now",
            ("tests/test_leases.py", "tests/test_worker.py", "tests/test_recovery.py")),
     # Delays and retries.
-    Mutant("retries-one-short", "a task gets one retry fewer than asked", WORKER,
+    Mutant("retries-one-short", "a task gets one retry fewer than asked", OUTCOME,
            "delay_ms, task.retries + 1)", "delay_ms, task.retries)",
            ("tests/test_worker.py", "tests/test_inline_runner.py")),
     Mutant("resume-ignored", "a resumed queue stays paused", "taskmesh/store/lua/control.lua",

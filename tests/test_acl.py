@@ -160,7 +160,7 @@ def test_without_client_unblock_a_worker_still_stops_once_its_wait_times_out(
             assert client.enqueue(echo, 1).result(timeout=10) == 1
             # Stop while the idle worker's lease is queued behind its wait: the case CLIENT UNBLOCK serves.
             # (on a connection whose client id is known: the first wait may still be connecting)
-            waiting = lambda: running.worker._listening and running.worker._store.waiter_id is not None  # noqa: E731
+            waiting = lambda: running.worker._inflight.lease_pending and running.worker._store.waiter_id is not None  # noqa: E731
             wait_until(waiting, timeout=5, interval=0.001, message="worker waiting")
             stopping = time.monotonic()
         assert time.monotonic() - stopping < 4

@@ -196,7 +196,7 @@ def test_a_step_refused_for_good_backs_off_and_logs_once(
     handle = taskmesh_client.submit(Call("hostile.work", [5], queue="fine"))
     with running_worker(taskmesh_client, [work], queues=("broken", "fine"), **FAST) as running:
         assert handle.result(timeout=5) == 5  # the other queue keeps moving
-        queue = next(q for q in running.worker._queues if q.keys.queue == "broken")
+        queue = next(q for q in running.worker._inflight.queues if q.keys.queue == "broken")
         wait_until(lambda: queue.refused.failures >= 6, timeout=10, message="six refused steps")
         failures = queue.refused.failures
         calls = taskmesh_client.redis.info("commandstats")["cmdstat_evalsha"]["calls"] - calls_before
@@ -263,7 +263,7 @@ def test_a_lease_refused_part_way_records_the_outcomes_once_and_backs_off(
         later = logs.enqueue(2)
         release.set()
         assert first.result(timeout=5) == 1
-        queue = running.worker._queues[0]
+        queue = running.worker._inflight.queues[0]
         wait_until(lambda: queue.leasing.failures >= 2, timeout=10, message="refused leases")
         assert later.status().state is JobState.WAITING
         taskmesh_client.redis.delete(running_key)
@@ -287,11 +287,11 @@ def test_a_worker_stopping_while_redis_refuses_its_outcomes_keeps_trying_them_fo
     with running_worker(taskmesh_client, [counted], grace_period=10, **FAST) as running:
         taskmesh_client.redis.set(completed, "not a zset")  # every result is refused for now
         handles = [counted.enqueue(i) for i in range(3)]
-        queue = running.worker._queues[0]
+        queue = running.worker._inflight.queues[0]
         wait_until(lambda: len(queue.updates) == 3, timeout=10, message="three outcomes kept")
         stopping = threading.Thread(target=running.stop)
         stopping.start()
-        wait_until(lambda: running.worker._stopping, timeout=5, message="the worker stopping")
+        wait_until(lambda: running.worker._inflight.stopping, timeout=5, message="the worker stopping")
         taskmesh_client.redis.delete(completed)  # repaired within the grace period
         stopping.join(15)
     assert [h.status().state for h in handles] == [JobState.COMPLETED] * 3

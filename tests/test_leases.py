@@ -70,12 +70,12 @@ def reset(taskmesh_worker: StartWorker) -> Iterator[None]:
 def withhold_renewals(running: RunningWorker, token: int) -> Callable[[], None]:
     """``running`` stops renewing the lease of the run holding ``token``, as if its renewals hung (its other
     leases are renewed); returns what resumes them."""
-    keeper = running.worker._leases
-    held_leases = keeper._held
-    keeper._held = lambda: [lease for lease in held_leases() if lease[2] != token]
+    keeper = running.worker._upkeep.leases
+    all_leases = keeper._leases
+    keeper._leases = lambda: [lease for lease in all_leases() if lease[2] != token]
 
     def resume() -> None:
-        keeper._held = held_leases
+        keeper._leases = all_leases
 
     return resume
 

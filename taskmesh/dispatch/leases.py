@@ -12,8 +12,8 @@ from ..store.worker import UNREACHABLE_ERRORS
 from .retry import Streak
 
 log = logging.getLogger("taskmesh.worker")
-#: One held lease: the queue, the job id and the fencing token.
-Held = tuple[str, str, int]
+#: One lease a worker holds: the queue, the job id and the fencing token.
+Lease = tuple[str, str, int]
 
 
 class LeaseKeeper:
@@ -22,21 +22,21 @@ class LeaseKeeper:
 
     An async task that runs without awaiting starves the worker's event loop, but not this thread
     (the interpreter switches threads every few milliseconds), so its job is not taken for a stalled
-    one and run again elsewhere. ``held`` is called on this thread and must return a snapshot;
+    one and run again elsewhere. ``leases`` is called on this thread and must return a snapshot;
     ``lost(job_id, token)`` is called on this thread for each lease that is no longer this holder's,
-    ``cancel(queue, job_id, token)`` for each held job whose cancellation was requested.
+    ``cancel(queue, job_id, token)`` for each leased job whose cancellation was requested.
     While Redis is unreachable the renewal is retried with a short backoff (at most ``renew_interval``).
     """
 
     def __init__(
         self,
         settings: Settings,
-        held: Callable[[], list[Held]],
+        leases: Callable[[], list[Lease]],
         lost: Callable[[str, int], None],
         cancel: Callable[[str, str, int], None],
     ) -> None:
         self.settings = settings
-        self._held = held
+        self._leases = leases
         self._lost = lost
         self._cancel = cancel
         self._stopped = threading.Event()
@@ -78,13 +78,13 @@ class LeaseKeeper:
             store.close()
 
     def renew(self, store: QueueStore) -> None:
-        """One renewal of every held lease, one script call per queue."""
+        """One renewal of every lease the worker holds, one script call per queue."""
         by_queue: dict[str, list[tuple[str, int]]] = {}
-        for queue, job_id, token in self._held():
+        for queue, job_id, token in self._leases():
             by_queue.setdefault(queue, []).append((job_id, token))
-        for queue, held in by_queue.items():
-            tokens = dict(held)
-            lost, cancel = store.renew(queue, held)
+        for queue, leases in by_queue.items():
+            tokens = dict(leases)
+            lost, cancel = store.renew(queue, leases)
             for job_id in lost:
                 self._lost(job_id, tokens[job_id])
             for job_id in cancel:

@@ -45,7 +45,7 @@ def test_out_of_memory_runs_no_job_twice_and_loses_none(
             gate.touch()
             # What the running jobs report is recorded at maxmemory: none of them will run again.
             wait_until(lambda: client.counts()["completed"] == SLOTS, timeout=10, message="results recorded")
-            queue = running.worker._queues[0]
+            queue = running.worker._inflight.queues[0]
             wait_until(lambda: queue.leasing.failures >= 3, timeout=10, message="three refused leases")
             refused = queue.leasing.failures
             started_while_full = ledger.count("start") - SLOTS
