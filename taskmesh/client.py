@@ -346,7 +346,7 @@ class Client(ClientBase):
                     break
 
     def _result(self, job_id: str, queue: str, timeout: float | None) -> Any:
-        """What :meth:`JobHandle.aresult` returns: the finished job's result."""
+        """The job's result once it finished, for :class:`JobHandle` (which says what it raises)."""
         status = self.wait_job(job_id, queue, timeout)
         if status is None and self.status(job_id, queue) is None:
             raise JobNotFound(f"job {job_id} not found in queue {queue!r}")
@@ -558,7 +558,7 @@ class Client(ClientBase):
                     break
 
     async def _aresult(self, job_id: str, queue: str, timeout: float | None) -> Any:
-        """What :meth:`JobHandle.aresult` returns: the finished job's result."""
+        """The job's result once it finished, for :class:`JobHandle` (which says what it raises)."""
         status = await self.await_job(job_id, queue, timeout)
         if status is None and await self.astatus(job_id, queue) is None:
             raise JobNotFound(f"job {job_id} not found in queue {queue!r}")
