@@ -33,7 +33,7 @@ from .limits import Limit, QueueSettings
 from .registry import Registry
 from .schedule import Schedule, ScheduleEntry, ScheduleInfo
 from .settings import Settings
-from .task import Backoff, Task, TaskCall, task
+from .task import Backoff, Task, TaskCall, TaskOptions, task
 
 if TYPE_CHECKING:
     from .dispatch import Worker, WorkerStats
@@ -82,6 +82,7 @@ __all__ = [
     "SlowDown",
     "Task",
     "TaskCall",
+    "TaskOptions",
     "TaskmeshError",
     "UnknownTaskError",
     "Unrecoverable",

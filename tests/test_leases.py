@@ -101,7 +101,7 @@ def rerun() -> tuple[Run, Run]:
 def assert_new_holder_reports_land(client: Client, job_id: str, new: Run, events_before: Events) -> None:
     new.report.set()
     new.finish.set()
-    assert client.wait(job_id, timeout=BOUND) is not None
+    assert client.wait_job(job_id, timeout=BOUND) is not None
     status = client.status(job_id)
     assert status is not None
     assert (status.state, status.result, status.attempts, status.stalls) == (JobState.COMPLETED, new.job.token, 1, 1)

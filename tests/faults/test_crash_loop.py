@@ -39,7 +39,7 @@ def test_job_killing_its_worker_fails_as_worker_lost_while_others_flow(
     producer = threading.Thread(target=produce, name="faults-producer", daemon=True)
     producer.start()
     try:
-        failed = fault_client.wait(poison.id, timeout=20)
+        failed = fault_client.wait_job(poison.id, timeout=20)
         poison_seconds = time.monotonic() - started
         flowed = fault_client.counts()["completed"]
     finally:

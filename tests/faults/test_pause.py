@@ -61,7 +61,7 @@ def test_resumed_holder_cannot_overwrite_the_running_new_holders_progress_or_res
     refused_locally = ledger.count("progress_refused", paused.pid) == 1
 
     second.send_signal(signal.SIGCONT)
-    done = fault_client.wait(handle.id, timeout=10)
+    done = fault_client.wait_job(handle.id, timeout=10)
     assert done is not None and done.state is JobState.COMPLETED
     wait_until(lambda: ledger.count("finish", second.pid) == 1, timeout=10, message="the second run finished")
 

@@ -107,7 +107,7 @@ def test_cancel_request_deletes_the_job_and_its_pod(
     handle = tasks.sleep.enqueue(30)
     wait_until(fake_k8s.pods_started, timeout=10, message="the pod started")
     assert handle.cancel() == "cancelling"
-    assert taskmesh_client.wait(handle.id, timeout=10).state is JobState.CANCELLED
+    assert taskmesh_client.wait_job(handle.id, timeout=10).state is JobState.CANCELLED
     wait_until(lambda: fake_k8s.deleted, timeout=10, message="the Job deleted")
     assert fake_k8s.deleted == [("default", fake_k8s.created[0], "Background")]
     run = next(iter(fake_k8s.runs.values()))

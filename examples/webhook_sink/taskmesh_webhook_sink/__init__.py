@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit, urlunsplit
 
-from taskmesh import ConfigurationError, Event, Settings, hookimpl
+from taskmesh import Backoff, ConfigurationError, Event, Settings, hookimpl
 from taskmesh.plugins import PluginSettingsRegistry, plugin_settings
 from taskmesh.sinks import SinkRegistry
 
@@ -57,7 +57,8 @@ from taskmesh.sinks import SinkRegistry
 NAME = "webhook"
 SIGNATURE_HEADER = "X-Taskmesh-Signature"
 EVENT_HEADER = "X-Taskmesh-Event-Id"
-BACKOFF = 0.2
+#: Waits between a failed post and the next (0.2 s, doubling, at most 30 s).
+BACKOFF = Backoff(base=0.2, factor=2.0, cap=30.0, jitter=0.0)
 #: How far (seconds, either way) :func:`verify` lets a signature's timestamp be from the receiver's clock.
 TOLERANCE = 300.0
 #: A signature header longer than this is refused unread by :func:`verify`.
@@ -212,7 +213,7 @@ class WebhookSink:
         failure = "not sent"
         for attempt in range(self.retries + 1):
             if attempt:
-                await asyncio.sleep(BACKOFF * 2 ** (attempt - 1))
+                await asyncio.sleep(BACKOFF.delay(attempt))
             headers[SIGNATURE_HEADER] = sign(self.secret, body, int(time.time()))
             try:
                 status, location = await asyncio.to_thread(self._post, body, headers)
