@@ -82,6 +82,16 @@ def blocked_with_timeout() -> str:
     return block("timed out")
 
 
+@task(name="inline.attempt_of")
+def attempt_of(job: Job, word: str, suffix: str = "") -> str:
+    return f"{word} {job.attempt}{suffix}"
+
+
+@task(name="inline.async_attempt_of")
+async def async_attempt_of(job: Job, word: str) -> str:
+    return f"{word} {job.attempt}"
+
+
 @task(name="inline.releaser")
 async def releaser() -> None:
     release.set()
@@ -134,6 +144,17 @@ def test_sync_call_returns_its_result_and_raises_its_error_in_the_awaiting_corou
         with pytest.raises(ValueError, match="cannot handle 3"):
             await call(runner, broken, 3)
         assert await call(runner, echo, {"a": [1]}) == {"a": [1]}
+
+    assert run_loop(main, concurrency=2) == []
+
+
+def test_the_runner_hands_the_job_first_to_a_task_that_takes_it_and_the_args_alone_to_one_that_does_not() -> None:
+    job = Job("j1", "default", attempt_of.name, 3, 7)
+
+    async def main(runner: InlineRunner) -> None:
+        assert await runner.run(attempt_of, job, ["x"], {"suffix": "!"}) == "x 3!"
+        assert await runner.run(async_attempt_of, job, ["y"], {}) == "y 3"
+        assert await runner.run(square, job, [4], {}) == 16
 
     assert run_loop(main, concurrency=2) == []
 

@@ -1,18 +1,21 @@
+import asyncio
+
+from typing_extensions import override
+
 from taskmesh import hookimpl
-from taskmesh.runners.inline import InlineRunner
+from taskmesh.runners import BaseRunner
 
 
-class TimedRunner:
-    def __init__(self, settings):
-        self.inner = InlineRunner(settings)
-
-    async def run(self, task, job, args, kwargs):  # args include the Job when the task takes one
-        result = await self.inner.run(task, job, args, kwargs)
+class TimedRunner(BaseRunner):
+    @override
+    async def run(self, task, job, args, kwargs):
+        call_args = self.call_args(task, job, args)  # the job's own arguments, after the Job if the task takes it
+        if task.is_async:
+            result = await task.fn(*call_args, **kwargs)
+        else:
+            result = await asyncio.to_thread(task.fn, *call_args, **kwargs)  # never block the worker's loop
         job.log("done")
         return result
-
-    async def close(self):
-        await self.inner.close()
 
 
 @hookimpl

@@ -54,7 +54,7 @@ class Attempts:
         job = run.job
         update: Update | None = None
         try:
-            call = self.runners[task.runner].run(task, job, [job, *args] if task.takes_job else args, kwargs)
+            call = self.runners[task.runner].run(task, job, args, kwargs)
             if task.timeout is None:
                 result = await call
             else:

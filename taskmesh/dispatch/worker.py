@@ -175,6 +175,4 @@ class Worker:
         for runner in reversed(list(self.runners.values())):  # closed in the order they were built
             stack.push_async_callback(runner.close)
         for name, runner in self.runners.items():
-            start = getattr(runner, "start", None)
-            if start is not None:
-                await start([task for task in self.registry if task.runner == name])
+            await runner.start([task for task in self.registry if task.runner == name])

@@ -1,5 +1,5 @@
 """Execution backends. A runner runs one attempt of a task and returns its result."""
 
-from .base import Runner, RunnerRegistry
+from .base import BaseRunner, Runner, RunnerRegistry
 
-__all__ = ["Runner", "RunnerRegistry"]
+__all__ = ["BaseRunner", "Runner", "RunnerRegistry"]

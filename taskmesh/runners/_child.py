@@ -50,6 +50,7 @@ from ..client import CHILD_MARKER
 from ..errors import Cancelled, Retry, SlowDown, Unrecoverable
 from ..job import Job
 from ..task import Task
+from .base import BaseRunner
 from .outcome import error_json, result_json
 
 #: Seconds a child gets between SIGTERM and SIGKILL when its attempt is stopped.
@@ -334,7 +335,7 @@ def _attempt(request: dict[str, Any], channel: Channel) -> dict[str, Any]:
     try:
         job = Job(report=report, **request["job"])
         task = find_task(request["modules"][0], request["task"])
-        args = [job, *request["args"]] if task.takes_job else request["args"]
+        args = BaseRunner.call_args(task, job, request["args"])
         if task.is_async:
             result = asyncio.run(task.fn(*args, **request["kwargs"]))
         else:

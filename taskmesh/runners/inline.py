@@ -10,7 +10,10 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from ..plugins import hookimpl
+from .base import BaseRunner
 
 if TYPE_CHECKING:
     from ..job import Job
@@ -22,7 +25,7 @@ _Call = tuple[Callable[..., Any], Sequence[Any], Mapping[str, Any], "asyncio.Fut
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
-class InlineRunner:
+class InlineRunner(BaseRunner):
     """Runs tasks in the worker process. Sync bodies never block the loop, so leases keep renewing.
 
     Sync calls go to daemon threads (started as calls need them) through one queue. Finished calls are
@@ -35,6 +38,7 @@ class InlineRunner:
     """
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self._size = settings.concurrency
         self._threads = 0  # live threads; guarded by _lock
         self._started = 0  # threads ever started (names them); touched on the loop only
@@ -45,7 +49,9 @@ class InlineRunner:
         self._pending = 0  # sync calls submitted and not yet delivered; touched on the loop only
         self._closed = False
 
+    @override
     async def run(self, task: Task[Any, Any], job: Job, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        args = self.call_args(task, job, args)
         if task.is_async:
             return await task.fn(*args, **kwargs)
         if self._closed:
@@ -62,6 +68,7 @@ class InlineRunner:
         self._calls.put((task.fn, args, kwargs, future))
         return await future
 
+    @override
     async def close(self) -> None:
         # Idle threads exit at their sentinel; a busy one (its job handed back) exits when its call returns.
         self._closed = True

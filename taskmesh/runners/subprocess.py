@@ -27,9 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from ..errors import Cancelled, ConfigurationError, RemoteError, Retry, SlowDown, TaskCrashed, Unrecoverable
 from ..plugins import hookimpl
 from ._child import REQUEST_HEADER, TERM_GRACE, server_environment, signal_group
+from .base import BaseRunner
 
 if TYPE_CHECKING:
     from ..job import Job
@@ -75,7 +78,7 @@ class _Run:
     kill: asyncio.TimerHandle | None = None  # SIGKILLs a child still running ``OUTCOME_GRACE`` after its outcome
 
 
-class SubprocessRunner:
+class SubprocessRunner(BaseRunner):
     """Runs each attempt in a child forked from this runner's fork server (see the module docstring).
 
     The child's ``job.progress()``/``job.log()`` reach the worker's job under the run's fencing token;
@@ -89,10 +92,12 @@ class SubprocessRunner:
     """
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self._server: _ForkServer | None = None
         self._wanted: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {}
         self._closed = False
 
+    @override
     async def start(self, tasks: Sequence[Task[Any, Any]]) -> None:
         """Check the tasks' ``runner_options``, then start the fork server (so the first job does not wait for it)."""
         modules = []
@@ -116,7 +121,9 @@ class SubprocessRunner:
             names |= exact | {name for name in os.environ if name.startswith(prefixes)}
         return _ForkServer(server_environment(os.environ, names))
 
+    @override
     async def run(self, task: Task[Any, Any], job: Job, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Run the attempt in a child; the child hands the task its job (see ``_child.py``) and ``args``."""
         if self._closed:
             raise RuntimeError("the subprocess runner is closed")
         exact, prefixes = self._wanted_by(task)
@@ -127,8 +134,9 @@ class SubprocessRunner:
             if self._server is not None:
                 await self._server.close()
             self._server = self._new_server()
-        return await self._server.run(task, job, args[1:] if task.takes_job else args, kwargs, env)
+        return await self._server.run(task, job, args, kwargs, env)
 
+    @override
     async def close(self) -> None:
         self._closed = True
         if self._server is not None:

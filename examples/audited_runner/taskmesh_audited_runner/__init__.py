@@ -10,17 +10,25 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from typing_extensions import override
+
 from taskmesh import Job, Settings, Task, hookimpl
-from taskmesh.runners import RunnerRegistry
+from taskmesh.runners import BaseRunner, RunnerRegistry
 from taskmesh.runners.inline import InlineRunner
 
 
-class AuditedRunner:
+class AuditedRunner(BaseRunner):
     """Delegates to the inline runner, then logs ``audited: <task> attempt N <outcome> in X ms`` on the job."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self.inner = InlineRunner(settings)
 
+    @override
+    async def start(self, tasks: Sequence[Task[Any, Any]]) -> None:
+        await self.inner.start(tasks)
+
+    @override
     async def run(self, task: Task[Any, Any], job: Job, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         started = time.perf_counter()
         outcome = "raised"
@@ -32,6 +40,7 @@ class AuditedRunner:
             took = (time.perf_counter() - started) * 1000
             job.log(f"audited: {task.name} attempt {job.attempt} {outcome} in {took:.1f} ms")
 
+    @override
     async def close(self) -> None:
         await self.inner.close()
 

@@ -26,6 +26,7 @@ from taskmesh import Cancelled, Job, Registry, Retry, Settings, SlowDown, Task, 
 from taskmesh.dispatch.outcome import error_json, result_json
 from taskmesh.errors import PayloadError, TaskmeshError
 from taskmesh.job import decode_payload
+from taskmesh.runners import BaseRunner
 from taskmesh.store import QueueStore, RedisError
 from taskmesh.store.scripts import Update
 
@@ -129,7 +130,7 @@ def run(store: QueueStore, ctx: Context) -> int:
         return EXIT_SETUP
     reporter = Reporter(store, ctx)
     job = reporter.job = Job(ctx.job_id, ctx.queue, task.name, ctx.attempt, ctx.token, reporter)
-    call_args = [job, *args] if task.takes_job else args
+    call_args = BaseRunner.call_args(task, job, args)
     try:
         result = asyncio.run(task.fn(*call_args, **kwargs)) if task.is_async else task.fn(*call_args, **kwargs)
         left = outcome(None, result, ctx.token)

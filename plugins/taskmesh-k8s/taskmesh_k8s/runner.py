@@ -16,8 +16,11 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from typing_extensions import override
+
 from taskmesh import Cancelled, ConfigurationError, Job, Retry, Settings, SlowDown, Task, Unrecoverable
 from taskmesh.dispatch.retry import RedisRetry
+from taskmesh.runners import BaseRunner
 from taskmesh.store import AsyncQueueStore
 
 from . import manifest, names
@@ -53,11 +56,11 @@ def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     return next((c for c in conditions if c.get("type") == kind), {})
 
 
-class K8sRunner:
+class K8sRunner(BaseRunner):
     """Runs tasks as Kubernetes Jobs; see the module docstring and README's *Kubernetes runner*."""
 
     def __init__(self, settings: Settings, config: K8sConfig | None = None, api: Any = None) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.config = config or K8sConfig.from_env()
         # Each running job holds a thread while it watches; deletes and the start-up sweep need a few more.
         size = settings.concurrency * 2 + 4
@@ -76,6 +79,7 @@ class K8sRunner:
 
     # -- lifecycle ---------------------------------------------------------------
 
+    @override
     async def start(self, tasks: Sequence[Task[Any, Any]]) -> None:
         """Check every task's options, then sweep leftover Jobs (in the background)."""
         for task in tasks:
@@ -83,6 +87,7 @@ class K8sRunner:
         namespaces = {self.config.namespace, *(str(options.namespace) for options in self._options.values())}
         self._sweeping = asyncio.create_task(self._sweep(sorted(namespaces)))
 
+    @override
     async def close(self) -> None:
         if self._sweeping is not None:
             self._sweeping.cancel()
@@ -122,7 +127,9 @@ class K8sRunner:
 
     # -- one attempt ---------------------------------------------------------------
 
+    @override
     async def run(self, task: Task[Any, Any], job: Job, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Run the attempt as a Kubernetes Job; its pod reads the job's arguments from Redis (see ``entry.py``)."""
         began = asyncio.get_running_loop().time()  # as close as can be to where the worker's timeout started
         options = self._options.get(task.name) or self._options.setdefault(task.name, self._parse(task))
         attempt = Attempt(
