@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typing_extensions import override
 
-from taskmesh import ConfigurationError, Registry, Settings, Worker
+from taskmesh import ConfigurationError, Job, Registry, Settings, Task, Worker
 from taskmesh.embedded import EmbeddedRedis
+from taskmesh.runners import BaseRunner
 
 
 @pytest.fixture
@@ -22,6 +25,29 @@ def test_worker_refuses_redis_whose_policy_evicts_keys(evicting_redis: EmbeddedR
     worker = Worker.create(Registry(), Settings(redis_url=evicting_redis.url), burst=True, entry_points=False)
     with pytest.raises(ConfigurationError, match=r"allkeys-lru.*noeviction"):
         asyncio.run(worker.run())
+
+
+class ClosingRunner(BaseRunner):
+    """Records that it was closed."""
+
+    closed = 0
+
+    @override
+    async def run(self, task: Task[Any, Any], job: Job, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        raise AssertionError("never reached")
+
+    @override
+    async def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_worker_refused_at_start_up_closes_its_runners(evicting_redis: EmbeddedRedis) -> None:
+    settings = Settings(redis_url=evicting_redis.url)
+    runner = ClosingRunner(settings)
+    worker = Worker(Registry(), settings, {"inline": runner}, burst=True)
+    with pytest.raises(ConfigurationError, match="noeviction"):
+        asyncio.run(worker.run())
+    assert runner.closed == 1
 
 
 def test_worker_reports_aof_persistence(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
