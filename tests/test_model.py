@@ -761,7 +761,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.wake_capped_exits()
         self.wake(len(recovered))
         result = self.call("sweep", scripts.sweep_args(self.settings))
-        assert (list(result[0]), list(result[1])) == (recovered, lost)
+        assert (list(result[0]), list(result[1])) == (recovered, lost), f"swept at {self.now}: (recovered, lost)"
         self.retain("failed", len(lost))
         self.retain("cancelled", cancelled)
 
