@@ -8,6 +8,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ._version import __version__
+from .backoff import Backoff
 from .client import Client, default_client, set_default_client
 from .errors import (
     Cancelled,
@@ -33,7 +34,7 @@ from .limits import Limit, QueueSettings
 from .registry import Registry
 from .schedule import Schedule, ScheduleEntry, ScheduleInfo
 from .settings import Settings
-from .task import Backoff, Task, TaskCall, TaskOptions, task
+from .task import Task, TaskCall, TaskOptions, task
 
 if TYPE_CHECKING:
     from .dispatch import Worker, WorkerStats

@@ -47,11 +47,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeGuard
 
+from ..backoff import Backoff
 from ..events import FINAL_EVENTS, Event, MalformedEvent
 from ..store import EventGroup, GroupMissing, RedisError, ResponseError, connect
 from ..store.groups import GroupEntry
 from ..store.keys import NAME_RE
-from ..task import Backoff
 
 if TYPE_CHECKING:
     from ..dispatch.worker import WorkerStats

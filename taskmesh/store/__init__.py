@@ -15,6 +15,7 @@ from .base import (
 from .connect import CONNECTION_ERRORS
 from .groups import Consumer, EventGroup, GroupMissing
 from .queue import QueueStore
+from .scripts import Update
 from .worker import WorkerStore
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ResponseError",
     "ScheduleLook",
     "Stepped",
+    "Update",
     "Wakeup",
     "WorkerStore",
 ]

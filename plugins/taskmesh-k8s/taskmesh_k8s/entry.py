@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskmesh import Cancelled, Job, Registry, Retry, Settings, SlowDown, Task, Unrecoverable
-from taskmesh.dispatch.outcome import error_json, result_json
 from taskmesh.errors import PayloadError, TaskmeshError
 from taskmesh.job import decode_payload
-from taskmesh.runners import BaseRunner
-from taskmesh.store import QueueStore, RedisError
-from taskmesh.store.scripts import Update
+from taskmesh.runners import BaseRunner, error_json, result_json
+from taskmesh.store import QueueStore, RedisError, Update
 
 log = logging.getLogger("taskmesh.k8s.entry")
 EXIT_FAILED, EXIT_SETUP = 1, 2

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 from typing_extensions import override
 
 from taskmesh import Cancelled, ConfigurationError, Job, Retry, Settings, SlowDown, Task, Unrecoverable
-from taskmesh.dispatch.retry import RedisRetry
 from taskmesh.runners import BaseRunner
 from taskmesh.store import AsyncQueueStore
+from taskmesh.store.retry import RedisRetry  # not in taskmesh.store: a producer never loads tenacity
 
 from . import manifest, names
 from .api import Kube, KubeError, Obj, WatchStopper, api_client, check_job
