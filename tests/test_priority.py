@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from helpers import step
 
-from taskmesh import Call, Client, JobState, Settings
+from taskmesh import Call, Client, JobState
 from taskmesh.store import scripts
 from taskmesh.store.scripts import Leased, Update
 from taskmesh.testing import wait_until
@@ -22,16 +23,6 @@ TASK = "priority.job"
 WAITING = [("high-1", 10), ("mid-1", 5), ("low-1", 0), ("high-2", 10), ("mid-2", 5), ("low-2", 0)]
 #: The lease order once the job "moved" (priority 5) joined them.
 EXPECTED = ["high-1", "high-2", "mid-1", "mid-2", "moved", "low-1", "low-2"]
-
-
-def step(
-    client: Client, want: int, updates: list[Update] | None = None, settings: Settings | None = None
-) -> list[Leased]:
-    """One ``step`` call as worker w1: apply ``updates`` (all must be accepted), lease up to ``want`` jobs."""
-    args = scripts.step_args(settings or client.settings, "w1", want, updates or [])
-    accepted, leased, _ = scripts.parse_step(scripts.call(client.redis, "step", client.keys("default").all, args))
-    assert all(accepted)
-    return leased
 
 
 def lease_order(client: Client) -> list[str]:

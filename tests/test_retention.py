@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from helpers import step
 
 from taskmesh import Call, Client, JobState, Settings
 from taskmesh.store import scripts
@@ -26,15 +27,6 @@ MINUTE = 60_000
 COUNTS = {"completed_keep": 3, "completed_age": -1, "failed_keep": 2, "failed_age": -1}
 #: Retention by age only: completed jobs for an hour, failed and cancelled ones for two.
 AGES = {"completed_keep": -1, "completed_age": 3600, "failed_keep": -1, "failed_age": 7200}
-
-
-def step(
-    client: Client, want: int, updates: list[Update] | None = None, settings: Settings | None = None
-) -> list[Leased]:
-    args = scripts.step_args(settings or client.settings, "w1", want, updates or [])
-    accepted, leased, _ = scripts.parse_step(scripts.call(client.redis, "step", client.keys("default").all, args))
-    assert all(accepted)
-    return leased
 
 
 def redis_ms(client: Client) -> int:

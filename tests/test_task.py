@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import mypy_snippet
 
-import taskmesh
 from taskmesh import Backoff, DuplicateTaskError, Job, Registry, Retry, Task, task
 
 
@@ -257,23 +254,7 @@ reveal_type(add.options(delay=1).enqueue(1, 2))  # reveal-add-options
 
 
 def test_enqueue_arguments_and_result_type_are_checked_by_mypy(tmp_path: Path) -> None:
-    snippet = tmp_path / "snippet.py"
-    snippet.write_text(TYPED_SNIPPET)
-    line_of = {text.split("# ")[-1]: n for n, text in enumerate(TYPED_SNIPPET.splitlines(), start=1) if "  # " in text}
-    # Third-party packages are skipped (seen as Any) to keep this run short; taskmesh itself is analysed.
-    (tmp_path / "mypy.ini").write_text("[mypy]\n[mypy-redis.*,pluggy.*,tenacity.*,croniter.*]\nfollow_imports = skip\n")
-    root = Path(taskmesh.__file__).resolve().parent.parent
-    command = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "--no-color-output"]
-    command += ["--config-file", "mypy.ini", "--cache-dir", "cache", "snippet.py"]
-    env = {**os.environ, "MYPYPATH": str(root)}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-
-    reported: dict[int, str] = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("snippet.py:"):
-            number = int(line.split(":")[1])
-            reported[number] = reported.get(number, "") + line
-    output = proc.stdout + proc.stderr
+    line_of, reported, output = mypy_snippet(tmp_path, TYPED_SNIPPET)
     wrong = reported.get(line_of["wrong-type"], "")
     assert '"user_id"' in wrong and '"int"' in wrong and "[arg-type]" in wrong, output
     assert "[call-arg]" in reported.get(line_of["missing-argument"], ""), output

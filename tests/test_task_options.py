@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import mypy_snippet
 
-import taskmesh
 from taskmesh import Backoff, Limit, Schedule, Task, task
 from taskmesh.task import TaskOptions
 
@@ -117,23 +114,7 @@ reveal_type(fine)  # reveal-fine
 
 
 def test_the_options_are_type_checked_by_mypy_from_their_one_declaration(tmp_path: Path) -> None:
-    (tmp_path / "snippet.py").write_text(OPTIONS_SNIPPET)
-    line_of = {
-        text.split("# ")[-1]: n for n, text in enumerate(OPTIONS_SNIPPET.splitlines(), start=1) if "  # " in text
-    }
-    # Third-party packages are skipped (seen as Any) to keep this run short; taskmesh itself is analysed.
-    (tmp_path / "mypy.ini").write_text("[mypy]\n[mypy-redis.*,pluggy.*,tenacity.*,croniter.*]\nfollow_imports = skip\n")
-    command = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "--no-color-output"]
-    command += ["--config-file", "mypy.ini", "--cache-dir", "cache", "snippet.py"]
-    env = {**os.environ, "MYPYPATH": str(Path(taskmesh.__file__).resolve().parent.parent)}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-
-    reported: dict[int, str] = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("snippet.py:"):
-            number = int(line.split(":")[1])
-            reported[number] = reported.get(number, "") + line
-    output = proc.stdout + proc.stderr
+    line_of, reported, output = mypy_snippet(tmp_path, OPTIONS_SNIPPET)
     wrong = reported.get(line_of["wrong-type"], "")
     # The refusal lists the overloads; the keyword one is TaskOptions' fields, with their types.
     assert "[call-overload]" in wrong and "retries: int = ..., backoff: float | Backoff | None" in wrong, output
