@@ -19,11 +19,11 @@ from .errors import JobFailed, JobNotFound, JobTimeout
 from .events import FINAL_EVENTS, Event, MalformedEvent
 from .job import Call, JobHandle, JobState, JobStatus, encode_payload
 from .limits import Limit
+from .names import check_name, check_new_job_id
 from .schedule import Schedule, ScheduleEntry, key_of, queue_of, read_entries
 from .settings import Settings
 from .store import EventEntry, QueueStore
 from .store.base import JOB_VALUES, JobValues
-from .store.keys import check_name, check_new_job_id
 from .task import Task, check_delay, check_priority, check_run_at
 
 if TYPE_CHECKING:

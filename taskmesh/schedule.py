@@ -23,8 +23,9 @@ from croniter import croniter
 
 from .errors import MAX_DELAY_SECONDS
 from .job import encode_payload, json_too_deep
+from .names import check_name
 from .store import CONNECTION_ERRORS, ScheduleLook
-from .store.keys import QueueKeys, check_name
+from .store.keys import QueueKeys
 
 if TYPE_CHECKING:
     from .settings import Settings

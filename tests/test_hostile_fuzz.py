@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from taskmesh import Call, Client, JobState, PayloadError, RedisFull, Settings, task
-from taskmesh.dispatch.outcome import error_json
 from taskmesh.job import decode_payload
+from taskmesh.runners import error_json
 from taskmesh.store import scripts
 from taskmesh.store.scripts import Update
 from taskmesh.testing import drain

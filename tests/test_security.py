@@ -9,7 +9,8 @@ import pytest
 from redis.crc import key_slot
 
 from taskmesh import Call, Client, JobFailed, JobNotFound, task
-from taskmesh.store.keys import QUEUE_KEY_NAMES, QueueKeys, check_job_id, check_name
+from taskmesh.names import check_job_id, check_name
+from taskmesh.store.keys import QUEUE_KEY_NAMES, QueueKeys
 from taskmesh.testing import RunningWorker
 
 StartWorker = Callable[..., RunningWorker]

@@ -49,9 +49,9 @@ from typing import TYPE_CHECKING, TypeGuard
 
 from ..backoff import Backoff
 from ..events import FINAL_EVENTS, Event, MalformedEvent
+from ..names import NAME_RE
 from ..store import EventGroup, GroupMissing, RedisError, ResponseError, connect
 from ..store.groups import GroupEntry
-from ..store.keys import NAME_RE
 
 if TYPE_CHECKING:
     from ..dispatch.worker import WorkerStats

@@ -16,9 +16,10 @@ import redis.asyncio as aredis
 from redis.client import NEVER_DECODE
 
 from ..limits import QueueSettings, parse_settings
+from ..names import check_name
 from ..settings import Settings
 from . import scripts
-from .keys import QueueKeys, check_name, queues_key, schedules_key, workers_key
+from .keys import QueueKeys, queues_key, schedules_key, workers_key
 from .scripts import Leased
 
 #: The redis-py clients behind a store, for callers that hand them on (tests, advanced use).

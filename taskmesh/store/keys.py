@@ -8,35 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..names import (
-    INVISIBLE_RE,
-    JOB_ID_RE,
-    MAX_JOB_ID,
-    NAME_RE,
-    SCHEDULE_JOB_ID_RE,
-    check_job_id,
-    check_name,
-    check_new_job_id,
-)
-
-__all__ = [  # the name checks are re-exported for modules that import them from here (their home: taskmesh.names)
-    "ENQUEUE_KEYS",
-    "INVISIBLE_RE",
-    "JOB_ID_RE",
-    "MAX_JOB_ID",
-    "NAME_RE",
-    "QUEUE_KEY_NAMES",
-    "SCHEDULE_JOB_ID_RE",
-    "QueueKeys",
-    "check_job_id",
-    "check_name",
-    "check_new_job_id",
-    "claim_key",
-    "queues_key",
-    "schedules_key",
-    "workers_key",
-]
-
 # The KEYS layout of every script, in order: scripts.py declares each name as the Lua local K_<NAME> (the
 # first ENQUEUE_KEYS in the prelude's head, the others after it). A script's own keys follow these (step: the
 # worker's claim list, see claim_key). The scripts name one kind of key themselves, as it exists per task: a

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..limits import QueueSettings
+from ..names import check_job_id
 from ..settings import Settings
 from . import connect, scripts
 from .base import (
@@ -25,7 +26,6 @@ from .base import (
     Versioned,
     decode_stored,
 )
-from .keys import check_job_id
 from .scripts import Update
 
 
